@@ -1,0 +1,222 @@
+"""PynamoDB models of vvolguard's tables. Table *creation* is the template's job (infra/template.py);
+these classes only name the attributes, and a test checks their keys against template.yaml."""
+from __future__ import annotations
+
+import os
+
+from pynamodb.attributes import (
+    BooleanAttribute,
+    DiscriminatorAttribute,
+    ListAttribute,
+    MapAttribute,
+    NumberAttribute,
+    UnicodeAttribute,
+    UTCDateTimeAttribute,
+)
+from pynamodb.connection import Connection
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.models import Model
+
+from vvolguard.settings import Settings
+
+
+class _Meta:
+    table_name = ""
+    region = "us-east-1"
+    host = None
+
+
+# ---- state table: one partition per VM (its policies, their attachment state, its audit chain head)
+
+
+class VolumeIndex(GlobalSecondaryIndex):
+    """Find a policy by volume_id (sparse: only policy items carry volume_id)."""
+
+    class Meta:
+        index_name = "by-volume"
+        projection = AllProjection()
+
+    volume_id = UnicodeAttribute(hash_key=True)
+
+
+class StateItem(Model):
+    """Base of every item in the state table, partitioned by ``pk`` (``VM#vm-1``, ``HOST#h``...)."""
+
+    class Meta(_Meta):
+        pass
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    kind = DiscriminatorAttribute()
+
+
+class PolicyItem(StateItem, discriminator="policy"):
+    """One volume's policy (contract section 3) and its attachment state; sk = ``POLICY#<volume_id>``."""
+
+    by_volume = VolumeIndex()
+
+    volume_id = UnicodeAttribute()
+    vm_id = UnicodeAttribute()
+    host_id = UnicodeAttribute()
+    storage_array = UnicodeAttribute()
+    size_mb = NumberAttribute()
+    attach_on = UnicodeAttribute()
+    detach_on = UnicodeAttribute()
+    app = UnicodeAttribute(null=True)
+    authorized_apps = ListAttribute(of=UnicodeAttribute, default=list)
+    os_disk_encryption = BooleanAttribute(default=False)
+    password_hash = UnicodeAttribute(null=True)
+    max_attach_seconds = NumberAttribute(default=900)
+    min_key_bits = NumberAttribute(null=True)
+    policy_version = NumberAttribute(default=1)
+    updated_at = UTCDateTimeAttribute(null=True)
+    updated_by = UnicodeAttribute(null=True)
+    # attachment state, changed only by conditional writes on state_version
+    state_version = NumberAttribute(default=0)
+    attached = BooleanAttribute(default=False)
+    provider_volume_id = UnicodeAttribute(null=True)
+    instance_id = UnicodeAttribute(null=True)
+    device = UnicodeAttribute(null=True)
+    attached_at = UTCDateTimeAttribute(null=True)
+    lease_expires_at = UTCDateTimeAttribute(null=True)
+    last_event_at = UTCDateTimeAttribute(null=True)
+    failed_passwords = NumberAttribute(default=0)
+    locked_until = UTCDateTimeAttribute(null=True)
+
+
+class ChainHead(StateItem, discriminator="head"):
+    """The head of one audit chain (sk = ``~AUDIT``): the last sequence number and its MAC."""
+
+    head_seq = NumberAttribute(default=0)
+    head_mac = UnicodeAttribute(default="")
+
+
+# ---- hosts, users, events
+
+
+class HostItem(Model):
+    """An enrolled host: hashed hardware credentials and its webhook secret, encrypted with KMS."""
+
+    class Meta(_Meta):
+        pass
+
+    host_id = UnicodeAttribute(hash_key=True)
+    cred_salt = UnicodeAttribute()
+    cred_hash = UnicodeAttribute()
+    secret_enc = UnicodeAttribute()
+    secret_version = NumberAttribute(default=1)
+    status = UnicodeAttribute(default="active")
+    enrolled_at = UTCDateTimeAttribute()
+    updated_at = UTCDateTimeAttribute()
+    last_seen_at = UTCDateTimeAttribute(null=True)
+
+
+class UserItem(Model):
+    """A dashboard user: a salted password hash and a role."""
+
+    class Meta(_Meta):
+        pass
+
+    username = UnicodeAttribute(hash_key=True)
+    password_hash = UnicodeAttribute()
+    role = UnicodeAttribute()
+    created_at = UTCDateTimeAttribute()
+
+
+class EventItem(Model):
+    """An event's idempotency record: the body's digest, its status and its stored answer."""
+
+    class Meta(_Meta):
+        pass
+
+    event_id = UnicodeAttribute(hash_key=True)
+    body_sha256 = UnicodeAttribute()
+    host_id = UnicodeAttribute()
+    status = UnicodeAttribute()
+    response = UnicodeAttribute(null=True)
+    expires_at = NumberAttribute(null=True)
+
+
+# ---- audit
+
+
+class AuditByTime(GlobalSecondaryIndex):
+    """All chains' records, newest first within a month."""
+
+    class Meta:
+        index_name = "by-time"
+        projection = AllProjection()
+
+    month = UnicodeAttribute(hash_key=True)
+    at_key = UnicodeAttribute(range_key=True)
+
+
+class AuditByVolume(GlobalSecondaryIndex):
+    """One volume's records, newest first."""
+
+    class Meta:
+        index_name = "by-volume"
+        projection = AllProjection()
+
+    volume_id = UnicodeAttribute(hash_key=True)
+    at_key = UnicodeAttribute(range_key=True)
+
+
+class AuditItem(Model):
+    """One audit record in a keyed hash chain (``chain``, ``seq``)."""
+
+    class Meta(_Meta):
+        pass
+
+    by_time = AuditByTime()
+    by_volume = AuditByVolume()
+
+    chain = UnicodeAttribute(hash_key=True)
+    seq = NumberAttribute(range_key=True)
+    month = UnicodeAttribute()
+    at_key = UnicodeAttribute()
+    at = UnicodeAttribute()
+    actor = UnicodeAttribute()
+    vm_id = UnicodeAttribute(null=True)
+    volume_id = UnicodeAttribute(null=True)
+    host_id = UnicodeAttribute(null=True)
+    event_id = UnicodeAttribute(null=True)
+    event_type = UnicodeAttribute(null=True)
+    action = UnicodeAttribute()
+    outcome = UnicodeAttribute()
+    reason = UnicodeAttribute(null=True)
+    policy_version = NumberAttribute(null=True)
+    detail = MapAttribute(null=True)
+    prev = UnicodeAttribute()
+    mac = UnicodeAttribute()
+
+
+MODELS_BY_SETTING = {
+    "state_table": StateItem,
+    "hosts_table": HostItem,
+    "users_table": UserItem,
+    "events_table": EventItem,
+    "audit_table": AuditItem,
+}
+
+
+def endpoint_url(service: str = "dynamodb") -> str | None:
+    """The endpoint override of the standard AWS environment, if any."""
+    return os.environ.get(f"AWS_ENDPOINT_URL_{service.upper()}") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def configure(settings: Settings) -> None:
+    """Point every model at the tables, region and endpoint of ``settings``."""
+    host = endpoint_url()
+    for attr, model in MODELS_BY_SETTING.items():
+        model.Meta.table_name = getattr(settings, attr)
+        model.Meta.region = settings.region
+        model.Meta.host = host
+        model._connection = None
+    PolicyItem._connection = None
+    ChainHead._connection = None
+
+
+def connection(settings: Settings) -> Connection:
+    """A bare PynamoDB connection, for transactions."""
+    return Connection(region=settings.region, host=endpoint_url())

@@ -1,0 +1,235 @@
+"""The admin CLI ``vvg`` (contract section 2): JSON on stdout, one-line errors on stderr."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, NoReturn
+
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+
+from pynamodb.exceptions import PynamoDBException
+
+from vvolguard.errors import VvgError
+
+MAX_STDIN_PASSWORD = 1024
+
+
+class CliError(Exception):
+    """An error to print as one line with an exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not argparse's usage block
+        raise CliError(f"{message} (see '{self.prog} --help')", 2)
+
+
+def _out(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, sort_keys=False, default=str) + "\n")
+
+
+def _read_password(prompt_name: str) -> str:
+    data = sys.stdin.read(MAX_STDIN_PASSWORD + 2)
+    if data.endswith("\n"):
+        data = data[:-1]
+    if data.endswith("\r"):
+        data = data[:-1]
+    if not data:
+        raise CliError(f"{prompt_name}: no password on standard input")
+    if len(data) > MAX_STDIN_PASSWORD:
+        raise CliError(f"{prompt_name}: password longer than {MAX_STDIN_PASSWORD} characters")
+    return data
+
+
+def _services():
+    from vvolguard.adapters.models import configure
+    from vvolguard.settings import Settings
+
+    settings = Settings.from_env()
+    configure(settings)
+    return settings
+
+
+def cmd_host(args: argparse.Namespace) -> int:
+    from vvolguard.services.hosts import HostService
+
+    hosts = HostService(_services())
+    if args.action == "enroll":
+        _out(hosts.enroll(args.host_id, args.mac, args.serial, args.hardware or ""))
+    elif args.action == "rotate":
+        _out(hosts.rotate(args.host_id))
+    else:
+        _out(hosts.revoke(args.host_id))
+    return 0
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    from vvolguard.domain.policy import dump_policy_file, parse_policy_text
+    from vvolguard.errors import PolicyValidationError
+    from vvolguard.services.policies import PolicyService
+
+    if args.action == "apply":
+        name = args.file
+        try:
+            if name == "-":
+                data = sys.stdin.buffer.read(8 * 1024 * 1024)
+            else:
+                with open(name, "rb") as fh:
+                    data = fh.read(8 * 1024 * 1024)
+        except OSError as exc:
+            raise CliError(f"cannot read {name}: {exc.strerror}") from None
+        try:
+            specs = parse_policy_text(data, name)
+        except PolicyValidationError as exc:
+            for line in exc.errors[:-1]:
+                sys.stderr.write(f"vvg: error: {line}\n")
+            raise CliError(f"{exc.errors[-1]} — nothing was applied" if len(exc.errors) == 1 else
+                           f"{exc.errors[-1]} — {len(exc.errors)} problems, nothing was applied") from None
+        settings = _services()
+        _out(PolicyService(settings).apply(specs, actor="cli"))
+    elif args.action == "export":
+        settings = _services()
+        specs = PolicyService(settings).export()
+        if args.format == "yaml":
+            sys.stdout.write(dump_policy_file(specs))
+        else:
+            _out({"volumes": [s.to_file_entry() for s in specs]})
+    else:
+        settings = _services()
+        _out(PolicyService(settings, provider=_provider(settings)).delete(args.volume_id, actor="cli"))
+    return 0
+
+
+def _provider(settings):
+    try:
+        from vvolguard.adapters.provider import EbsProvider
+    except ImportError:  # pragma: no cover - the provider arrives with the webhook
+        return None
+    return EbsProvider(settings)
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from vvolguard.services.users import UserService
+
+    if not args.password_stdin:
+        raise CliError("user add: --password-stdin is required (passwords never go on the command line)", 2)
+    password = _read_password("user add")
+    _out(UserService(_services()).add(args.name, args.role, password, actor="cli"))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from vvolguard.adapters.audit import AuditLog, RECORD_FIELDS
+
+    log = AuditLog(_services())
+    if args.action == "list":
+        for rec in log.list(vm_id=args.vm, volume_id=args.volume, limit=args.limit):
+            row = {k: getattr(rec, k) for k in RECORD_FIELDS}
+            row["detail"] = rec.detail.as_dict() if rec.detail is not None else {}
+            row["chain"], row["seq"] = rec.chain, int(rec.seq)
+            _out(row)
+        return 0
+    summary = log.verify()
+    _out(summary)
+    if not summary["ok"]:
+        p = summary["first_problem"]
+        sys.stderr.write(f"vvg: error: audit history not intact: record {p['seq']} of chain {p['chain']}: {p['problem']}\n")
+        return 1
+    return 0
+
+
+def _limit(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text[:20]!r}") from None
+    if not 1 <= n <= 10000:
+        raise argparse.ArgumentTypeError("must be from 1 to 10000")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree."""
+    p = _Parser(prog="vvg", description="vvolguard admin CLI (uses the standard AWS environment)")
+    sub = p.add_subparsers(dest="group", required=True, parser_class=_Parser)
+
+    host = sub.add_parser("host", help="enroll, rotate or revoke hosts")
+    hs = host.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    e = hs.add_parser("enroll", help="enroll a host; prints its secret once")
+    e.add_argument("host_id")
+    e.add_argument("--mac", required=True)
+    e.add_argument("--serial", required=True)
+    e.add_argument("--hardware", default="")
+    hs.add_parser("rotate", help="give a host a new secret").add_argument("host_id")
+    hs.add_parser("revoke", help="refuse a host from now on").add_argument("host_id")
+    host.set_defaults(func=cmd_host)
+
+    pol = sub.add_parser("policy", help="apply, export or delete policies")
+    ps = pol.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    ps.add_parser("apply", help="upsert a policy file, all or nothing").add_argument("file")
+    ex = ps.add_parser("export", help="the policy table as a policy file")
+    ex.add_argument("--format", choices=("json", "yaml"), default="json")
+    ps.add_parser("delete", help="remove one volume's policy").add_argument("volume_id")
+    pol.set_defaults(func=cmd_policy)
+
+    aud = sub.add_parser("audit", help="list or verify the audit history")
+    au = aud.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    li = au.add_parser("list", help="records as JSON lines, newest first")
+    li.add_argument("--vm")
+    li.add_argument("--volume")
+    li.add_argument("--limit", type=_limit, default=100)
+    au.add_parser("verify", help="check the hash chains")
+    aud.set_defaults(func=cmd_audit)
+
+    usr = sub.add_parser("user", help="dashboard users")
+    us = usr.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    ua = us.add_parser("add", help="create a dashboard user")
+    ua.add_argument("name")
+    ua.add_argument("--role", required=True, choices=("viewer", "editor", "admin"))
+    ua.add_argument("--password-stdin", action="store_true")
+    usr.set_defaults(func=cmd_user)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``vvg``."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except CliError as exc:
+        sys.stderr.write(f"vvg: error: {exc}\n")
+        return exc.code
+    except VvgError as exc:
+        sys.stderr.write(f"vvg: error: {exc.message}\n")
+        return 1
+    except EndpointConnectionError as exc:
+        sys.stderr.write(f"vvg: error: cannot reach AWS at {exc.kwargs.get('endpoint_url', '?')} (is the stack running?)\n")
+        return 1
+    except PynamoDBException as exc:
+        cause = exc.cause if isinstance(exc.cause, ClientError) else None
+        code = exc.cause_response_code or (cause.response.get("Error", {}).get("Code") if cause else None) or type(exc).__name__
+        hint = " (are the tables created? run 'make run' or deploy the stack)" if code == "ResourceNotFoundException" else ""
+        if isinstance(exc.cause, EndpointConnectionError):
+            sys.stderr.write(f"vvg: error: cannot reach AWS at {exc.cause.kwargs.get('endpoint_url', '?')} (is the stack running?)\n")
+            return 1
+        sys.stderr.write(f"vvg: error: DynamoDB refused the request: {code}{hint}\n")
+        return 1
+    except ClientError as exc:
+        err = exc.response.get("Error", {})
+        hint = " (are the tables created? run 'make run' or deploy the stack)" if err.get("Code") == "ResourceNotFoundException" else ""
+        sys.stderr.write(f"vvg: error: AWS refused {exc.operation_name}: {err.get('Code', '?')}{hint}\n")
+        return 1
+    except BotoCoreError as exc:
+        sys.stderr.write(f"vvg: error: AWS: {type(exc).__name__}: {str(exc)[:200]}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("vvg: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""The policy table: apply (all or nothing), export, delete, and single-volume edits for the dashboard."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+from pynamodb.transactions import TransactWrite
+
+from vvolguard.adapters.audit import AuditLog, AuditRecord
+from vvolguard.adapters.models import PolicyItem
+from vvolguard.domain.policy import ID_RE, PolicySpec
+from vvolguard.domain.secrets import check_password, hash_password
+from vvolguard.errors import ConcurrentModification, Conflict, InvalidInput, NotFound
+from vvolguard.settings import Settings
+
+POLICY_FIELDS = ("vm_id", "host_id", "storage_array", "size_mb", "attach_on", "detach_on", "app",
+                 "authorized_apps", "os_disk_encryption", "max_attach_seconds", "min_key_bits")
+# Items per transaction: DynamoDB allows 100; a policy change is its item, its record and a chain head.
+_TX_BUDGET = 90
+
+
+def vm_pk(vm_id: str) -> str:
+    """The state-table partition of a VM."""
+    return f"VM#{vm_id}"
+
+
+def policy_sk(volume_id: str) -> str:
+    """The sort key of a volume's policy item."""
+    return f"POLICY#{volume_id}"
+
+
+def item_to_spec(item: PolicyItem) -> PolicySpec:
+    """The policy file's view of a stored item (no password)."""
+    return PolicySpec(
+        volume_id=item.volume_id, vm_id=item.vm_id, host_id=item.host_id, storage_array=item.storage_array,
+        size_mb=int(item.size_mb), attach_on=item.attach_on, detach_on=item.detach_on, app=item.app,
+        authorized_apps=tuple(item.authorized_apps or ()), os_disk_encryption=bool(item.os_disk_encryption),
+        max_attach_seconds=int(item.max_attach_seconds),
+        min_key_bits=int(item.min_key_bits) if item.min_key_bits is not None else None,
+    )
+
+
+def _field_values(spec: PolicySpec) -> dict[str, Any]:
+    return {f: (list(getattr(spec, f)) if f == "authorized_apps" else getattr(spec, f)) for f in POLICY_FIELDS}
+
+
+def _changes(old: PolicyItem, spec: PolicySpec) -> list[str]:
+    old_spec = _field_values(item_to_spec(old))
+    new = _field_values(spec)
+    return [f for f in POLICY_FIELDS if old_spec[f] != new[f]]
+
+
+class PolicyService:
+    """Reads and writes of the policy table; every change is audited in the same transaction."""
+
+    def __init__(self, settings: Settings, provider: Any = None) -> None:
+        self.settings = settings
+        self.audit = AuditLog(settings)
+        self.provider = provider
+
+    # ---- reads
+
+    def for_vm(self, vm_id: str) -> list[PolicyItem]:
+        """The VM's policies: one Query of its partition, no scan."""
+        return list(PolicyItem.query(vm_pk(vm_id), PolicyItem.sk.startswith("POLICY#"), consistent_read=True))
+
+    def get(self, volume_id: str) -> PolicyItem:
+        """One volume's policy (by the volume index, then a consistent read), or NotFound."""
+        if not isinstance(volume_id, str) or not ID_RE.match(volume_id):
+            raise InvalidInput("volume id must match [A-Za-z0-9._-]{1,64}")
+        for hit in PolicyItem.by_volume.query(volume_id, limit=2):
+            try:
+                return PolicyItem.get(hit.pk, hit.sk, consistent_read=True)
+            except PolicyItem.DoesNotExist:
+                break
+        raise NotFound(f"volume {volume_id} has no policy")
+
+    def find(self, volume_id: str) -> PolicyItem | None:
+        """Like :meth:`get` but None when absent."""
+        try:
+            return self.get(volume_id)
+        except NotFound:
+            return None
+
+    def all(self) -> Iterator[PolicyItem]:
+        """Every policy, paged (export and the dashboard's list; never on the event path)."""
+        return PolicyItem.scan(PolicyItem.sk.startswith("POLICY#"), page_size=500)
+
+    def export(self) -> list[PolicySpec]:
+        """The whole table as policy-file entries, sorted by volume id."""
+        return sorted((item_to_spec(i) for i in self.all()), key=lambda s: s.volume_id)
+
+    # ---- writes
+
+    def _plan(self, spec: PolicySpec, actor: str, existing: PolicyItem | None,
+              expected_version: int | None = None) -> tuple[str, list, list[AuditRecord]]:
+        """(outcome, write ops, audit records) for one spec; raises before anything is written."""
+        now = datetime.now(timezone.utc)
+        if expected_version is not None:
+            have = int(existing.policy_version) if existing else 0
+            if have != expected_version:
+                raise ConcurrentModification(
+                    f"volume {spec.volume_id} was changed by someone else (version {have}, you edited {expected_version}); "
+                    "reload it and apply your change again")
+        password_hash = existing.password_hash if existing else None
+        pw_changed = False
+        if spec.password_given:
+            if spec.password is None:
+                pw_changed = password_hash is not None
+                password_hash = None
+            elif not (password_hash and check_password(spec.password, password_hash)):
+                password_hash = hash_password(spec.password)
+                pw_changed = True
+        if existing is None:
+            item = PolicyItem(pk=vm_pk(spec.vm_id), sk=policy_sk(spec.volume_id), volume_id=spec.volume_id,
+                              policy_version=1, updated_at=now, updated_by=actor, password_hash=password_hash,
+                              **_field_values(spec))
+            rec = AuditRecord(actor=actor, action="policy_create", outcome="done", vm_id=spec.vm_id,
+                              volume_id=spec.volume_id, policy_version=1, reason="created",
+                              detail={"fields": ",".join(POLICY_FIELDS), "password": "set" if password_hash else "none"})
+            return "created", [("save", item, PolicyItem.pk.does_not_exist())], [rec]
+        changed = _changes(existing, spec)
+        if not changed and not pw_changed:
+            return "unchanged", [], []
+        version = int(existing.policy_version) + 1
+        detail = {"fields": ",".join(changed)}
+        if pw_changed:
+            detail["password"] = "set" if password_hash else "removed"
+        cond = PolicyItem.policy_version == existing.policy_version
+        if spec.vm_id != existing.vm_id:
+            if existing.attached:
+                raise Conflict(f"volume {spec.volume_id} is attached to {existing.vm_id}; detach it before moving it to {spec.vm_id}")
+            item = PolicyItem(pk=vm_pk(spec.vm_id), sk=policy_sk(spec.volume_id), volume_id=spec.volume_id,
+                              policy_version=version, updated_at=now, updated_by=actor, password_hash=password_hash,
+                              provider_volume_id=existing.provider_volume_id, **_field_values(spec))
+            ops = [("delete", existing, cond), ("save", item, PolicyItem.pk.does_not_exist())]
+            recs = [
+                AuditRecord(actor=actor, action="policy_update", outcome="done", vm_id=existing.vm_id,
+                            volume_id=spec.volume_id, policy_version=version, reason=f"moved to {spec.vm_id}", detail=detail),
+                AuditRecord(actor=actor, action="policy_update", outcome="done", vm_id=spec.vm_id,
+                            volume_id=spec.volume_id, policy_version=version, reason=f"moved from {existing.vm_id}", detail=detail),
+            ]
+            return "updated", ops, recs
+        actions = [getattr(PolicyItem, f).set(v) if v is not None else getattr(PolicyItem, f).remove()
+                   for f, v in _field_values(spec).items()]
+        actions += [PolicyItem.policy_version.set(version), PolicyItem.updated_at.set(now), PolicyItem.updated_by.set(actor)]
+        if pw_changed:
+            actions.append(PolicyItem.password_hash.set(password_hash) if password_hash else PolicyItem.password_hash.remove())
+            actions += [PolicyItem.failed_passwords.set(0), PolicyItem.locked_until.remove()]
+        rec = AuditRecord(actor=actor, action="policy_update", outcome="done", vm_id=spec.vm_id, volume_id=spec.volume_id,
+                          policy_version=version, reason="updated", detail=detail)
+        return "updated", [("update", existing, cond, actions)], [rec]
+
+    def _commit(self, batches: list[tuple[list, list[AuditRecord]]]) -> None:
+        """Write planned changes, as few transactions as DynamoDB's item limit allows."""
+        chunk_ops: list = []
+        chunk_recs: list[AuditRecord] = []
+
+        def flush() -> None:
+            if not chunk_ops:
+                return
+            ops = list(chunk_ops)
+
+            def extra(tx: TransactWrite) -> int:
+                for op in ops:
+                    if op[0] == "save":
+                        tx.save(op[1], condition=op[2])
+                    elif op[0] == "delete":
+                        tx.delete(op[1], condition=op[2])
+                    else:
+                        tx.update(op[1], actions=op[3], condition=op[2])
+                return len(ops)
+
+            self.audit.append(list(chunk_recs), extra=extra)
+            chunk_ops.clear()
+            chunk_recs.clear()
+
+        for ops, recs in batches:
+            chains = {r.vm_id for r in chunk_recs} | {r.vm_id for r in recs}
+            if len(chunk_ops) + len(ops) + len(chunk_recs) + len(recs) + len(chains) > _TX_BUDGET:
+                flush()
+            chunk_ops.extend(ops)
+            chunk_recs.extend(recs)
+        flush()
+
+    def apply(self, specs: list[PolicySpec], actor: str = "cli") -> dict[str, int]:
+        """Upsert validated specs: plan all (any refusal stops before the first write), then commit."""
+        counts = {"created": 0, "updated": 0, "unchanged": 0}
+        batches = []
+        for spec in specs:
+            outcome, ops, recs = self._plan(spec, actor, self.find(spec.volume_id))
+            counts[outcome] += 1
+            if ops:
+                batches.append((ops, recs))
+        self._commit(batches)
+        return counts
+
+    def save_one(self, spec: PolicySpec, actor: str, expected_version: int | None) -> str:
+        """Create (expected_version 0) or edit (the version the editor read) one volume's policy."""
+        existing = self.find(spec.volume_id)
+        if expected_version == 0 and existing is not None:
+            raise ConcurrentModification(f"volume {spec.volume_id} already has a policy; open it to edit it")
+        outcome, ops, recs = self._plan(spec, actor, existing, expected_version)
+        if ops:
+            self._commit([(ops, recs)])
+        return outcome
+
+    def delete(self, volume_id: str, actor: str = "cli", expected_version: int | None = None) -> dict[str, Any]:
+        """Remove one volume's policy; a volume still attached is detached at the provider first."""
+        item = self.get(volume_id)
+        if expected_version is not None and int(item.policy_version) != expected_version:
+            raise ConcurrentModification(f"volume {volume_id} was changed by someone else; reload it before deleting")
+        detached = False
+        if item.attached:
+            if self.provider is None:
+                raise Conflict(f"volume {volume_id} is attached and no storage provider is configured to detach it")
+            self.provider.detach_for_policy_delete(item)
+            detached = True
+        recs = []
+        if detached:
+            recs.append(AuditRecord(actor=actor, action="detach", outcome="done", vm_id=item.vm_id, volume_id=volume_id,
+                                    policy_version=int(item.policy_version), reason="policy deleted"))
+        recs.append(AuditRecord(actor=actor, action="policy_delete", outcome="done", vm_id=item.vm_id, volume_id=volume_id,
+                                policy_version=int(item.policy_version), reason="deleted"))
+        self._commit([([("delete", item, PolicyItem.policy_version == item.policy_version)], recs)])
+        return {"volume_id": volume_id, "deleted": True, "detached": detached}

@@ -1,0 +1,39 @@
+"""Settings read once from the environment; the SAM template sets the same names."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob vvolguard reads, with the local stack's defaults."""
+
+    region: str = "us-east-1"
+    state_table: str = "vvg-state"
+    hosts_table: str = "vvg-hosts"
+    users_table: str = "vvg-users"
+    events_table: str = "vvg-events"
+    audit_table: str = "vvg-audit"
+    host_secrets_key_id: str = "alias/vvg-host-secrets"
+    audit_key_secret_id: str = "vvg/audit-key"
+    migration_grant_seconds: int = 3600
+    provider_role_arn: str = ""
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        """Build settings from ``env`` (default ``os.environ``)."""
+        e = os.environ if env is None else env
+        d = cls()
+        return cls(
+            region=e.get("AWS_REGION") or e.get("AWS_DEFAULT_REGION") or d.region,
+            state_table=e.get("VVG_STATE_TABLE", d.state_table),
+            hosts_table=e.get("VVG_HOSTS_TABLE", d.hosts_table),
+            users_table=e.get("VVG_USERS_TABLE", d.users_table),
+            events_table=e.get("VVG_EVENTS_TABLE", d.events_table),
+            audit_table=e.get("VVG_AUDIT_TABLE", d.audit_table),
+            host_secrets_key_id=e.get("VVG_HOST_SECRETS_KEY_ID", d.host_secrets_key_id),
+            audit_key_secret_id=e.get("VVG_AUDIT_KEY_SECRET_ID", d.audit_key_secret_id),
+            migration_grant_seconds=int(e.get("VVG_MIGRATION_GRANT_SECONDS", d.migration_grant_seconds)),
+            provider_role_arn=e.get("VVG_PROVIDER_ROLE_ARN", d.provider_role_arn),
+        )

@@ -1,0 +1,1 @@
+"""The local stack and deployment helpers, all built from template.yaml."""

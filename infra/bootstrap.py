@@ -1,0 +1,89 @@
+"""Create what the template declares (tables, the host-secrets key, the audit key) and seed the demo."""
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from infra.template import Template
+from vvolguard.adapters import aws
+from vvolguard.adapters.models import configure
+from vvolguard.domain.policy import parse_policy_text
+from vvolguard.errors import NotFound
+from vvolguard.services.hosts import HostService
+from vvolguard.services.policies import PolicyService
+from vvolguard.services.users import UserService
+from vvolguard.settings import Settings
+
+DEMO_POLICIES = Path(__file__).with_name("demo-policies.yaml")
+DEMO_HOST = {"host_id": "host-1", "mac": "02:00:00:00:00:01", "serial": "DEMO-SERIAL-1", "hardware": "demo hypervisor"}
+DEMO_ZONE_SUFFIX = "a"
+
+
+def create_resources(template: Template, settings: Settings) -> None:
+    """Tables (from the template's AWS::DynamoDB::Table), the KMS key and alias, the audit key secret."""
+    ddb = aws.client("dynamodb", settings.region)
+    existing = set(ddb.list_tables().get("TableNames", []))
+    for params in template.tables():
+        if params["TableName"] not in existing:
+            ddb.create_table(**params)
+            ddb.get_waiter("table_exists").wait(TableName=params["TableName"], WaiterConfig={"Delay": 1})
+    for table, attr in template.ttl().items():
+        try:
+            ddb.update_time_to_live(TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": attr})
+        except ClientError:
+            pass  # already enabled
+    kms = aws.client("kms", settings.region)
+    try:
+        kms.describe_key(KeyId=settings.host_secrets_key_id)
+    except ClientError:
+        key_id = kms.create_key(Description="vvolguard host secrets")["KeyMetadata"]["KeyId"]
+        kms.create_alias(AliasName=settings.host_secrets_key_id, TargetKeyId=key_id)
+    sm = aws.client("secretsmanager", settings.region)
+    try:
+        sm.describe_secret(SecretId=settings.audit_key_secret_id)
+    except ClientError:
+        sm.create_secret(Name=settings.audit_key_secret_id, SecretString=secrets.token_hex(32))
+
+
+def ensure_instance(settings: Settings, vm_id: str) -> str:
+    """An EC2 instance tagged vvg:vm-id = vm_id (the emulation's stand-in for a VM); returns its id."""
+    ec2 = aws.client("ec2", settings.region)
+    found = ec2.describe_instances(Filters=[{"Name": "tag:vvg:vm-id", "Values": [vm_id]},
+                                            {"Name": "instance-state-name", "Values": ["pending", "running"]}])
+    for r in found["Reservations"]:
+        for i in r["Instances"]:
+            return i["InstanceId"]
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    out = ec2.run_instances(
+        ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro",
+        Placement={"AvailabilityZone": settings.region + DEMO_ZONE_SUFFIX},
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "vvg:vm-id", "Value": vm_id}]}],
+    )
+    return out["Instances"][0]["InstanceId"]
+
+
+def seed_demo(settings: Settings, admin_password: str) -> dict[str, Any]:
+    """Table 1, its VMs as EC2 instances, the demo host and the admin user. Idempotent."""
+    specs = parse_policy_text(DEMO_POLICIES.read_bytes(), DEMO_POLICIES.name)
+    for vm_id in sorted({s.vm_id for s in specs}):
+        ensure_instance(settings, vm_id)
+    applied = PolicyService(settings).apply(specs, actor="cli")
+    hosts = HostService(settings)
+    try:
+        hosts.get(DEMO_HOST["host_id"])
+        secret = hosts.rotate(DEMO_HOST["host_id"], actor="cli")["secret"]
+    except NotFound:
+        secret = hosts.enroll(DEMO_HOST["host_id"], DEMO_HOST["mac"], DEMO_HOST["serial"], DEMO_HOST["hardware"])["secret"]
+    users = UserService(settings)
+    if users.get("admin") is None:
+        users.add("admin", "admin", admin_password, actor="cli")
+    return {"policies": applied, "host_id": DEMO_HOST["host_id"], "host_secret": secret}
+
+
+def bootstrap(settings: Settings, template: Template | None = None) -> None:
+    """Create the template's resources and point the models at them."""
+    configure(settings)
+    create_resources(template or Template(), settings)

@@ -1,0 +1,211 @@
+"""`make run`: the whole local stack in one foreground process tree.
+
+moto server (a child process) emulates AWS; tables and keys come from template.yaml; the gateway serves
+the template's HTTP routes by calling the Lambda handlers; the dashboard runs beside it. All on 127.0.0.1.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from typing import Any
+
+HOST = "127.0.0.1"
+log = logging.getLogger("vvg.local")
+
+
+def _port(name: str, default: int) -> int:
+    raw = os.environ.get(name, str(default))
+    try:
+        port = int(raw)
+    except ValueError:
+        raise SystemExit(f"vvg: error: {name}={raw!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise SystemExit(f"vvg: error: {name}={port} is not a port number")
+    return port
+
+
+def _check_free(port: int, name: str) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            raise SystemExit(f"vvg: error: port {port} on {HOST} is in use; set {name} to another port") from None
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - loopback only
+                if r.status < 500:
+                    return
+        except Exception:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+
+
+class LocalStack:
+    """Start, seed and stop the parts; usable from `make run` and from end-to-end tests."""
+
+    def __init__(self, aws_port: int, api_port: int, dashboard_port: int, seed: bool = True,
+                 admin_password: str | None = None, quiet: bool = False) -> None:
+        self.aws_port, self.api_port, self.dashboard_port = aws_port, api_port, dashboard_port
+        self.seed = seed
+        self.admin_password = admin_password or secrets.token_urlsafe(12)
+        self.generated_password = admin_password is None
+        self.quiet = quiet
+        self.moto: subprocess.Popen | None = None
+        self.servers: list[Any] = []
+        self.threads: list[threading.Thread] = []
+        self.seeded: dict[str, Any] = {}
+
+    @property
+    def aws_url(self) -> str:
+        return f"http://{HOST}:{self.aws_port}"
+
+    def environment(self) -> dict[str, str]:
+        """What a client (the CLI, a test) needs to reach this stack."""
+        from infra.template import Template
+
+        env = {"AWS_ENDPOINT_URL": self.aws_url, "AWS_REGION": os.environ.get("AWS_REGION", "us-east-1"),
+               "AWS_DEFAULT_REGION": os.environ.get("AWS_REGION", "us-east-1"),
+               "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+               "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing")}
+        env.update(Template().environment())
+        return env
+
+    def start(self) -> None:
+        for port, name in ((self.aws_port, "VVG_AWS_PORT"), (self.api_port, "VVG_API_PORT"),
+                           (self.dashboard_port, "VVG_DASHBOARD_PORT")):
+            _check_free(port, name)
+        # Credentials of the emulation only; a real AWS_PROFILE must never leak into the local stack.
+        os.environ.pop("AWS_PROFILE", None)
+        os.environ.pop("AWS_SESSION_TOKEN", None)
+        os.environ.update(self.environment())
+        os.environ.setdefault("VVG_DASHBOARD_INSECURE_COOKIES", "1")  # plain http on loopback
+        self.moto = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(self.aws_port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        _wait_http(f"{self.aws_url}/moto-api/", 60)
+
+        from infra.bootstrap import bootstrap, seed_demo
+        from vvolguard.adapters import aws
+        from vvolguard.settings import Settings
+
+        aws.reset_clients()
+        settings = Settings.from_env()
+        bootstrap(settings)
+        if self.seed:
+            self.seeded = seed_demo(settings, self.admin_password)
+        else:
+            from vvolguard.services.users import UserService
+
+            UserService(settings).add("admin", "admin", self.admin_password, actor="cli")
+
+        from werkzeug.serving import make_server
+
+        from dashboard import create_app
+        from infra.gateway import Gateway
+
+        gateway = Gateway((HOST, self.api_port))
+        dash = make_server(HOST, self.dashboard_port, create_app(), threaded=True)
+        for srv in (gateway, dash):
+            t = threading.Thread(target=srv.serve_forever, name=type(srv).__name__, daemon=True)
+            t.start()
+            self.servers.append(srv)
+            self.threads.append(t)
+        _wait_http(f"http://{HOST}:{self.api_port}/v1/health", 30)
+        _wait_http(f"http://{HOST}:{self.dashboard_port}/healthz", 30)
+
+    def banner(self) -> str:
+        lines = [
+            "",
+            "vvolguard local stack is ready",
+            f"  AWS emulation (moto)  {self.aws_url}",
+            f"  host webhook API      http://{HOST}:{self.api_port}   (health: /v1/health)",
+            f"  dashboard             http://{HOST}:{self.dashboard_port}   (health: /healthz)",
+            f"  dashboard sign-in     admin / {self.admin_password}"
+            + ("   (generated; set VVG_ADMIN_PASSWORD to choose)" if self.generated_password else ""),
+        ]
+        if self.seeded:
+            lines += [
+                f"  demo host             {self.seeded['host_id']}   secret: {self.seeded['host_secret']}",
+                "  demo policies         Table 1: vvol-1..vvol-5 on vm-1..vm-5 (array S1)",
+            ]
+        else:
+            lines.append("  demo data             none (VVG_SEED=0)")
+        lines += [
+            "",
+            "  CLI:  export AWS_ENDPOINT_URL=" + self.aws_url + " AWS_REGION=us-east-1 "
+            "AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing",
+            "        .venv/bin/vvg policy export",
+            "",
+            "Ctrl-C stops everything.",
+        ]
+        return "\n".join(lines)
+
+    def stop(self) -> None:
+        for srv in self.servers:
+            try:
+                srv.shutdown()
+                srv.server_close()
+            except Exception:  # already closed
+                pass
+        if self.moto and self.moto.poll() is None:
+            self.moto.terminate()
+            try:
+                self.moto.wait(10)
+            except subprocess.TimeoutExpired:
+                self.moto.kill()
+                self.moto.wait()
+
+
+def main() -> int:
+    """Run until SIGINT or SIGTERM, then stop every part."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    stack = LocalStack(
+        _port("VVG_AWS_PORT", 5000), _port("VVG_API_PORT", 3000), _port("VVG_DASHBOARD_PORT", 8080),
+        seed=os.environ.get("VVG_SEED", "1") != "0",
+        admin_password=os.environ.get("VVG_ADMIN_PASSWORD") or None,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+    except SystemExit:
+        stack.stop()
+        raise
+    except Exception as exc:
+        stack.stop()
+        print(f"vvg: error: the local stack did not start: {exc}", file=sys.stderr)
+        return 1
+    print(stack.banner(), flush=True)
+    while not stop.wait(0.5):
+        if stack.moto and stack.moto.poll() is not None:
+            print("vvg: error: the AWS emulation exited; stopping", file=sys.stderr)
+            stack.stop()
+            return 1
+    print("\nstopping...", flush=True)
+    stack.stop()
+    print("stopped.", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
