@@ -4,8 +4,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import signal
 import socket
+import subprocess
 import sys
+import threading
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -71,20 +75,73 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Stack:
+    """A running `python -m infra.local` (what `make run` starts), on free ports."""
+
+    def __init__(self, proc, aws_port: int, api_port: int, dashboard_port: int, banner: str) -> None:
+        self.proc, self.banner = proc, banner
+        self.aws_url = f"http://127.0.0.1:{aws_port}"
+        self.api_url = f"http://127.0.0.1:{api_port}"
+        self.dashboard_url = f"http://127.0.0.1:{dashboard_port}"
+        m = re.search(r"demo host\s+(\S+)\s+secret: (\S+)", banner)
+        self.host_id, self.host_secret = (m.group(1), m.group(2)) if m else (None, None)
+
+    def env(self) -> dict[str, str]:
+        """The environment a CLI run against this stack needs (the standard AWS variables only)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "VVG_"))}
+        env.update(AWS_ENDPOINT_URL=self.aws_url, AWS_REGION="us-east-1", AWS_ACCESS_KEY_ID="testing",
+                   AWS_SECRET_ACCESS_KEY="testing")
+        return env
+
+    def vvg(self, *argv: str, stdin: str = "", timeout: float = 60) -> CliResult:
+        """Run .venv's `vvg` as a user would, against this stack."""
+        exe = str(Path(sys.executable).with_name("vvg"))
+        p = subprocess.run([exe, *argv], input=stdin, capture_output=True, text=True, env=self.env(), timeout=timeout)
+        return CliResult(p.returncode, p.stdout, p.stderr)
+
+
+def start_stack(extra_env: dict[str, str] | None = None, timeout: float = 120) -> Stack:
+    """Start the local stack as `make run` does and wait for its banner."""
+    ports = [free_port() for _ in range(3)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(VVG_AWS_PORT=str(ports[0]), VVG_API_PORT=str(ports[1]), VVG_DASHBOARD_PORT=str(ports[2]),
+               VVG_ADMIN_PASSWORD="admin-pass-123", PYTHONUNBUFFERED="1")
+    env.update(extra_env or {})
+    proc = subprocess.Popen([sys.executable, "-m", "infra.local"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C stops everything" in line:
+                done.set()
+        done.set()
+
+    threading.Thread(target=reader, daemon=True).start()
+    if not done.wait(timeout) or proc.poll() is not None:
+        proc.kill()
+        raise RuntimeError("local stack did not start:\n" + "".join(lines))
+    stack = Stack(proc, *ports, banner="".join(lines))
+    stack.output = lines
+    return stack
+
+
+def stop_stack(stack: Stack, sig: int = signal.SIGTERM) -> int:
+    """Signal the stack and wait for it; returns its exit code."""
+    stack.proc.send_signal(sig)
+    try:
+        return stack.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        stack.proc.kill()
+        stack.proc.wait()
+        return -9
+
+
 @pytest.fixture(scope="session")
 def stack():
-    """The whole local stack (moto server, gateway, dashboard) on free ports, seeded with Table 1."""
-    from infra.local import LocalStack
-
-    saved = dict(os.environ)
-    s = LocalStack(free_port(), free_port(), free_port(), seed=True, admin_password="admin-pass-123")
-    try:
-        s.start()
-        yield s
-    finally:
-        s.stop()
-        os.environ.clear()
-        os.environ.update(saved)
-        from vvolguard.adapters import aws as aws_adapter
-
-        aws_adapter.reset_clients()
+    """The local stack, seeded with Table 1, shared by the end-to-end tests of one session."""
+    s = start_stack()
+    yield s
+    stop_stack(s)

@@ -1,0 +1,47 @@
+"""The local gateway builds the same API Gateway HTTP API (payload 2.0) events AWS would."""
+from __future__ import annotations
+
+import base64
+import json
+
+from infra.gateway import build_event, to_http, _compile
+from infra.template import Route
+
+ROUTE = Route("POST", "/v1/events", "EventsFunction", "vvolguard.handlers.events.handler")
+
+
+def test_build_event__has_the_payload_2_0_shape():
+    ev = build_event("POST", "/v1/events?a=1&a=2&b=", [("Host", "127.0.0.1:3000"), ("X-VVG-Host", "h1"),
+                     ("X-Multi", "x"), ("x-multi", "y"), ("Cookie", "a=1; b=2")], b'{"k": 1}', ROUTE, {}, "127.0.0.1")
+    assert ev["version"] == "2.0" and ev["routeKey"] == "POST /v1/events"
+    assert ev["rawPath"] == "/v1/events" and ev["rawQueryString"] == "a=1&a=2&b="
+    assert ev["headers"]["x-vvg-host"] == "h1" and ev["headers"]["x-multi"] == "x,y"
+    assert "cookie" not in ev["headers"] and ev["cookies"] == ["a=1", "b=2"]
+    assert ev["queryStringParameters"] == {"a": "1,2", "b": ""}
+    assert ev["requestContext"]["http"]["method"] == "POST"
+    assert ev["requestContext"]["http"]["sourceIp"] == "127.0.0.1"
+    assert ev["body"] == '{"k": 1}' and ev["isBase64Encoded"] is False
+
+
+def test_build_event__binary_body_is_base64():
+    raw = b"\xff\xfe\x00bad"
+    ev = build_event("POST", "/v1/events", [], raw, ROUTE, {}, "127.0.0.1")
+    assert ev["isBase64Encoded"] is True and base64.b64decode(ev["body"]) == raw
+
+
+def test_build_event__no_body_no_body_key():
+    ev = build_event("GET", "/v1/health", [], b"", Route("GET", "/v1/health", "F", "m.h"), {}, "127.0.0.1")
+    assert "body" not in ev and "queryStringParameters" not in ev
+
+
+def test_to_http__structured_and_inferred_responses():
+    assert to_http({"statusCode": 201, "headers": {"X-A": "1"}, "body": "hi"}) == (201, {"x-a": "1"}, [], b"hi")
+    status, headers, _, body = to_http({"ok": True})
+    assert status == 200 and json.loads(body) == {"ok": True}
+    assert to_http({"statusCode": 200, "body": base64.b64encode(b"\x00").decode(), "isBase64Encoded": True})[3] == b"\x00"
+
+
+def test_path_patterns__match_parameters_and_greedy_proxies():
+    assert _compile("/v1/volumes/{volume_id}").match("/v1/volumes/vvol-1").groupdict() == {"volume_id": "vvol-1"}
+    assert _compile("/v1/volumes/{volume_id}").match("/v1/volumes/a/b") is None
+    assert _compile("/{proxy+}").match("/a/b/c").groupdict() == {"proxy": "a/b/c"}
