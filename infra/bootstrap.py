@@ -1,6 +1,7 @@
 """Create what the template declares (tables, the host-secrets key, the audit key) and seed the demo."""
 from __future__ import annotations
 
+import json
 import secrets
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,15 @@ def create_resources(template: Template, settings: Settings) -> None:
     except ClientError:
         key_id = kms.create_key(Description="vvolguard host secrets")["KeyMetadata"]["KeyId"]
         kms.create_alias(AliasName=settings.host_secrets_key_id, TargetKeyId=key_id)
+    iam = aws.client("iam", settings.region)
+    for name, props in template.roles().items():
+        try:
+            iam.get_role(RoleName=name)
+        except ClientError:
+            iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(props["AssumeRolePolicyDocument"]))
+            for pol in props.get("Policies", []):
+                iam.put_role_policy(RoleName=name, PolicyName=pol["PolicyName"],
+                                    PolicyDocument=json.dumps(pol["PolicyDocument"]))
     sm = aws.client("secretsmanager", settings.region)
     try:
         sm.describe_secret(SecretId=settings.audit_key_secret_id)

@@ -65,6 +65,12 @@ class Template:
         if isinstance(value, dict):
             if set(value) == {"Ref"}:
                 return self.ref(value["Ref"])
+            if set(value) == {"Fn::GetAtt"} and value["Fn::GetAtt"][1] == "Arn":
+                name = value["Fn::GetAtt"][0]
+                kind = self.resources.get(name, {}).get("Type", "")
+                if kind == "AWS::IAM::Role":
+                    return f"arn:aws:iam::{self.params['AWS::AccountId']}:role/{self.ref(name)}"
+                return f"arn:aws:local:::{self.ref(name)}"
             if set(value) == {"Fn::Sub"} and isinstance(value["Fn::Sub"], str):
                 return re.sub(r"\$\{([^}!]+)\}", lambda m: str(self.ref(m.group(1))), value["Fn::Sub"])
             return {k: self.resolve(v) for k, v in value.items()}
@@ -80,7 +86,7 @@ class Template:
         if res is None:
             raise KeyError(f"template has no parameter or resource {name!r}")
         props = res.get("Properties", {})
-        for key in ("TableName", "AliasName", "Name", "FunctionName"):
+        for key in ("TableName", "AliasName", "Name", "FunctionName", "RoleName"):
             if key in props:
                 return self.resolve(props[key])
         return name
@@ -133,6 +139,10 @@ class Template:
                     ep = ev.get("Properties", {})
                     out.append(Route(ep.get("Method", "ANY").upper(), ep["Path"], name, props["Handler"]))
         return out
+
+    def roles(self) -> dict[str, dict[str, Any]]:
+        """Role name -> its resolved properties (the local stack creates them in the IAM emulation)."""
+        return {self.ref(n): self.resolve(r.get("Properties", {})) for n, r in self.of_type("AWS::IAM::Role").items()}
 
     def key_names(self) -> dict[str, str]:
         """Logical id -> local physical name of the KMS aliases and secrets."""

@@ -18,7 +18,7 @@ class Settings:
     host_secrets_key_id: str = "alias/vvg-host-secrets"
     audit_key_secret_id: str = "vvg/audit-key"
     migration_grant_seconds: int = 3600
-    provider_role_arn: str = ""
+    provider_role_arn: str = "arn:aws:iam::123456789012:role/vvg-provider"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 from pynamodb.exceptions import TransactWriteError
-from pynamodb.transactions import TransactWrite
+from vvolguard.adapters.tx import Tx
 
 from vvolguard.adapters import aws
 from vvolguard.adapters.models import AuditItem, ChainHead, connection
@@ -108,20 +108,20 @@ class AuditLog:
         return items, ChainHead(pk=chain, sk=HEAD_SK, head_seq=seq, head_mac=prev)
 
     @staticmethod
-    def add_to(tx: TransactWrite, head: tuple[int, str], items: list[AuditItem], new_head: ChainHead) -> None:
+    def add_to(tx: Tx, head: tuple[int, str], items: list[AuditItem], new_head: ChainHead) -> None:
         """Put ``items`` and move the head inside ``tx``, conditional on the head being unchanged."""
         for item in items:
-            tx.save(item, condition=AuditItem.chain.does_not_exist())
+            tx.save(item, condition=AuditItem.chain.does_not_exist(), label="audit")
         if head[0] == 0:
-            tx.save(new_head, condition=ChainHead.pk.does_not_exist())
+            tx.save(new_head, condition=ChainHead.pk.does_not_exist(), label="head")
         else:
-            tx.save(new_head, condition=ChainHead.head_seq == head[0])
+            tx.save(new_head, condition=ChainHead.head_seq == head[0], label="head")
 
     def append(self, records: list[AuditRecord],
-               extra: Callable[[TransactWrite], int] | None = None, attempts: int = 8) -> list[AuditItem]:
+               extra: Callable[[Tx], Any] | None = None, attempts: int = 8) -> list[AuditItem]:
         """Write ``records`` (any chains) in one transaction together with ``extra``'s writes.
 
-        ``extra(tx)`` adds the caller's conditional writes and returns how many it added; a failed
+        ``extra(tx)`` adds the caller's conditional writes (label "extra", the default); a failed
         condition among them raises ConcurrentModification, a lost race for a chain head is retried.
         """
         if not records and extra is None:
@@ -133,17 +133,18 @@ class AuditLog:
         for _ in range(attempts):
             heads = {c: self.head(c) for c in by_chain}
             built = {c: self.build(c, heads[c], [AuditRecord(**asdict(r)) for r in recs]) for c, recs in by_chain.items()}
-            n_extra = 0
+            tx = Tx(connection=connection(self.settings))
             try:
-                with TransactWrite(connection=connection(self.settings)) as tx:
-                    n_extra = extra(tx) if extra else 0
+                with tx:
+                    if extra:
+                        extra(tx)
                     for c, (items, new_head) in built.items():
                         self.add_to(tx, heads[c], items, new_head)
             except TransactWriteError as exc:
-                reasons = exc.cancellation_reasons or []
-                if any(r is not None and r.code == "ConditionalCheckFailed" for r in reasons[:n_extra]):
+                failed, conflict = tx.failed(exc)
+                if "extra" in failed:
                     raise ConcurrentModification("the item changed since it was read; read it again and retry") from None
-                if any(r is not None and r.code in ("ConditionalCheckFailed", "TransactionConflict") for r in reasons):
+                if failed or conflict:
                     continue
                 raise
             return [i for items, _ in built.values() for i in items]

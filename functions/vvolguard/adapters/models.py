@@ -82,6 +82,9 @@ class PolicyItem(StateItem, discriminator="policy"):
     last_event_at = UTCDateTimeAttribute(null=True)
     failed_passwords = NumberAttribute(default=0)
     locked_until = UTCDateTimeAttribute(null=True)
+    zone = UnicodeAttribute(null=True)
+    busy_event = UnicodeAttribute(null=True)
+    busy_until = UTCDateTimeAttribute(null=True)
 
 
 class ChainHead(StateItem, discriminator="head"):
@@ -134,6 +137,7 @@ class EventItem(Model):
     host_id = UnicodeAttribute()
     status = UnicodeAttribute()
     response = UnicodeAttribute(null=True)
+    lease_until = NumberAttribute(null=True)
     expires_at = NumberAttribute(null=True)
 
 

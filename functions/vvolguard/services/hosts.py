@@ -5,7 +5,7 @@ import re
 import secrets as _secrets
 from datetime import datetime, timezone
 
-from pynamodb.transactions import TransactWrite
+from vvolguard.adapters.tx import Tx
 
 from vvolguard.adapters import aws
 from vvolguard.adapters.audit import AuditLog, AuditRecord
@@ -80,7 +80,7 @@ class HostService:
         )
         rec = AuditRecord(actor=actor, action="host_enroll", outcome="done", host_id=host_id, reason="enrolled")
 
-        def write(tx: TransactWrite) -> int:
+        def write(tx: Tx) -> int:
             tx.save(item, condition=HostItem.host_id.does_not_exist())
             return 1
 
@@ -103,7 +103,7 @@ class HostService:
         enc = aws.encrypt_secret(self.settings, secret, _context(host_id, version))
         rec = AuditRecord(actor=actor, action="host_rotate", outcome="done", host_id=host_id, reason="secret rotated")
 
-        def write(tx: TransactWrite) -> int:
+        def write(tx: Tx) -> int:
             tx.update(host, actions=[HostItem.secret_enc.set(enc), HostItem.secret_version.set(version),
                                      HostItem.updated_at.set(datetime.now(timezone.utc))],
                       condition=(HostItem.secret_version == host.secret_version) & (HostItem.status == "active"))
@@ -119,7 +119,7 @@ class HostService:
             return {"host_id": host_id, "status": "revoked", "changed": "false"}
         rec = AuditRecord(actor=actor, action="host_revoke", outcome="done", host_id=host_id, reason="revoked")
 
-        def write(tx: TransactWrite) -> int:
+        def write(tx: Tx) -> int:
             tx.update(host, actions=[HostItem.status.set("revoked"), HostItem.updated_at.set(datetime.now(timezone.utc))],
                       condition=HostItem.status == "active")
             return 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
-from pynamodb.transactions import TransactWrite
+from vvolguard.adapters.tx import Tx
 
 from vvolguard.adapters.audit import AuditLog, AuditRecord
 from vvolguard.adapters.models import PolicyItem
@@ -161,7 +161,7 @@ class PolicyService:
                 return
             ops = list(chunk_ops)
 
-            def extra(tx: TransactWrite) -> int:
+            def extra(tx: Tx) -> int:
                 for op in ops:
                     if op[0] == "save":
                         tx.save(op[1], condition=op[2])

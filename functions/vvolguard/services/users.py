@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
-from pynamodb.transactions import TransactWrite
+from vvolguard.adapters.tx import Tx
 
 from vvolguard.adapters.audit import AuditLog, AuditRecord
 from vvolguard.adapters.models import UserItem
@@ -41,7 +41,7 @@ class UserService:
         rec = AuditRecord(actor=actor, action="user_add", outcome="done", reason=f"role={role}",
                           detail={"user": username})
 
-        def write(tx: TransactWrite) -> int:
+        def write(tx: Tx) -> int:
             tx.save(item, condition=UserItem.username.does_not_exist())
             return 1
 

@@ -1,0 +1,272 @@
+"""The storage provider interface and its first implementation, EBS (contract section 5).
+
+Every call is made with credentials obtained for the host: an STS AssumeRole of the provider role with
+the host as a session tag and an external id derived from the host's enrolled credentials. moto is more
+permissive than AWS (it attaches an in-use volume again, accepts cross-zone attaches and checks no role
+trust), so the checks AWS would make are also made here, in code.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterator, Protocol
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from vvolguard.adapters import aws
+from vvolguard.errors import ProviderUnavailable, VvgError
+from vvolguard.settings import Settings
+
+TAG_VOLUME = "vvg:volume-id"
+TAG_HOSTS = "vvg:hosts"
+TAG_VM = "vvg:vm-id"
+RETRYABLE = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "InternalError", "InternalFailure",
+             "ServiceUnavailable", "Unavailable", "RequestTimeout", "IncorrectState"}
+
+
+class ProviderRefused(VvgError):
+    """The provider (or our own check of what it would allow) refused the operation."""
+
+    status_code = 409
+    code = "provider_refused"
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(message or reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class HostIdentity:
+    """Who the provider acts for: the host and the digest of its enrolled credentials."""
+
+    host_id: str
+    cred_hash: str
+
+    @property
+    def external_id(self) -> str:
+        """The STS external id: derived from the enrolled credentials, never the credentials themselves."""
+        return hmac.new(bytes.fromhex(self.cred_hash), b"vvg:provider-external-id", hashlib.sha256).hexdigest()[:48]
+
+
+@dataclass(frozen=True)
+class Instance:
+    instance_id: str
+    zone: str
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A managed volume attached at the provider."""
+
+    provider_volume_id: str
+    volume_id: str
+    instance_id: str
+    device: str
+    hosts: tuple[str, ...]
+
+
+class StorageProvider(Protocol):
+    """What vvolguard needs of a storage array."""
+
+    def find_instance(self, who: HostIdentity, vm_id: str) -> Instance: ...
+    def create(self, who: HostIdentity, volume_id: str, vm_id: str, size_mb: int, zone: str) -> str: ...
+    def attach(self, who: HostIdentity, provider_volume_id: str, instance: Instance, device: str) -> str: ...
+    def detach(self, who: HostIdentity, provider_volume_id: str, instance_id: str) -> bool: ...
+    def grant(self, who: HostIdentity, provider_volume_id: str, host_id: str) -> None: ...
+    def revoke(self, who: HostIdentity, provider_volume_id: str, host_id: str) -> None: ...
+    def attachments(self) -> Iterator[Attachment]: ...
+
+
+def size_gib(size_mb: int) -> int:
+    """Contract: max(1, ceil(size_mb / 1024)) GiB."""
+    return max(1, math.ceil(size_mb / 1024))
+
+
+class EbsProvider:
+    """EBS volumes attached to EC2 instances, one assumed-role session per host (cached while valid)."""
+
+    def __init__(self, settings: Settings, base_session: boto3.session.Session | None = None,
+                 attempts: int = 4, backoff: float = 0.05) -> None:
+        self.settings = settings
+        self.base = base_session
+        self.attempts = attempts
+        self.backoff = backoff
+        self._lock = threading.Lock()
+        self._clients: dict[str, tuple[Any, float]] = {}
+
+    # ---- authentication
+
+    def _assume(self, who: HostIdentity):
+        base = self.base or aws.session(self.settings.region)
+        sts = base.client("sts", region_name=self.settings.region)
+        resp = sts.assume_role(
+            RoleArn=self.settings.provider_role_arn or f"arn:aws:iam::123456789012:role/vvg-provider",
+            RoleSessionName=f"vvg-{who.host_id}"[:64], ExternalId=who.external_id, DurationSeconds=900,
+            Tags=[{"Key": "vvg:host-id", "Value": who.host_id}],
+        )
+        creds = resp["Credentials"]
+        expires = creds["Expiration"].timestamp() if hasattr(creds["Expiration"], "timestamp") else time.time() + 900
+        sess = boto3.session.Session(aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+                                     aws_session_token=creds["SessionToken"], region_name=self.settings.region)
+        client = sess.client("ec2", config=Config(retries={"mode": "standard", "max_attempts": 2},
+                                                   connect_timeout=3, read_timeout=10))
+        return client, expires
+
+    def ec2(self, who: HostIdentity):
+        """The EC2 client acting for ``who``; a new AssumeRole only when the cached one nears expiry."""
+        if not who.cred_hash:
+            raise ProviderRefused("no_credentials", f"host {who.host_id} has no enrolled credentials")
+        with self._lock:
+            cached = self._clients.get(who.host_id)
+            if cached and cached[1] - 120 > time.time():
+                return cached[0]
+        client, expires = self._call(lambda: self._assume(who))
+        with self._lock:
+            self._clients[who.host_id] = (client, expires)
+        return client
+
+    def forget(self, host_id: str) -> None:
+        """Drop a host's cached session (after revocation or rotation)."""
+        with self._lock:
+            self._clients.pop(host_id, None)
+
+    # ---- retries
+
+    def _call(self, fn):
+        last: Exception | None = None
+        for attempt in range(self.attempts):
+            try:
+                return fn()
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                if code not in RETRYABLE and status < 500:
+                    raise
+                last = exc
+            except BotoCoreError as exc:
+                last = exc
+            time.sleep(self.backoff * (2 ** attempt))
+        raise ProviderUnavailable(f"the storage provider failed after {self.attempts} attempts ({type(last).__name__})")
+
+    # ---- operations
+
+    def find_instance(self, who: HostIdentity, vm_id: str) -> Instance:
+        """The instance tagged vvg:vm-id = vm_id."""
+        ec2 = self.ec2(who)
+        resp = self._call(lambda: ec2.describe_instances(Filters=[
+            {"Name": f"tag:{TAG_VM}", "Values": [vm_id]},
+            {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]))
+        for r in resp.get("Reservations", []):
+            for i in r.get("Instances", []):
+                return Instance(i["InstanceId"], i["Placement"]["AvailabilityZone"])
+        raise ProviderRefused("vm_not_found", f"no instance is tagged {TAG_VM}={vm_id}")
+
+    def _volume(self, ec2, provider_volume_id: str) -> dict[str, Any]:
+        try:
+            resp = self._call(lambda: ec2.describe_volumes(VolumeIds=[provider_volume_id]))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("InvalidVolume.NotFound", "InvalidVolumeID.Malformed"):
+                raise ProviderRefused("volume_not_found", f"volume {provider_volume_id} does not exist") from None
+            raise
+        return resp["Volumes"][0]
+
+    @staticmethod
+    def _hosts(vol: dict[str, Any]) -> tuple[str, ...]:
+        tags = {t["Key"]: t["Value"] for t in vol.get("Tags", [])}
+        return tuple(h for h in tags.get(TAG_HOSTS, "").split(",") if h)
+
+    def create(self, who: HostIdentity, volume_id: str, vm_id: str, size_mb: int, zone: str) -> str:
+        """A raw EBS volume (no file system) for ``volume_id``, assigned to this host only."""
+        ec2 = self.ec2(who)
+        existing = self._call(lambda: ec2.describe_volumes(Filters=[{"Name": f"tag:{TAG_VOLUME}", "Values": [volume_id]}]))
+        for vol in existing.get("Volumes", []):
+            if vol["State"] not in ("deleting", "deleted", "error"):
+                return vol["VolumeId"]
+        vol = self._call(lambda: ec2.create_volume(
+            AvailabilityZone=zone, Size=size_gib(size_mb), VolumeType="gp3", Encrypted=True,
+            TagSpecifications=[{"ResourceType": "volume", "Tags": [
+                {"Key": TAG_VOLUME, "Value": volume_id}, {"Key": TAG_HOSTS, "Value": who.host_id},
+                {"Key": TAG_VM, "Value": vm_id}]}],
+        ))
+        return vol["VolumeId"]
+
+    def attach(self, who: HostIdentity, provider_volume_id: str, instance: Instance, device: str) -> str:
+        """Attach to the VM's instance; refuses what AWS's IAM and EC2 would refuse. Returns the device."""
+        ec2 = self.ec2(who)
+        vol = self._volume(ec2, provider_volume_id)
+        if who.host_id not in self._hosts(vol):
+            raise ProviderRefused("host_not_allowed", f"host {who.host_id} is not in {TAG_HOSTS} of the volume")
+        for att in vol.get("Attachments", []):
+            if att.get("State") in ("attaching", "attached"):
+                if att["InstanceId"] == instance.instance_id:
+                    return att.get("Device") or device  # already there: idempotent
+                raise ProviderRefused("volume_in_use", "the volume is attached to another instance")
+        if vol["AvailabilityZone"] != instance.zone:
+            raise ProviderRefused("zone_mismatch", "the volume and the instance are in different availability zones")
+        self._call(lambda: ec2.attach_volume(VolumeId=provider_volume_id, InstanceId=instance.instance_id, Device=device))
+        return device
+
+    def detach(self, who: HostIdentity, provider_volume_id: str, instance_id: str | None) -> bool:
+        """Detach from the instance; False when it was not attached there. A detach never needs a password."""
+        ec2 = self.ec2(who)
+        try:
+            vol = self._volume(ec2, provider_volume_id)
+        except ProviderRefused:
+            return False
+        atts = [a for a in vol.get("Attachments", []) if a.get("State") in ("attaching", "attached")
+                and (instance_id is None or a["InstanceId"] == instance_id)]
+        if not atts:
+            return False
+        for att in atts:
+            self._call(lambda: ec2.detach_volume(VolumeId=provider_volume_id, InstanceId=att["InstanceId"]))
+        return True
+
+    def _set_hosts(self, ec2, provider_volume_id: str, hosts: tuple[str, ...]) -> None:
+        self._call(lambda: ec2.create_tags(Resources=[provider_volume_id], Tags=[{"Key": TAG_HOSTS, "Value": ",".join(hosts)}]))
+
+    def grant(self, who: HostIdentity, provider_volume_id: str, host_id: str) -> None:
+        """Add ``host_id`` to the volume's vvg:hosts (only a host already in it may)."""
+        ec2 = self.ec2(who)
+        hosts = self._hosts(self._volume(ec2, provider_volume_id))
+        if who.host_id not in hosts:
+            raise ProviderRefused("host_not_allowed", f"host {who.host_id} is not in {TAG_HOSTS} of the volume")
+        if host_id not in hosts:
+            self._set_hosts(ec2, provider_volume_id, hosts + (host_id,))
+
+    def revoke(self, who: HostIdentity, provider_volume_id: str, host_id: str) -> None:
+        """Remove ``host_id`` from the volume's vvg:hosts."""
+        ec2 = self.ec2(who)
+        hosts = self._hosts(self._volume(ec2, provider_volume_id))
+        if host_id in hosts:
+            self._set_hosts(ec2, provider_volume_id, tuple(h for h in hosts if h != host_id))
+
+    def attachments(self, who: HostIdentity | None = None) -> Iterator[Attachment]:
+        """Every managed volume attached at the provider, page by page."""
+        ec2 = self.ec2(who) if who else (self.base or aws.session(self.settings.region)).client("ec2")
+        paginator = ec2.get_paginator("describe_volumes")
+        for page in paginator.paginate(Filters=[{"Name": "tag-key", "Values": [TAG_VOLUME]}], PaginationConfig={"PageSize": 500}):
+            for vol in page.get("Volumes", []):
+                tags = {t["Key"]: t["Value"] for t in vol.get("Tags", [])}
+                for att in vol.get("Attachments", []):
+                    if att.get("State") in ("attaching", "attached"):
+                        yield Attachment(vol["VolumeId"], tags.get(TAG_VOLUME, ""), att["InstanceId"], att.get("Device", ""),
+                                         tuple(h for h in tags.get(TAG_HOSTS, "").split(",") if h))
+
+    def detach_for_policy_delete(self, item: Any) -> None:
+        """Detach a volume whose policy is being deleted (acting for the VM's host)."""
+        from vvolguard.adapters.models import HostItem
+
+        try:
+            host = HostItem.get(item.host_id)
+            who = HostIdentity(host.host_id, host.cred_hash)
+        except HostItem.DoesNotExist:
+            raise ProviderRefused("host_not_found", f"host {item.host_id} is not enrolled; cannot act for it") from None
+        if item.provider_volume_id:
+            self.detach(who, item.provider_volume_id, item.instance_id)

@@ -1,0 +1,179 @@
+"""Host events (contract section 4): the strict schema, parsed into a typed request. Pure."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from vvolguard.domain.policy import ID_RE
+from vvolguard.errors import InvalidEvent, InvalidJson
+
+MAX_BODY = 64 * 1024
+EVENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+RFC3339_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+MAX_APPS = 64
+
+# type -> (required fields beyond the common ones, optional fields)
+TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "vm.created": ((), ()),
+    "vm.preboot": ((), ()),
+    "vm.booted": ((), ()),
+    "vm.shutdown": ((), ()),
+    "app.started": (("app",), ()),
+    "app.stopped": (("app",), ()),
+    "license.check": (("app",), ()),
+    "license.verified": (("app",), ()),
+    "volume.attach_request": (("volume_id",), ("password",)),
+    "volume.detach_request": (("volume_id",), ()),
+    "vm.migrate.start": (("destination_host",), ()),
+    "vm.migrate.complete": (("source_host",), ()),
+    "guest.inventory": (("apps",), ()),
+}
+COMMON = ("event_id", "type", "vm_id")
+
+
+@dataclass(frozen=True)
+class Software:
+    """One installed security product reported by guest.inventory."""
+
+    name: str
+    type: str
+    key_bits: int
+
+
+@dataclass(frozen=True)
+class Event:
+    """A validated host event."""
+
+    event_id: str
+    type: str
+    vm_id: str
+    occurred_at: datetime | None = None
+    app: str | None = None
+    volume_id: str | None = None
+    password: str | None = field(default=None, repr=False)
+    destination_host: str | None = None
+    source_host: str | None = None
+    apps: tuple[Software, ...] = ()
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _no_dups(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError("duplicate key")
+        out[k] = v
+    return out
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > 20:
+        raise ValueError("number too large")
+    return int(text)
+
+
+def loads(body: bytes) -> Any:
+    """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity, no huge numbers, bounded nesting."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidJson("the body is not UTF-8") from None
+    depth = 0
+    for ch in text:  # refuse deep nesting before the parser recurses into it
+        if ch in "[{":
+            depth += 1
+            if depth > 32:
+                raise InvalidJson("the body nests deeper than 32 levels")
+        elif ch in "]}":
+            depth -= 1
+    try:
+        return json.loads(text, object_pairs_hook=_no_dups, parse_constant=_reject_constant, parse_int=_int,
+                          parse_float=lambda s: _float(s))
+    except (ValueError, RecursionError) as exc:
+        msg = str(exc).split(":")[0] if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise InvalidJson(f"the body is not valid JSON: {msg[:80]}") from None
+
+
+def _float(text: str) -> float:
+    if len(text) > 40:
+        raise ValueError("number too large")
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError("number too large")
+    return value
+
+
+def parse_time(value: Any) -> datetime:
+    """An RFC 3339 timestamp as an aware UTC datetime."""
+    if not isinstance(value, str) or not RFC3339_RE.match(value):
+        raise InvalidEvent("occurred_at must be an RFC 3339 time, e.g. 2026-11-27T05:00:00Z")
+    text = value.upper().replace(" ", "T").replace("Z", "+00:00")
+    frac = re.search(r"\.(\d+)", text)
+    if frac and len(frac.group(1)) > 6:
+        text = text.replace(frac.group(0), "." + frac.group(1)[:6])
+    try:
+        return datetime.fromisoformat(text).astimezone(timezone.utc)
+    except ValueError:
+        raise InvalidEvent("occurred_at must be an RFC 3339 time, e.g. 2026-11-27T05:00:00Z") from None
+
+
+def _id(doc: dict[str, Any], key: str, pattern: re.Pattern[str] = ID_RE) -> str:
+    v = doc.get(key)
+    if not isinstance(v, str) or not pattern.match(v):
+        raise InvalidEvent(f"{key} must be a string matching {pattern.pattern[1:-1]}")
+    return v
+
+
+def parse_event(body: bytes) -> Event:
+    """Parse and validate one event body; unknown or out-of-place fields are refused."""
+    doc = loads(body)
+    if not isinstance(doc, dict):
+        raise InvalidEvent("the body must be a JSON object")
+    etype = doc.get("type")
+    if not isinstance(etype, str) or etype not in TYPES:
+        raise InvalidEvent(f"type must be one of {', '.join(TYPES)}")
+    required, optional = TYPES[etype]
+    allowed = set(COMMON) | {"occurred_at"} | set(required) | set(optional)
+    unknown = sorted(str(k)[:40] for k in doc if k not in allowed)
+    if unknown:
+        raise InvalidEvent(f"field {unknown[0]!r} is not allowed for {etype}")
+    for key in COMMON + required:
+        if key not in doc:
+            raise InvalidEvent(f"field {key!r} is required for {etype}")
+    event_id = _id(doc, "event_id", EVENT_ID_RE)
+    vm_id = _id(doc, "vm_id")
+    kwargs: dict[str, Any] = {}
+    if "occurred_at" in doc:
+        kwargs["occurred_at"] = parse_time(doc["occurred_at"])
+    for key in ("app", "volume_id", "destination_host", "source_host"):
+        if key in doc:
+            kwargs[key] = _id(doc, key)
+    if "password" in doc:
+        pw = doc["password"]
+        if not isinstance(pw, str) or not 1 <= len(pw) <= 256:
+            raise InvalidEvent("password must be a string of 1 to 256 characters")
+        kwargs["password"] = pw
+    if "apps" in doc:
+        apps = doc["apps"]
+        if not isinstance(apps, list) or len(apps) > MAX_APPS:
+            raise InvalidEvent(f"apps must be a list of at most {MAX_APPS} products")
+        out = []
+        for i, a in enumerate(apps):
+            if not isinstance(a, dict) or set(a) != {"name", "type", "key_bits"}:
+                raise InvalidEvent(f"apps[{i}] must be an object with exactly name, type and key_bits")
+            name, typ, bits = a["name"], a["type"], a["key_bits"]
+            if not isinstance(name, str) or not ID_RE.match(name):
+                raise InvalidEvent(f"apps[{i}].name must match [A-Za-z0-9._-]{{1,64}}")
+            if not isinstance(typ, str) or not ID_RE.match(typ):
+                raise InvalidEvent(f"apps[{i}].type must match [A-Za-z0-9._-]{{1,64}}")
+            if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 65536:
+                raise InvalidEvent(f"apps[{i}].key_bits must be an integer from 1 to 65536")
+            out.append(Software(name, typ, bits))
+        kwargs["apps"] = tuple(out)
+    return Event(event_id=event_id, type=etype, vm_id=vm_id, **kwargs)

@@ -1,0 +1,45 @@
+"""POST /v1/events: a signed host lifecycle event (contract section 4). Transport only."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from vvolguard.handlers.http import request_parts, run
+
+log = logging.getLogger("vvg.events")
+_service = None
+
+
+def service():
+    """The EventService of this (warm) container: built on first use, never at import."""
+    global _service
+    if _service is None:
+        from vvolguard.adapters.models import configure
+        from vvolguard.services.events import EventService
+        from vvolguard.settings import Settings
+
+        settings = Settings.from_env()
+        configure(settings)
+        _service = EventService(settings)
+    return _service
+
+
+def reset() -> None:
+    """Forget the warm service (tests switch environments)."""
+    global _service
+    _service = None
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Verify, decide, act, record; answer the decisions or the contract's error."""
+    started = time.perf_counter()
+    headers, body = request_parts(event)
+    result = run(lambda: (200, service().handle(headers, body)))
+    if os.environ.get("VVG_LOG_EVENTS", "1") != "0":
+        # Ids and outcome only: never the body (it may carry a password) nor the signature.
+        log.info(json.dumps({"msg": "event", "host": headers.get("x-vvg-host", "")[:64], "status": result["statusCode"],
+                             "ms": round((time.perf_counter() - started) * 1000, 1)}))
+    return result

@@ -1,0 +1,103 @@
+"""Host authentication for webhooks: X-VVG-Host and X-VVG-Signature (contract section 4)."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import threading
+import time
+from dataclasses import dataclass
+
+from vvolguard.adapters import aws
+from vvolguard.adapters.models import HostItem
+from vvolguard.domain.policy import ID_RE
+from vvolguard.errors import BadSignature, MissingSignature, StaleSignature, UnknownHost
+from vvolguard.settings import Settings
+
+TOLERANCE_S = 300
+CACHE_S = 30.0
+SIG_RE = re.compile(r"^t=(\d{1,12}),v1=([0-9a-f]{64})$")
+
+
+@dataclass(frozen=True)
+class AuthenticatedHost:
+    """A host whose signature checked out."""
+
+    host_id: str
+    secret_version: int
+    cred_hash: str
+
+
+class HostAuthenticator:
+    """Verifies signatures; host records are cached briefly in a warm container. The claiming
+    transaction re-checks the host (active, same secret version), so the cache never outlives a revocation."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._cache: dict[str, tuple[HostItem, str, float]] = {}
+        self._lock = threading.Lock()
+
+    def _load(self, host_id: str, fresh: bool = False) -> tuple[HostItem, str] | None:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(host_id)
+        if hit and not fresh and now - hit[2] < CACHE_S:
+            return hit[0], hit[1]
+        try:
+            host = HostItem.get(host_id, consistent_read=True)
+        except HostItem.DoesNotExist:
+            with self._lock:
+                self._cache.pop(host_id, None)
+            return None
+        secret = aws.decrypt_secret(self.settings, host.secret_enc,
+                                    {"vvg:host-id": host.host_id, "vvg:secret-version": str(int(host.secret_version))})
+        with self._lock:
+            if len(self._cache) > 10000:
+                self._cache.clear()
+            self._cache[host_id] = (host, secret, now)
+        return host, secret
+
+    def forget(self, host_id: str) -> None:
+        with self._lock:
+            self._cache.pop(host_id, None)
+
+    def identify(self, host_header: str | None, sig_header: str | None) -> tuple[str, int, str]:
+        """(host id, timestamp, hex signature) from the headers, or the 401 the contract names."""
+        if not host_header or not sig_header:
+            raise MissingSignature("X-VVG-Host and X-VVG-Signature are required")
+        if not ID_RE.match(host_header):
+            raise UnknownHost("the host is not enrolled")
+        m = SIG_RE.match(sig_header.strip())
+        if not m:
+            raise BadSignature("X-VVG-Signature must be t=UNIX_SECONDS,v1=64 lower-case hex digits")
+        return host_header, int(m.group(1)), m.group(2)
+
+    def authenticate(self, host_id: str, timestamp: int, signature: str, body: bytes,
+                     now: float | None = None) -> AuthenticatedHost:
+        """The host, if enrolled, active, in time and correctly signed; else the matching AuthError."""
+        loaded = self._load(host_id)
+        if loaded is None:
+            raise UnknownHost("the host is not enrolled")
+        host, secret = loaded
+        if host.status != "active":
+            loaded = self._load(host_id, fresh=True)
+            if loaded is None or loaded[0].status != "active":
+                raise UnknownHost("the host is not enrolled or was revoked")
+            host, secret = loaded
+        now = time.time() if now is None else now
+        if abs(now - timestamp) > TOLERANCE_S:
+            raise StaleSignature(f"the signature's timestamp is more than {TOLERANCE_S} s from the server's clock")
+        if not self._matches(secret, timestamp, body, signature):
+            # The secret may have been rotated since it was cached: check once against a fresh read.
+            loaded = self._load(host_id, fresh=True)
+            if loaded is None or loaded[0].status != "active":
+                raise UnknownHost("the host is not enrolled or was revoked")
+            host, secret = loaded
+            if not self._matches(secret, timestamp, body, signature):
+                raise BadSignature("the signature does not match")
+        return AuthenticatedHost(host.host_id, int(host.secret_version), host.cred_hash)
+
+    @staticmethod
+    def _matches(secret: str, timestamp: int, body: bytes, signature: str) -> bool:
+        want = hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode("ascii") + body, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(want, signature)

@@ -1,0 +1,428 @@
+"""The webhook's domain service: authenticate, decide, claim, act at the provider, record.
+
+A warm event costs three DynamoDB round trips: one Query of the VM's partition (policies, their state
+and the audit chain head), one transaction that claims the event and the volumes it will change (so
+duplicates and races lose there, before any provider call), and one transaction that records the
+outcome, the audit records and the event's answer. Events that need no provider call take two.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from pynamodb.exceptions import TransactWriteError
+
+from vvolguard.adapters.audit import HEAD_SK, AuditLog, AuditRecord
+from vvolguard.adapters.models import ChainHead, EventItem, HostItem, PolicyItem, StateItem, connection
+from vvolguard.adapters.tx import Tx
+from vvolguard.adapters.provider import EbsProvider, HostIdentity, Instance, ProviderRefused, StorageProvider
+from vvolguard.domain.engine import BUSY_SECONDS, Decision, VolumeView, decide
+from vvolguard.domain.events import MAX_BODY, Event, parse_event
+from vvolguard.errors import (
+    EventConflict,
+    EventInProgress,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    ProviderUnavailable,
+    UnknownHost,
+    BadSignature,
+    VvgError,
+)
+from vvolguard.services.auth import AuthenticatedHost, HostAuthenticator
+from vvolguard.settings import Settings
+
+log = logging.getLogger("vvg.events")
+EVENT_TTL_S = 7 * 86400
+ATTEMPTS = 6
+TOUCH_EVERY_S = 60.0
+
+
+def _iso(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def view_of(item: PolicyItem) -> VolumeView:
+    """The engine's view of a stored policy item."""
+    return VolumeView(
+        volume_id=item.volume_id, vm_id=item.vm_id, host_id=item.host_id, attach_on=item.attach_on,
+        detach_on=item.detach_on, size_mb=int(item.size_mb), app=item.app,
+        authorized_apps=tuple(item.authorized_apps or ()), password_hash=item.password_hash,
+        max_attach_seconds=int(item.max_attach_seconds),
+        min_key_bits=int(item.min_key_bits) if item.min_key_bits is not None else None,
+        policy_version=int(item.policy_version), exists=bool(item.provider_volume_id), attached=bool(item.attached),
+        last_event_at=item.last_event_at, failed_passwords=int(item.failed_passwords or 0),
+        locked_until=item.locked_until, busy_until=item.busy_until,
+    )
+
+
+@dataclass
+class Partition:
+    """One read of a VM's partition."""
+
+    policies: dict[str, PolicyItem]
+    head: tuple[int, str]
+
+
+@dataclass
+class Outcome:
+    """What the provider phase did to one decision."""
+
+    decision: Decision
+    item: PolicyItem
+    updates: dict[str, Any] = field(default_factory=dict)
+    undo: Any = None
+
+
+class EventService:
+    """Handles one signed host event end to end."""
+
+    def __init__(self, settings: Settings, provider: StorageProvider | None = None) -> None:
+        self.settings = settings
+        self.auth = HostAuthenticator(settings)
+        self.audit = AuditLog(settings)
+        self.provider: StorageProvider = provider or EbsProvider(settings)
+        self._touched: dict[str, float] = {}
+
+    # ---- entry point
+
+    def handle(self, headers: dict[str, str], body: bytes, now: datetime | None = None) -> dict[str, Any]:
+        """The answer to one request, or a VvgError carrying the contract's status and code."""
+        if len(body) > MAX_BODY:
+            raise PayloadTooLarge(f"the body is over {MAX_BODY} bytes")
+        host_id, ts, sig = self.auth.identify(headers.get("x-vvg-host"), headers.get("x-vvg-signature"))
+        now = now or datetime.now(timezone.utc)
+        known = True
+        event: Event | None = None
+        try:
+            try:
+                host = self.auth.authenticate(host_id, ts, sig, body, now.timestamp())
+            except UnknownHost:
+                known = self._exists(host_id)
+                raise
+            event = parse_event(body)
+            return self._process(host, event, hashlib.sha256(body).hexdigest(), now)
+        except VvgError as exc:
+            if known and not isinstance(exc, ProviderUnavailable):
+                self._audit_refusal(host_id, event, exc)
+            raise
+
+    @staticmethod
+    def _exists(host_id: str) -> bool:
+        try:
+            HostItem.get(host_id)
+            return True
+        except HostItem.DoesNotExist:
+            return False
+
+    def _audit_refusal(self, host_id: str, event: Event | None, exc: VvgError) -> None:
+        try:
+            self.audit.append([AuditRecord(
+                actor=f"host:{host_id}", action="refuse", outcome="denied", reason=exc.code, host_id=host_id,
+                vm_id=event.vm_id if event and isinstance(exc, (Forbidden, NotFound)) else None,
+                volume_id=event.volume_id if event else None, event_id=event.event_id if event else None,
+                event_type=event.type if event else None)])
+        except Exception:  # the refusal itself must still be answered
+            log.exception("could not audit a refusal")
+
+    # ---- reads
+
+    def read_partition(self, vm_id: str) -> Partition:
+        """The VM's policies and its audit chain head: one consistent Query."""
+        policies: dict[str, PolicyItem] = {}
+        head = (0, "")
+        for item in StateItem.query(f"VM#{vm_id}", consistent_read=True):
+            if isinstance(item, PolicyItem):
+                policies[item.volume_id] = item
+            elif isinstance(item, ChainHead) and item.sk == HEAD_SK:
+                head = (int(item.head_seq), item.head_mac)
+        return Partition(policies, head)
+
+    # ---- the event path
+
+    def _process(self, host: AuthenticatedHost, event: Event, body_hash: str, now: datetime) -> dict[str, Any]:
+        try:
+            return self._attempt(host, event, body_hash, now)
+        except _Duplicate as dup:
+            return dup.answer
+
+    def _attempt(self, host: AuthenticatedHost, event: Event, body_hash: str, now: datetime) -> dict[str, Any]:
+        key = f"{host.host_id}/{event.event_id}"
+        for _ in range(ATTEMPTS):
+            part = self.read_partition(event.vm_id)
+            mine = self._authorize(host, event, part)
+            decisions = decide(event, [view_of(p) for p in mine], now)
+            pending = [d for d in decisions if d.needs_provider]
+            if not pending:
+                answer = self._answer(event, decisions)
+                if self._claim_and_record(host, event, key, body_hash, part, decisions, answer, now):
+                    return answer
+                continue
+            if not self._claim(host, event, key, body_hash, part, decisions, now):
+                continue
+            outcomes = self._act(host, event, part, decisions, now, key)
+            answer = self._answer(event, decisions)
+            self._record(host, event, key, part, outcomes, decisions, answer, now)
+            return answer
+        raise EventInProgress("the VM's state is changing under concurrent events; retry with the same event_id")
+
+    def _authorize(self, host: AuthenticatedHost, event: Event, part: Partition) -> list[PolicyItem]:
+        policies = list(part.policies.values())
+        mine = [p for p in policies if p.host_id == host.host_id]
+        if event.type.startswith("volume."):
+            target = part.policies.get(event.volume_id or "")
+            if target is None:
+                raise NotFound(f"volume {event.volume_id} is not a volume of {event.vm_id}")
+            if target.host_id != host.host_id:
+                raise Forbidden(f"host {host.host_id} is not the host of {event.vm_id}")
+            return [target] if event.type == "volume.detach_request" else mine
+        if event.type.startswith("vm.migrate."):
+            raise Forbidden("live migration is not enabled on this deployment")
+        if policies and not mine:
+            raise Forbidden(f"host {host.host_id} is not the host of {event.vm_id}")
+        return mine
+
+    @staticmethod
+    def _answer(event: Event, decisions: list[Decision]) -> dict[str, Any]:
+        return {"event_id": event.event_id, "duplicate": False, "decisions": [d.answer() for d in decisions]}
+
+    def _event_item(self, host: AuthenticatedHost, key: str, body_hash: str, status: str, now: datetime,
+                    answer: dict | None = None) -> EventItem:
+        return EventItem(event_id=key, body_sha256=body_hash, host_id=host.host_id, status=status,
+                         response=json.dumps(answer) if answer is not None else None,
+                         lease_until=int(now.timestamp()) + BUSY_SECONDS,
+                         expires_at=int(now.timestamp()) + EVENT_TTL_S)
+
+    def _event_condition(self, body_hash: str, now: datetime):
+        # New, or a failed attempt of the same body, or the same body whose worker died past its lease.
+        same = EventItem.body_sha256 == body_hash
+        return (EventItem.event_id.does_not_exist() | (same & (EventItem.status == "failed"))
+                | (same & (EventItem.status == "in_progress") & (EventItem.lease_until < int(now.timestamp()))))
+
+    def _host_check(self, tx: Tx, host: AuthenticatedHost, now: datetime) -> None:
+        """The host is still active with the same secret; at most once a minute also its last_seen_at
+        (a write on every event would make one host's concurrent events conflict on its item)."""
+        cond = (HostItem.status == "active") & (HostItem.secret_version == host.secret_version)
+        last = self._touched.get(host.host_id, 0.0)
+        if time.monotonic() - last > TOUCH_EVERY_S:
+            self._touched[host.host_id] = time.monotonic()
+            tx.update(HostItem(host_id=host.host_id), actions=[HostItem.last_seen_at.set(now)], condition=cond,
+                      label="host")
+        else:
+            tx.condition_check(HostItem, host.host_id, condition=cond, label="host")
+
+    def _on_cancel(self, tx: Tx, exc: TransactWriteError, host: AuthenticatedHost, key: str, body_hash: str) -> None:
+        """Turn a lost claim into the contract's answer; return (to retry) when only the state moved."""
+        failed, conflict = tx.failed(exc)
+        if "event" in failed:
+            raise _Duplicate(self._existing(key, body_hash))
+        if "host" in failed:
+            self.auth.forget(host.host_id)
+            raise UnknownHost("the host was revoked or its secret rotated")
+        if not failed and not conflict:
+            raise exc
+
+    def _existing(self, key: str, body_hash: str) -> dict[str, Any]:
+        try:
+            ev = EventItem.get(key, consistent_read=True)
+        except EventItem.DoesNotExist:
+            raise EventInProgress("the event is being processed right now") from None
+        if ev.body_sha256 != body_hash:
+            raise EventConflict("this event_id was already used with another body")
+        if ev.status != "done" or not ev.response:
+            raise EventInProgress("the event is being processed right now")
+        answer = json.loads(ev.response)
+        answer["duplicate"] = True
+        return answer
+
+    def _state_updates(self, d: Decision, item: PolicyItem, event: Event, now: datetime) -> list:
+        acts = []
+        if d.failed_passwords is not None:
+            acts.append(PolicyItem.failed_passwords.set(d.failed_passwords))
+        if d.locked_until is not None:
+            acts.append(PolicyItem.locked_until.set(d.locked_until))
+        elif d.failed_passwords == 0 and item.locked_until is not None:
+            acts.append(PolicyItem.locked_until.remove())
+        return acts
+
+    def _claim_and_record(self, host, event, key, body_hash, part, decisions, answer, now) -> bool:
+        """No provider call needed: claim, state and record in one transaction."""
+        records = self._records(host, event, decisions, {})
+        items, new_head = self.audit.build(f"VM#{event.vm_id}", part.head, records) if records else ([], None)
+        tx = Tx(connection=connection(self.settings))
+        try:
+            with tx:
+                tx.save(self._event_item(host, key, body_hash, "done", now, answer),
+                        condition=self._event_condition(body_hash, now), label="event")
+                self._host_check(tx, host, now)
+                for d in decisions:
+                    item = part.policies[d.volume_id]
+                    acts = self._state_updates(d, item, event, now)
+                    if acts:
+                        tx.update(item, actions=acts + [PolicyItem.state_version.add(1)],
+                                  condition=PolicyItem.state_version == item.state_version, label="state")
+                if items:
+                    self.audit.add_to(tx, part.head, items, new_head)
+        except TransactWriteError as exc:
+            self._on_cancel(tx, exc, host, key, body_hash)
+            return False
+        return True
+
+    def _claim(self, host, event, key, body_hash, part, decisions, now) -> bool:
+        """Claim the event and mark the volumes it will change busy (conditional on their version)."""
+        busy_until = now + timedelta(seconds=BUSY_SECONDS)
+        tx = Tx(connection=connection(self.settings))
+        try:
+            with tx:
+                tx.save(self._event_item(host, key, body_hash, "in_progress", now),
+                        condition=self._event_condition(body_hash, now), label="event")
+                self._host_check(tx, host, now)
+                for d in decisions:
+                    item = part.policies[d.volume_id]
+                    acts = self._state_updates(d, item, event, now)
+                    if d.needs_provider:
+                        acts += [PolicyItem.busy_event.set(key), PolicyItem.busy_until.set(busy_until)]
+                    if acts:
+                        tx.update(item, actions=acts + [PolicyItem.state_version.add(1)],
+                                  condition=PolicyItem.state_version == item.state_version, label="state")
+        except TransactWriteError as exc:
+            self._on_cancel(tx, exc, host, key, body_hash)
+            return False
+        return True
+
+    # ---- the provider phase
+
+    def _act(self, host, event, part, decisions, now, key) -> dict[str, Outcome]:
+        who = HostIdentity(host.host_id, host.cred_hash)
+        done: list[Outcome] = []
+        outcomes: dict[str, Outcome] = {}
+        instance: Instance | None = None
+        try:
+            for d in decisions:
+                if not d.needs_provider:
+                    continue
+                item = part.policies[d.volume_id]
+                o = Outcome(d, item)
+                try:
+                    if d.action in ("attach", "create") and instance is None:
+                        instance = (Instance(item.instance_id, item.zone) if item.instance_id and item.zone
+                                    else self.provider.find_instance(who, event.vm_id))
+                    vol_id = item.provider_volume_id
+                    if d.action in ("attach", "create") and not vol_id:
+                        vol_id = self.provider.create(who, item.volume_id, item.vm_id, int(item.size_mb), instance.zone)
+                        o.updates["provider_volume_id"] = vol_id
+                    if d.action == "attach":
+                        d.device = self.provider.attach(who, vol_id, instance, d.device)
+                        o.updates.update(attached=True, instance_id=instance.instance_id, zone=instance.zone,
+                                         device=d.device, attached_at=now, lease_expires_at=d.lease_expires_at)
+                        o.undo = ("detach", vol_id, instance.instance_id)
+                    elif d.action == "detach":
+                        if vol_id:
+                            self.provider.detach(who, vol_id, item.instance_id)
+                        o.updates.update(attached=False, device=None, attached_at=None, lease_expires_at=None)
+                        if item.instance_id and item.device:
+                            o.undo = ("attach", vol_id, Instance(item.instance_id, item.zone or ""), item.device)
+                    elif d.action == "create":
+                        o.updates.update(instance_id=instance.instance_id, zone=instance.zone)
+                    d.outcome = "done"
+                except ProviderRefused as exc:
+                    d.outcome, d.reason = "failed", exc.reason
+                    d.device = d.device if d.action != "attach" else None
+                    d.lease_expires_at = None
+                outcomes[d.volume_id] = o
+                if d.outcome == "done":
+                    done.append(o)
+        except ProviderUnavailable:
+            self._rollback(who, done)
+            self._release(host, event, key, part, decisions)
+            raise
+        return outcomes
+
+    def _rollback(self, who: HostIdentity, done: list[Outcome]) -> None:
+        for o in reversed(done):
+            try:
+                if o.undo and o.undo[0] == "detach":
+                    self.provider.detach(who, o.undo[1], o.undo[2])
+                elif o.undo and o.undo[0] == "attach":
+                    self.provider.attach(who, o.undo[1], o.undo[2], o.undo[3])
+            except Exception:  # the reconciler repairs what cannot be undone now
+                log.exception("rollback of %s failed", o.decision.volume_id)
+
+    def _release(self, host, event, key, part, decisions) -> None:
+        """After a provider outage: free the volumes and mark the event failed, so it can be retried."""
+        tx = Tx(connection=connection(self.settings))
+        try:
+            with tx:
+                tx.update(EventItem(event_id=key), actions=[EventItem.status.set("failed")],
+                          condition=EventItem.status == "in_progress", label="event")
+                for d in decisions:
+                    if d.action in ("attach", "detach", "create"):
+                        item = part.policies[d.volume_id]
+                        tx.update(item, actions=[PolicyItem.busy_event.remove(), PolicyItem.busy_until.remove(),
+                                                 PolicyItem.state_version.add(1)],
+                                  condition=PolicyItem.busy_event == key, label="claim")
+        except TransactWriteError:
+            log.exception("could not release event %s", key)
+
+    # ---- recording
+
+    def _records(self, host, event, decisions, outcomes) -> list[AuditRecord]:
+        recs = []
+        for d in decisions:
+            detail = {}
+            if d.device and d.outcome == "done":
+                detail["device"] = d.device
+            if d.lease_expires_at and d.outcome == "done":
+                detail["lease_expires_at"] = _iso(d.lease_expires_at)
+            if d.software is not None:
+                detail["software"] = ",".join(d.software)
+            o = outcomes.get(d.volume_id)
+            if o and o.updates.get("provider_volume_id"):
+                detail["created"] = o.updates["provider_volume_id"]
+            recs.append(AuditRecord(actor=f"host:{host.host_id}", action=d.action, outcome=d.outcome, reason=d.reason,
+                                    vm_id=event.vm_id, volume_id=d.volume_id, host_id=host.host_id,
+                                    event_id=event.event_id, event_type=event.type, policy_version=d.policy_version,
+                                    detail=detail))
+        return recs
+
+    def _record(self, host, event, key, part, outcomes, decisions, answer, now) -> None:
+        records = self._records(host, event, decisions, outcomes)
+        head = part.head
+        for _ in range(ATTEMPTS * 2):
+            items, new_head = self.audit.build(f"VM#{event.vm_id}", head, records)
+            tx = Tx(connection=connection(self.settings))
+            try:
+                with tx:
+                    tx.update(EventItem(event_id=key), actions=[EventItem.status.set("done"),
+                                                                EventItem.response.set(json.dumps(answer))])
+                    for vid, o in outcomes.items():
+                        acts = [PolicyItem.busy_event.remove(), PolicyItem.busy_until.remove(),
+                                PolicyItem.state_version.add(1)]
+                        if o.decision.outcome == "done":
+                            acts.append(PolicyItem.last_event_at.set(event.occurred_at or now))
+                        for k, v in o.updates.items():
+                            attr = getattr(PolicyItem, k)
+                            acts.append(attr.set(v) if v is not None else attr.remove())
+                        tx.update(o.item, actions=acts, condition=PolicyItem.busy_event == key, label="claim")
+                    self.audit.add_to(tx, head, items, new_head)
+                return
+            except TransactWriteError as exc:
+                failed, _conflict = tx.failed(exc)
+                if "claim" in failed:
+                    log.error("event %s lost its claim on a volume; the reconciler will repair", key)
+                    raise ProviderUnavailable("the event's claim expired while the provider was slow; retry") from None
+                head = self.audit.head(f"VM#{event.vm_id}")
+        raise EventInProgress("the VM's audit chain is busy; retry with the same event_id")
+
+
+class _Duplicate(Exception):
+    """Carries the stored answer of a repeated event."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        super().__init__("duplicate")
+        self.answer = answer
