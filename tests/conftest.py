@@ -145,3 +145,77 @@ def stack():
     s = start_stack()
     yield s
     stop_stack(s)
+
+
+class Webhook:
+    """Calls the real POST /v1/events handler with API Gateway payload 2.0 events, signed like a host."""
+
+    def __init__(self, settings, host_id: str, secret: str) -> None:
+        self.settings, self.host_id, self.secret = settings, host_id, secret
+        self._n = 0
+
+    def event_id(self) -> str:
+        self._n += 1
+        return f"t-{self._n}"
+
+    def raw(self, body: bytes, headers: dict[str, str] | None = None, b64: bool = False) -> tuple[int, dict]:
+        import base64
+
+        from vvolguard.handlers import events as handler_module
+
+        ev = {"version": "2.0", "routeKey": "POST /v1/events", "rawPath": "/v1/events", "headers": headers or {},
+              "body": base64.b64encode(body).decode() if b64 else body.decode("utf-8", "surrogateescape"),
+              "isBase64Encoded": b64, "requestContext": {"http": {"method": "POST", "path": "/v1/events"}}}
+        r = handler_module.handler(ev, None)
+        return r["statusCode"], json.loads(r["body"])
+
+    def signed_headers(self, body: bytes, host_id: str | None = None, secret: str | None = None,
+                       t: int | None = None) -> dict[str, str]:
+        import time
+
+        from vvolguard.domain.secrets import sign
+
+        return {"content-type": "application/json", "x-vvg-host": host_id or self.host_id,
+                "x-vvg-signature": sign(secret or self.secret, int(time.time()) if t is None else t, body)}
+
+    def send(self, type_: str, vm_id: str, host_id: str | None = None, secret: str | None = None,
+             **fields) -> tuple[int, dict]:
+        body = {"event_id": fields.pop("event_id", None) or self.event_id(), "type": type_, "vm_id": vm_id, **fields}
+        raw = json.dumps(body).encode()
+        return self.raw(raw, self.signed_headers(raw, host_id, secret))
+
+
+@pytest.fixture
+def webhook(aws):
+    """Table 1 seeded under mock_aws, and a signed client of the events handler for the demo host."""
+    from infra.bootstrap import seed_demo
+    from vvolguard.handlers import events as handler_module
+
+    handler_module.reset()
+    seeded = seed_demo(aws, "admin-pass-123")
+    yield Webhook(aws, seeded["host_id"], seeded["host_secret"])
+    handler_module.reset()
+
+
+def ec2_client():
+    """An EC2 client of the emulation (under mock_aws)."""
+    import boto3
+
+    return boto3.client("ec2", region_name="us-east-1")
+
+
+def managed_volumes(ec2=None) -> dict[str, dict]:
+    """vvg:volume-id -> the EBS volume, for every managed volume at the provider."""
+    ec2 = ec2 or ec2_client()
+    out = {}
+    for v in ec2.describe_volumes(Filters=[{"Name": "tag-key", "Values": ["vvg:volume-id"]}])["Volumes"]:
+        tags = {t["Key"]: t["Value"] for t in v.get("Tags", [])}
+        v["TagMap"] = tags
+        out[tags["vvg:volume-id"]] = v
+    return out
+
+
+def attached_volume_ids(ec2=None) -> set[str]:
+    """The managed volumes attached at the provider right now."""
+    return {vid for vid, v in managed_volumes(ec2).items()
+            if any(a["State"] in ("attaching", "attached") for a in v.get("Attachments", []))}

@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "infra" / "demo-policies.yaml"
 
 
+_DELETE = object()
+
+
 def entry(n: int = 1, **over) -> dict:
     """A valid entry vvol-N on vm-N; keyword None deletes a key, anything else sets it."""
     e = {"volume_id": f"vvol-{n}", "vm_id": f"vm-{n}", "host_id": "host-1", "storage_array": "S1",
@@ -33,9 +36,6 @@ def entry(n: int = 1, **over) -> dict:
         else:
             e[k] = v
     return e
-
-
-_DELETE = object()
 
 
 def doc_with_bad_third(**over) -> dict:
@@ -92,6 +92,7 @@ volumes:
 def test_full_example__parses_to_the_right_values():
     specs = parse_policy_text(FULL_YAML)
     assert [s.volume_id for s in specs] == ["vvol-1", "vvol-2"]
+    assert all(isinstance(s, PolicySpec) for s in specs)
     s = specs[0]
     assert (s.vm_id, s.host_id, s.storage_array, s.size_mb) == ("vm-1", "host-1", "S1", 10)
     assert (s.attach_on, s.detach_on, s.app) == ("app_start", "app_stop", "A1")

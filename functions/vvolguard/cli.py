@@ -67,6 +67,14 @@ def cmd_host(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line(errors: list[str], shown: int = 5) -> str:
+    """Every problem of a refused policy file on one line (the first few, then a count)."""
+    text = "; ".join(errors[:shown])
+    if len(errors) > shown:
+        text += f"; and {len(errors) - shown} more"
+    return f"{text} — nothing was applied"
+
+
 def cmd_policy(args: argparse.Namespace) -> int:
     from vvolguard.domain.policy import dump_policy_file, parse_policy_text
     from vvolguard.errors import PolicyValidationError
@@ -85,10 +93,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
         try:
             specs = parse_policy_text(data, name)
         except PolicyValidationError as exc:
-            for line in exc.errors[:-1]:
-                sys.stderr.write(f"vvg: error: {line}\n")
-            raise CliError(f"{exc.errors[-1]} — nothing was applied" if len(exc.errors) == 1 else
-                           f"{exc.errors[-1]} — {len(exc.errors)} problems, nothing was applied") from None
+            raise CliError(_one_line(exc.errors)) from None
         settings = _services()
         _out(PolicyService(settings).apply(specs, actor="cli"))
     elif args.action == "export":
@@ -142,6 +147,54 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_event(args: argparse.Namespace) -> int:
+    """Sign and send one event exactly as a host does (the reference host client)."""
+    import os
+    import time
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    from vvolguard.domain.secrets import sign
+
+    secret = args.secret or os.environ.get("VVG_HOST_SECRET")
+    if not secret:
+        raise CliError("event send: the host secret is needed: --secret or VVG_HOST_SECRET", 2)
+    body: dict[str, Any] = {"event_id": args.event_id or f"cli-{uuid.uuid4()}", "type": args.type, "vm_id": args.vm}
+    for key in ("app", "volume", "destination_host", "source_host"):
+        value = getattr(args, key)
+        if value is not None:
+            body["volume_id" if key == "volume" else key] = value
+    if args.password_stdin:
+        body["password"] = _read_password("event send")
+    if args.occurred_at:
+        body["occurred_at"] = args.occurred_at
+    raw = json.dumps(body, separators=(",", ":")).encode("utf-8")
+    url = args.url.rstrip("/") + "/v1/events"
+    if not url.startswith(("http://", "https://")):
+        raise CliError(f"event send: --url must start with http:// or https://, got {args.url[:80]!r}", 2)
+    req = urllib.request.Request(url, data=raw, method="POST", headers={
+        "Content-Type": "application/json", "X-VVG-Host": args.host,
+        "X-VVG-Signature": sign(secret, int(time.time()), raw)})
+    try:
+        with urllib.request.urlopen(req, timeout=args.timeout) as resp:  # noqa: S310 - the operator's URL
+            status, text = resp.status, resp.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, exc.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise CliError(f"event send: cannot reach {url}: {reason}") from None
+    sys.stdout.write(text.rstrip("\n") + "\n")
+    if not 200 <= status < 300:
+        try:
+            err = json.loads(text)["error"]
+            sys.stderr.write(f"vvg: error: {status} {err['code']}: {err['message']}\n")
+        except (ValueError, KeyError, TypeError):
+            sys.stderr.write(f"vvg: error: HTTP {status}\n")
+        return 1
+    return 0
+
+
 def _limit(text: str) -> int:
     try:
         n = int(text)
@@ -184,6 +237,24 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--limit", type=_limit, default=100)
     au.add_parser("verify", help="check the hash chains")
     aud.set_defaults(func=cmd_audit)
+
+    evt = sub.add_parser("event", help="send a signed host event")
+    es = evt.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    snd = es.add_parser("send", help="sign and send one event as a host would")
+    snd.add_argument("type")
+    snd.add_argument("--vm", required=True)
+    snd.add_argument("--host", required=True)
+    snd.add_argument("--secret", help="the host secret (or VVG_HOST_SECRET)")
+    snd.add_argument("--url", default="http://127.0.0.1:3000", help="the API's base URL")
+    snd.add_argument("--app")
+    snd.add_argument("--volume")
+    snd.add_argument("--password-stdin", action="store_true")
+    snd.add_argument("--destination-host", dest="destination_host")
+    snd.add_argument("--source-host", dest="source_host")
+    snd.add_argument("--event-id", dest="event_id")
+    snd.add_argument("--occurred-at", dest="occurred_at", help="RFC 3339 time of the event at the host")
+    snd.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
+    evt.set_defaults(func=cmd_event)
 
     usr = sub.add_parser("user", help="dashboard users")
     us = usr.add_subparsers(dest="action", required=True, parser_class=_Parser)
