@@ -650,13 +650,9 @@ def test_argparse_errors__unknown_command_or_missing_args__one_line_exit_2_and_n
     snap.assert_unchanged(seeded, vvg)
 
 
-# ---------------------------------------------------------------- bugs
+# ---------------------------------------------------------------- regressions (bugs found and fixed)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: functions/vvolguard/domain/policy.py:94 validate_entry echoes an unknown key verbatim (only keys over "
-    "64 characters go through repr), so a key containing a newline or control character splits the error over "
-    "several stderr lines (and lets a file inject text into the terminal)"))
 def test_apply__unknown_key_with_newline__error_is_still_one_line(seeded, vvg, tmp_path):
     text = yaml.safe_dump({"volumes": GOOD}, sort_keys=False).replace(
         "  size_mb: 10\n", '  size_mb: 10\n  "evil\\nvvg: ok: applied": 1\n', 1)
@@ -665,11 +661,6 @@ def test_apply__unknown_key_with_newline__error_is_still_one_line(seeded, vvg, t
     one_line(r.err)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: functions/vvolguard/services/policies.py:154-184 PolicyService._commit splits an apply into several "
-    "DynamoDB transactions (_TX_BUDGET=90 items, ~30 volumes each); when a later transaction fails (here another "
-    "writer created one of the file's volumes between plan and commit), the earlier ones stay committed, so "
-    "'policy apply' is not all or nothing"))
 def test_apply__large_file_with_a_late_conflict__applies_nothing(aws, vvg, tmp_path, monkeypatch):
     from vvolguard.domain.policy import validate_document
     from vvolguard.services.policies import PolicyService

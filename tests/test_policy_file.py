@@ -525,12 +525,9 @@ def test_plain_scalar_document__is_refused():
     assert len(errs) == 1 and "top level" in errs[0]
 
 
-# ---------------------------------------------------------------- bugs
+# ---------------------------------------------------------------- regressions (bugs found and fixed)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: functions/vvolguard/domain/policy.py:232 parse_policy_text treats any text starting with '{' as JSON, "
-    "so a valid YAML flow-mapping policy file ('{volumes: [...]}') is refused as 'not valid YAML or JSON'"))
 def test_yaml_flow_mapping_file__is_accepted_as_yaml():
     data = (b"{volumes: [{volume_id: vvol-1, vm_id: vm-1, host_id: host-1, storage_array: S1, size_mb: 10, "
             b"attach_on: preboot, detach_on: postboot}]}")

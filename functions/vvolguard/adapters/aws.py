@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import base64
 import threading
+import weakref
 from functools import lru_cache
+from typing import Any, Callable
 
 import boto3
 from botocore.config import Config
@@ -23,6 +25,42 @@ class KeyUnavailable(VvgError):
     code = "key_unavailable"
 
 
+# botocore event hooks (name, handler) applied to every client vvolguard creates: the benchmark and the
+# tests count round trips and inject faults through them.
+_hooks: list[tuple[str, Callable[..., Any]]] = []
+_tracked: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def _uid(name: str, fn: Callable[..., Any]) -> str:
+    return f"vvg-hook-{id(fn)}-{name}"
+
+
+def track(client: Any) -> Any:
+    """Apply the registered hooks to ``client`` and to every hook registered later; returns it."""
+    with _lock:
+        for name, fn in _hooks:
+            client.meta.events.register(name, fn, unique_id=_uid(name, fn))
+        _tracked.add(client)
+    return client
+
+
+def add_hook(name: str, fn: Callable[..., Any]) -> None:
+    """Register a botocore event handler (e.g. ``before-call.dynamodb``) on all of vvolguard's clients."""
+    with _lock:
+        _hooks.append((name, fn))
+        for c in list(_tracked):
+            c.meta.events.register(name, fn, unique_id=_uid(name, fn))
+
+
+def remove_hook(name: str, fn: Callable[..., Any]) -> None:
+    """Undo :func:`add_hook`."""
+    with _lock:
+        if (name, fn) in _hooks:
+            _hooks.remove((name, fn))
+        for c in list(_tracked):
+            c.meta.events.unregister(name, fn, unique_id=_uid(name, fn))
+
+
 def session(region: str) -> boto3.session.Session:
     """One boto3 session per region per process (sessions are not free to build)."""
     with _lock:
@@ -39,7 +77,7 @@ def client(service: str, region: str):
 @lru_cache(maxsize=None)
 def _client(service: str, region: str):
     with _lock:
-        return session(region).client(service, config=Config(retries={"mode": "standard", "max_attempts": 3}))
+        return track(session(region).client(service, config=Config(retries={"mode": "standard", "max_attempts": 3})))
 
 
 def reset_clients() -> None:

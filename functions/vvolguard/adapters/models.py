@@ -209,8 +209,25 @@ def endpoint_url(service: str = "dynamodb") -> str | None:
     return os.environ.get(f"AWS_ENDPOINT_URL_{service.upper()}") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+_shared_session = None
+
+
+def _share_botocore_session() -> None:
+    """PynamoDB builds a botocore session (and re-reads botocore's data files) per connection; one
+    process-wide session keeps cold starts and CLI runs short. Clients are created eagerly in
+    configure(), on one thread, because botocore's client creation is not thread-safe."""
+    global _shared_session
+    import botocore.session
+    import pynamodb.connection.base as base
+
+    if _shared_session is None:
+        _shared_session = botocore.session.get_session()
+        base.get_session = lambda: _shared_session
+
+
 def configure(settings: Settings) -> None:
     """Point every model at the tables, region and endpoint of ``settings``."""
+    _share_botocore_session()
     host = endpoint_url()
     for attr, model in MODELS_BY_SETTING.items():
         model.Meta.table_name = getattr(settings, attr)
@@ -219,8 +236,31 @@ def configure(settings: Settings) -> None:
         model._connection = None
     PolicyItem._connection = None
     ChainHead._connection = None
+    _connections.clear()
+    track_model_clients()
+
+
+_connections: dict[tuple[str, str | None], Connection] = {}
 
 
 def connection(settings: Settings) -> Connection:
-    """A bare PynamoDB connection, for transactions."""
-    return Connection(region=settings.region, host=endpoint_url())
+    """The shared PynamoDB connection for transactions (one botocore client per process, not per call)."""
+    key = (settings.region, endpoint_url())
+    conn = _connections.get(key)
+    if conn is None:
+        conn = Connection(region=settings.region, host=key[1])
+        from vvolguard.adapters.aws import track
+
+        track(conn.client)
+        _connections[key] = conn
+    return conn
+
+
+def track_model_clients() -> None:
+    """Put the models' own botocore clients under the registered hooks (created on first use)."""
+    from vvolguard.adapters.aws import track
+
+    for model in MODELS_BY_SETTING.values():
+        track(model._get_connection().connection.client)
+    for model in (PolicyItem, ChainHead):
+        track(model._get_connection().connection.client)

@@ -105,7 +105,7 @@ class EbsProvider:
 
     def _assume(self, who: HostIdentity):
         base = self.base or aws.session(self.settings.region)
-        sts = base.client("sts", region_name=self.settings.region)
+        sts = aws.track(base.client("sts", region_name=self.settings.region))
         resp = sts.assume_role(
             RoleArn=self.settings.provider_role_arn or f"arn:aws:iam::123456789012:role/vvg-provider",
             RoleSessionName=f"vvg-{who.host_id}"[:64], ExternalId=who.external_id, DurationSeconds=900,
@@ -115,8 +115,8 @@ class EbsProvider:
         expires = creds["Expiration"].timestamp() if hasattr(creds["Expiration"], "timestamp") else time.time() + 900
         sess = boto3.session.Session(aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
                                      aws_session_token=creds["SessionToken"], region_name=self.settings.region)
-        client = sess.client("ec2", config=Config(retries={"mode": "standard", "max_attempts": 2},
-                                                   connect_timeout=3, read_timeout=10))
+        client = aws.track(sess.client("ec2", config=Config(retries={"mode": "standard", "max_attempts": 2},
+                                                              connect_timeout=3, read_timeout=10)))
         return client, expires
 
     def ec2(self, who: HostIdentity):
@@ -249,7 +249,7 @@ class EbsProvider:
 
     def attachments(self, who: HostIdentity | None = None) -> Iterator[Attachment]:
         """Every managed volume attached at the provider, page by page."""
-        ec2 = self.ec2(who) if who else (self.base or aws.session(self.settings.region)).client("ec2")
+        ec2 = self.ec2(who) if who else aws.track((self.base or aws.session(self.settings.region)).client("ec2"))
         paginator = ec2.get_paginator("describe_volumes")
         for page in paginator.paginate(Filters=[{"Name": "tag-key", "Values": [TAG_VOLUME]}], PaginationConfig={"PageSize": 500}):
             for vol in page.get("Volumes", []):

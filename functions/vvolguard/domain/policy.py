@@ -91,7 +91,7 @@ def validate_entry(entry: Any, where: str) -> tuple[PolicySpec | None, list[str]
 
     for key in entry:
         if key not in KEYS:
-            name = key if isinstance(key, str) and len(key) <= 64 else _short(key)
+            name = key if isinstance(key, str) and len(key) <= 64 and key.isprintable() else _short(key)
             err(str(name), f"unknown key (allowed: {', '.join(KEYS)})")
     for key in REQUIRED:
         if key not in entry or entry[key] is None:
@@ -227,11 +227,10 @@ def parse_policy_text(data: bytes, name: str = "policy file") -> list[PolicySpec
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise PolicyValidationError([f"{name}: not UTF-8 text"]) from None
-    stripped = text.lstrip()
     try:
-        if name.endswith(".json") or stripped.startswith("{"):
+        if name.endswith(".json"):
             doc = json.loads(text, object_pairs_hook=_no_dup_pairs)
-        else:
+        else:  # YAML, which also reads JSON documents
             doc = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - strict safe loader
     except (ValueError, yaml.YAMLError, RecursionError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -94,7 +94,10 @@ class PolicyService:
 
     def _plan(self, spec: PolicySpec, actor: str, existing: PolicyItem | None,
               expected_version: int | None = None) -> tuple[str, list, list[AuditRecord]]:
-        """(outcome, write ops, audit records) for one spec; raises before anything is written."""
+        """(outcome, write ops, audit records) for one spec; raises before anything is written.
+
+        Each op carries its inverse as a fifth element, so an apply split over several transactions
+        can be undone if a later one fails."""
         now = datetime.now(timezone.utc)
         if expected_version is not None:
             have = int(existing.policy_version) if existing else 0
@@ -118,7 +121,8 @@ class PolicyService:
             rec = AuditRecord(actor=actor, action="policy_create", outcome="done", vm_id=spec.vm_id,
                               volume_id=spec.volume_id, policy_version=1, reason="created",
                               detail={"fields": ",".join(POLICY_FIELDS), "password": "set" if password_hash else "none"})
-            return "created", [("save", item, PolicyItem.pk.does_not_exist())], [rec]
+            undo = ("delete", item, PolicyItem.policy_version == 1)
+            return "created", [("save", item, PolicyItem.pk.does_not_exist(), None, undo)], [rec]
         changed = _changes(existing, spec)
         if not changed and not pw_changed:
             return "unchanged", [], []
@@ -133,7 +137,8 @@ class PolicyService:
             item = PolicyItem(pk=vm_pk(spec.vm_id), sk=policy_sk(spec.volume_id), volume_id=spec.volume_id,
                               policy_version=version, updated_at=now, updated_by=actor, password_hash=password_hash,
                               provider_volume_id=existing.provider_volume_id, **_field_values(spec))
-            ops = [("delete", existing, cond), ("save", item, PolicyItem.pk.does_not_exist())]
+            ops = [("delete", existing, cond, None, ("save", existing, PolicyItem.pk.does_not_exist())),
+                   ("save", item, PolicyItem.pk.does_not_exist(), None, ("delete", item, PolicyItem.policy_version == version))]
             recs = [
                 AuditRecord(actor=actor, action="policy_update", outcome="done", vm_id=existing.vm_id,
                             volume_id=spec.volume_id, policy_version=version, reason=f"moved to {spec.vm_id}", detail=detail),
@@ -149,39 +154,65 @@ class PolicyService:
             actions += [PolicyItem.failed_passwords.set(0), PolicyItem.locked_until.remove()]
         rec = AuditRecord(actor=actor, action="policy_update", outcome="done", vm_id=spec.vm_id, volume_id=spec.volume_id,
                           policy_version=version, reason="updated", detail=detail)
-        return "updated", [("update", existing, cond, actions)], [rec]
+        restore = [getattr(PolicyItem, f).set(v) if v is not None else getattr(PolicyItem, f).remove()
+                   for f, v in _field_values(item_to_spec(existing)).items()]
+        restore += [PolicyItem.policy_version.set(version + 1), PolicyItem.updated_at.set(now),
+                    PolicyItem.updated_by.set(actor)]
+        if pw_changed:
+            restore.append(PolicyItem.password_hash.set(existing.password_hash) if existing.password_hash
+                           else PolicyItem.password_hash.remove())
+        undo = ("update", existing, PolicyItem.policy_version == version, restore)
+        return "updated", [("update", existing, cond, actions, undo)], [rec]
+
+    def _write(self, ops: list, recs: list[AuditRecord]) -> None:
+        """One transaction: ``ops`` (conditional) and their audit records."""
+        def extra(tx: Tx) -> None:
+            for op in ops:
+                if op[0] == "save":
+                    tx.save(op[1], condition=op[2])
+                elif op[0] == "delete":
+                    tx.delete(op[1], condition=op[2])
+                else:
+                    tx.update(op[1], actions=op[3], condition=op[2])
+
+        self.audit.append(recs, extra=extra)
 
     def _commit(self, batches: list[tuple[list, list[AuditRecord]]]) -> None:
-        """Write planned changes, as few transactions as DynamoDB's item limit allows."""
-        chunk_ops: list = []
-        chunk_recs: list[AuditRecord] = []
+        """Write planned changes in as few transactions as DynamoDB's item limit allows; if a later
+        transaction fails, the earlier ones are undone (and that is audited), so apply stays all or nothing."""
+        chunks: list[tuple[list, list[AuditRecord]]] = []
+        ops: list = []
+        recs: list[AuditRecord] = []
+        for b_ops, b_recs in batches:
+            chains = {r.vm_id for r in recs} | {r.vm_id for r in b_recs}
+            if ops and len(ops) + len(b_ops) + len(recs) + len(b_recs) + len(chains) > _TX_BUDGET:
+                chunks.append((ops, recs))
+                ops, recs = [], []
+            ops = ops + list(b_ops)
+            recs = recs + list(b_recs)
+        if ops:
+            chunks.append((ops, recs))
+        done: list[tuple[list, list[AuditRecord]]] = []
+        for c_ops, c_recs in chunks:
+            try:
+                self._write(c_ops, c_recs)
+            except Exception as exc:
+                self._undo(done)
+                if isinstance(exc, ConcurrentModification):
+                    raise ConcurrentModification(
+                        "a volume in the file was changed by someone else while it was applied; nothing was applied "
+                        f"({sum(len(o) for o, _ in done)} changes undone) - run apply again") from None
+                raise
+            done.append((c_ops, c_recs))
 
-        def flush() -> None:
-            if not chunk_ops:
-                return
-            ops = list(chunk_ops)
-
-            def extra(tx: Tx) -> int:
-                for op in ops:
-                    if op[0] == "save":
-                        tx.save(op[1], condition=op[2])
-                    elif op[0] == "delete":
-                        tx.delete(op[1], condition=op[2])
-                    else:
-                        tx.update(op[1], actions=op[3], condition=op[2])
-                return len(ops)
-
-            self.audit.append(list(chunk_recs), extra=extra)
-            chunk_ops.clear()
-            chunk_recs.clear()
-
-        for ops, recs in batches:
-            chains = {r.vm_id for r in chunk_recs} | {r.vm_id for r in recs}
-            if len(chunk_ops) + len(ops) + len(chunk_recs) + len(recs) + len(chains) > _TX_BUDGET:
-                flush()
-            chunk_ops.extend(ops)
-            chunk_recs.extend(recs)
-        flush()
+    def _undo(self, done: list[tuple[list, list[AuditRecord]]]) -> None:
+        for c_ops, c_recs in reversed(done):
+            undo_ops = [op[4] for op in reversed(c_ops) if len(op) > 4 and op[4] is not None]
+            undo_recs = [AuditRecord(actor=r.actor, action=r.action.replace("policy_", "policy_undo_"), outcome="done",
+                                     vm_id=r.vm_id, volume_id=r.volume_id, policy_version=r.policy_version,
+                                     reason="apply failed later; change undone") for r in c_recs]
+            for i in range(0, len(undo_ops), 30):
+                self._write(undo_ops[i:i + 30], undo_recs[i:i + 30] if i + 30 < len(undo_ops) else undo_recs[i:])
 
     def apply(self, specs: list[PolicySpec], actor: str = "cli") -> dict[str, int]:
         """Upsert validated specs: plan all (any refusal stops before the first write), then commit."""
@@ -202,7 +233,7 @@ class PolicyService:
             raise ConcurrentModification(f"volume {spec.volume_id} already has a policy; open it to edit it")
         outcome, ops, recs = self._plan(spec, actor, existing, expected_version)
         if ops:
-            self._commit([(ops, recs)])
+            self._write(ops, recs)
         return outcome
 
     def delete(self, volume_id: str, actor: str = "cli", expected_version: int | None = None) -> dict[str, Any]:
@@ -222,5 +253,5 @@ class PolicyService:
                                     policy_version=int(item.policy_version), reason="policy deleted"))
         recs.append(AuditRecord(actor=actor, action="policy_delete", outcome="done", vm_id=item.vm_id, volume_id=volume_id,
                                 policy_version=int(item.policy_version), reason="deleted"))
-        self._commit([([("delete", item, PolicyItem.policy_version == item.policy_version)], recs)])
+        self._write([("delete", item, PolicyItem.policy_version == item.policy_version)], recs)
         return {"volume_id": volume_id, "deleted": True, "detached": detached}
