@@ -38,6 +38,29 @@ ATTEMPTS = 3  # provider attempts per call in these tests (constructor argument,
 # ---------------------------------------------------------------------------------------------- fixtures
 
 
+@pytest.fixture(autouse=True)
+def atomic_aws_requests(monkeypatch):
+    """Make every mocked AWS request atomic, as each request is at AWS.
+
+    moto's DynamoDB is not thread-safe: TransactWriteItems checks conditions and writes item by item, and
+    when a condition fails it restores a deep copy of every table it touched taken at the start of the
+    call, wiping out whatever other threads committed meanwhile. Under concurrent threads that loses
+    writes and lets two conditional puts of one key both succeed, which real DynamoDB never does. One lock
+    around moto's request dispatch restores per-request atomicity; the races the product must handle
+    (between its own requests) stay fully open.
+    """
+    from moto.core.botocore_stubber import BotocoreStubber
+
+    lock = threading.RLock()
+    original = BotocoreStubber.process_request
+
+    def process_request(self, request):
+        with lock:
+            return original(self, request)
+
+    monkeypatch.setattr(BotocoreStubber, "process_request", process_request)
+
+
 class BotocoreHooks:
     """Records every EC2 API call (operation, params) and applies an optional fault per operation."""
 
@@ -70,17 +93,23 @@ class BotocoreHooks:
 
 
 @pytest.fixture
-def hooks():
-    """A before-call hook on every EC2 client created from now on (see the module docstring)."""
+def hooks(aws):
+    """A before-call hook on every EC2 client created from now on (see the module docstring): on every new
+    botocore session, and on the process's cached base session (built before this fixture) as well."""
     import botocore.handlers
+
+    from vvolguard.adapters import aws as aws_adapter
 
     h = BotocoreHooks()
     entry = ("before-call.ec2", h)
     botocore.handlers.BUILTIN_HANDLERS.append(entry)
+    base = aws_adapter.session(aws.region)
+    base.events.register("before-call.ec2", h, unique_id="test-ec2-hooks")
     try:
         yield h
     finally:
         botocore.handlers.BUILTIN_HANDLERS.remove(entry)
+        base.events.unregister("before-call.ec2", unique_id="test-ec2-hooks")
 
 
 @pytest.fixture
@@ -223,7 +252,12 @@ def test_20_concurrent_deliveries_of_one_event_attach_exactly_once(webhook, svc,
     assert hooks.count("AttachVolume") == 1
     assert len(attachments_of("vvol-1")) == 1
     assert policy("vm-1", "vvol-1").attached
-    assert [r["action"] for r in records_of("storm-1")] == ["attach"]
+    recs = records_of("storm-1")
+    assert [(r["action"], r["outcome"]) for r in recs if r["action"] != "refuse"] == [("attach", "done")]
+    refusals = [r for r in recs if r["action"] == "refuse"]
+    assert len(refusals) <= statuses[409]  # a 409 of a known host is audited as a refusal (best effort)
+    assert all((r["outcome"], r["reason"], r["actor"]) == ("denied", "event_in_progress", "host:host-1")
+               for r in refusals)
     # a late redelivery (after the storm) is the stored answer
     code, late = webhook.raw(body, headers)
     assert (code, late["duplicate"], late["decisions"]) == (200, True, firsts[0]["decisions"])
@@ -285,8 +319,6 @@ def test_persistent_provider_fault_is_503_with_nothing_half_done_and_the_same_ev
 
 
 def test_provider_fault_at_sts_assume_role_is_503_and_retryable(webhook, svc, hooks):
-    import botocore.handlers
-
     sts_calls = []
 
     def sts_down(model=None, **kwargs):
@@ -294,9 +326,13 @@ def test_provider_fault_at_sts_assume_role_is_503_and_retryable(webhook, svc, ho
         if down:
             raise EndpointConnectionError(endpoint_url="https://sts.amazonaws.com/")
 
+    from vvolguard.adapters import aws as aws_adapter
+
+    # The provider's STS client comes from the process's cached base session, built before this test:
+    # BUILTIN_HANDLERS no longer reach it, so the hook goes on that session's own event emitter.
     down = True
-    entry = ("before-call.sts.AssumeRole", sts_down)
-    botocore.handlers.BUILTIN_HANDLERS.append(entry)
+    base = aws_adapter.session(webhook.settings.region)
+    base.events.register("before-call.sts.AssumeRole", sts_down, unique_id="test-sts-down")
     try:
         code, body = webhook.send("vm.preboot", "vm-1", event_id="ev-sts")
         assert (code, body["error"]["code"]) == (503, "provider_unavailable")
@@ -308,7 +344,7 @@ def test_provider_fault_at_sts_assume_role_is_503_and_retryable(webhook, svc, ho
         assert code == 200 and body["decisions"][0]["outcome"] == "done"
         assert len(attachments_of("vvol-1")) == 1
     finally:
-        botocore.handlers.BUILTIN_HANDLERS.remove(entry)
+        base.events.unregister("before-call.sts.AssumeRole", unique_id="test-sts-down")
 
 
 @pytest.mark.parametrize("fault", ["connect_timeout", "internal_error_500"])
@@ -421,7 +457,7 @@ def test_provider_refuses_what_aws_would_although_moto_allows_it(webhook, svc, h
     item = policy("vm-1", "vvol-1")
     assert not item.attached and item.busy_event is None
     vm_instance = instance_of("vm-1")["InstanceId"]
-    for v in ec2_client().describe_volumes()["Volumes"]:
+    for v in ec2_client().describe_volumes(Filters=[{"Name": "tag-key", "Values": ["vvg:volume-id"]}])["Volumes"]:
         assert all(a["InstanceId"] != vm_instance for a in v.get("Attachments", [])), v
     if "expect_attached_to" in ctx:
         assert [a["InstanceId"] for a in attachments_of("vvol-1")] == [ctx["expect_attached_to"]]
@@ -464,7 +500,7 @@ def test_every_decision_has_exactly_one_complete_audit_record(webhook, svc, vvg)
             assert (rec["action"], rec["outcome"], rec["reason"]) == (d["action"], d["outcome"], d["reason"])
             assert rec["policy_version"] == versions[(vm, d["volume_id"])]
             assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", rec["at"])
-    assert n_decisions == 6  # the vm-5 event for an unknown app decides nothing
+    assert n_decisions == 5  # vm.booted of vm-2 (detach_on: shutdown) and an unknown app decide nothing
     # the CLI lists the same records with the contract's fields
     r = vvg("audit", "list", "--vm", "vm-1")
     assert r.code == 0
@@ -476,64 +512,95 @@ def test_every_decision_has_exactly_one_complete_audit_record(webhook, svc, vvg)
             assert x.get(k), (k, x)
 
 
-def _vm1_records():
-    return {int(i["seq"]["N"]): i for i in audit_items() if i["chain"]["S"] == "VM#vm-1"}
+AUDIT = "vvg-audit"
 
 
-def _change_field(ddb):
-    ddb.update_item(TableName="vvg-audit", Key={"chain": {"S": "VM#vm-1"}, "seq": {"N": "2"}},
-                    UpdateExpression="SET outcome = :o", ExpressionAttributeValues={":o": {"S": "denied"}})
+def _chain_records(chain: str = "VM#vm-1") -> dict[int, dict]:
+    return {int(i["seq"]["N"]): i for i in audit_items() if i["chain"]["S"] == chain}
+
+
+def _key(seq: int, chain: str = "VM#vm-1") -> dict:
+    return {"chain": {"S": chain}, "seq": {"N": str(seq)}}
+
+
+def _change_field(ddb, recs):
+    ddb.update_item(TableName=AUDIT, Key=_key(2), UpdateExpression="SET outcome = :o",
+                    ExpressionAttributeValues={":o": {"S": "denied"}})
     return 2
 
 
-def _change_detail(ddb):
-    ddb.update_item(TableName="vvg-audit", Key={"chain": {"S": "VM#vm-1"}, "seq": {"N": "3"}},
-                    UpdateExpression="SET detail = :d", ExpressionAttributeValues={":d": {"M": {}}})
-    return 3
-
-
-def _delete_middle(ddb):
-    ddb.delete_item(TableName="vvg-audit", Key={"chain": {"S": "VM#vm-1"}, "seq": {"N": "2"}})
+def _change_detail(ddb, recs):
+    assert recs[2]["detail"]["M"]["device"]
+    ddb.update_item(TableName=AUDIT, Key=_key(2), UpdateExpression="SET detail.device = :d",
+                    ExpressionAttributeValues={":d": {"S": "/dev/sdz"}})
     return 2
 
 
-def _delete_last(ddb):
-    last = max(_vm1_records())
-    ddb.delete_item(TableName="vvg-audit", Key={"chain": {"S": "VM#vm-1"}, "seq": {"N": str(last)}})
+def _delete_middle(ddb, recs):
+    ddb.delete_item(TableName=AUDIT, Key=_key(2))
+    return 2
+
+
+def _delete_last(ddb, recs):
+    last = max(recs)
+    ddb.delete_item(TableName=AUDIT, Key=_key(last))
     return last
 
 
-def _swap(ddb):
-    recs = _vm1_records()
+def _swap(ddb, recs):
     a, b = recs[2], recs[3]
-    keys = ("chain", "seq")
-    ddb.put_item(TableName="vvg-audit", Item={**{k: v for k, v in b.items() if k not in keys},
-                                              "chain": a["chain"], "seq": a["seq"]})
-    ddb.put_item(TableName="vvg-audit", Item={**{k: v for k, v in a.items() if k not in keys},
-                                              "chain": b["chain"], "seq": b["seq"]})
+    body = lambda r: {k: v for k, v in r.items() if k not in ("chain", "seq")}  # noqa: E731
+    ddb.put_item(TableName=AUDIT, Item={**body(b), **_key(2)})
+    ddb.put_item(TableName=AUDIT, Item={**body(a), **_key(3)})
     return 2
 
 
-@pytest.mark.parametrize("tamper", [_change_field, _change_detail, _delete_middle, _delete_last, _swap],
-                         ids=["changed_field", "changed_detail", "removed_middle", "removed_last", "swapped"])
-def test_audit_verify_detects_a_changed_removed_or_reordered_record(webhook, svc, vvg, tamper):
-    _events(webhook)
-    ok = vvg("audit", "verify")
-    assert ok.code == 0, ok
-    assert ok.json()["ok"] is True
-    assert max(_vm1_records()) == 4
+TAMPERS = {"a changed field": _change_field, "a changed detail": _change_detail, "a removed middle record": _delete_middle,
+           "a removed last record": _delete_last, "two swapped records": _swap}
 
-    seq = tamper(boto3.client("dynamodb", region_name="us-east-1"))
 
-    r = vvg("audit", "verify")
-    assert r.code == 1, r
-    assert "VM#vm-1" in r.err and re.search(rf"\b{seq}\b", r.err), r.err
-    assert len(r.err.strip().splitlines()) == 1
+def test_audit_verify_detects_a_changed_removed_or_reordered_record(webhook, svc, vvg):
     from vvolguard.adapters.audit import AuditLog
 
-    summary = AuditLog(webhook.settings).verify()
-    assert summary["ok"] is False
-    assert (summary["first_problem"]["chain"], summary["first_problem"]["seq"]) == ("VM#vm-1", seq)
+    _events(webhook)
+    ddb = boto3.client("dynamodb", region_name="us-east-1")
+    original = _chain_records()
+    assert sorted(original) == [1, 2, 3, 4]  # policy_create, attach, detach, attach
+    for what, tamper in TAMPERS.items():
+        ok = vvg("audit", "verify")
+        assert ok.code == 0 and ok.json()["ok"] is True, (what, ok)
+
+        seq = tamper(ddb, original)
+
+        r = vvg("audit", "verify")
+        assert r.code == 1, (what, r)
+        assert "VM#vm-1" in r.err and re.search(rf"\b{seq}\b", r.err), (what, r.err)
+        assert len(r.err.strip().splitlines()) == 1, r.err
+        summary = AuditLog(webhook.settings).verify()
+        assert summary["ok"] is False
+        assert (summary["first_problem"]["chain"], summary["first_problem"]["seq"]) == ("VM#vm-1", seq), what
+        for item in original.values():  # restore, for the next tamper
+            ddb.put_item(TableName=AUDIT, Item=item)
+    assert vvg("audit", "verify").code == 0
+
+
+@pytest.mark.xfail(strict=True, reason="bug: removing the newest record of a chain and moving the chain head "
+                   "(state table item sk=~AUDIT) back to its predecessor passes `vvg audit verify`: the head is a "
+                   "plain copy of the last seq and MAC, not keyed, so truncation of a chain's tail is undetectable")
+def test_audit_verify_detects_a_removed_newest_record_even_when_the_chain_head_is_moved_back(webhook, svc, vvg):
+    _events(webhook)
+    ddb = boto3.client("dynamodb", region_name="us-east-1")
+    recs = _chain_records()
+    last = max(recs)
+    ddb.delete_item(TableName=AUDIT, Key=_key(last))
+    ddb.update_item(TableName="vvg-state", Key={"pk": {"S": "VM#vm-1"}, "sk": {"S": "~AUDIT"}},
+                    UpdateExpression="SET head_seq = :s, head_mac = :m",
+                    ExpressionAttributeValues={":s": {"N": str(last - 1)}, ":m": recs[last - 1]["mac"]})
+
+    r = vvg("audit", "verify")
+
+    assert r.code == 1, r
+    assert "VM#vm-1" in r.err
 
 
 # ---------------------------------------------------------------------------------------------- 5. secrets

@@ -5,7 +5,7 @@ Pure functions, no I/O: the webhook, the dashboard's simulator and the reconcile
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from vvolguard.domain.events import Event
 from vvolguard.domain.secrets import check_password
@@ -68,7 +68,7 @@ class Decision:
         if self.device:
             out["device"] = self.device
         if self.lease_expires_at:
-            out["lease_expires_at"] = self.lease_expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+            out["lease_expires_at"] = self.lease_expires_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         if self.software is not None:
             out["software"] = list(self.software)
         return out
@@ -145,11 +145,9 @@ def decide(event: Event, volumes: list[VolumeView], now: datetime) -> list[Decis
         out = [_detach(v, event, now, f"detach_on={trigger}", ) for v in vols
                if v.detach_on == trigger and v.app == event.app]
     elif t == "volume.attach_request":
-        v = next(v for v in vols if v.volume_id == event.volume_id)
-        out = [_request_attach(v, event, now, vols)]
+        out = [_request_attach(v, event, now, vols) for v in vols if v.volume_id == event.volume_id]
     elif t == "volume.detach_request":
-        v = next(v for v in vols if v.volume_id == event.volume_id)
-        out = [_detach(v, event, now, "volume.detach_request")]
+        out = [_detach(v, event, now, "volume.detach_request") for v in vols if v.volume_id == event.volume_id]
     elif t == "guest.inventory":
         out = [_select(v, event) for v in vols]
     return out

@@ -11,8 +11,8 @@ from vvolguard.domain.policy import ID_RE
 from vvolguard.errors import InvalidEvent, InvalidJson
 
 MAX_BODY = 64 * 1024
-EVENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-RFC3339_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+EVENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
+RFC3339_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})\Z")
 MAX_APPS = 64
 
 # type -> (required fields beyond the common ones, optional fields)
@@ -78,20 +78,39 @@ def _int(text: str) -> int:
     return int(text)
 
 
+MAX_DEPTH = 32
+
+
+def _max_depth(text: str) -> int:
+    """The deepest [ / { nesting outside JSON strings."""
+    depth = deepest = 0
+    in_str = escaped = False
+    for ch in text:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 def loads(body: bytes) -> Any:
     """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity, no huge numbers, bounded nesting."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidJson("the body is not UTF-8") from None
-    depth = 0
-    for ch in text:  # refuse deep nesting before the parser recurses into it
-        if ch in "[{":
-            depth += 1
-            if depth > 32:
-                raise InvalidJson("the body nests deeper than 32 levels")
-        elif ch in "]}":
-            depth -= 1
+    if _max_depth(text) > MAX_DEPTH:  # refuse deep nesting before the parser recurses into it
+        raise InvalidJson(f"the body nests deeper than {MAX_DEPTH} levels")
     try:
         return json.loads(text, object_pairs_hook=_no_dups, parse_constant=_reject_constant, parse_int=_int,
                           parse_float=lambda s: _float(s))

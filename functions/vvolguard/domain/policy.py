@@ -10,7 +10,7 @@ import yaml
 
 from vvolguard.errors import PolicyValidationError
 
-ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 ATTACH_ON = ("preboot", "app_start", "license_check", "request")
 DETACH_ON = ("postboot", "shutdown", "app_stop", "license_verified", "request")
 APP_TRIGGERS = {"app_start", "app_stop", "license_check", "license_verified"}

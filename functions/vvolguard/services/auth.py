@@ -16,7 +16,7 @@ from vvolguard.settings import Settings
 
 TOLERANCE_S = 300
 CACHE_S = 30.0
-SIG_RE = re.compile(r"^t=(\d{1,12}),v1=([0-9a-f]{64})$")
+SIG_RE = re.compile(r"^t=(\d{1,12}),v1=([0-9a-f]{64})\Z")
 
 
 @dataclass(frozen=True)

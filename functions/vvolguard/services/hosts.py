@@ -15,8 +15,8 @@ from vvolguard.domain.secrets import credential_digest, new_host_secret, normali
 from vvolguard.errors import AlreadyExists, InvalidInput, NotFound
 from vvolguard.settings import Settings
 
-MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")
-SERIAL_RE = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")
+MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}\Z")
+SERIAL_RE = re.compile(r"^[A-Za-z0-9._:/-]{1,128}\Z")
 MAX_HARDWARE = 256
 
 

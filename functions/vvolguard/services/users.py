@@ -13,7 +13,7 @@ from vvolguard.errors import AlreadyExists, ConcurrentModification, InvalidInput
 from vvolguard.settings import Settings
 
 ROLES = ("viewer", "editor", "admin")
-USERNAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+USERNAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 MIN_PASSWORD, MAX_PASSWORD = 8, 256
 # A real hash to check against when the user does not exist, so timing says nothing.
 _DUMMY_HASH = hash_password("not-a-real-password")

@@ -1,0 +1,331 @@
+"""The webhook under a fleet: a boot storm against the local stack's AWS emulation (moto server, HTTP).
+
+Prints events/s, p50/p99 latency, DynamoDB and provider calls per event (counted with botocore's
+before-call hooks), and the floor: the bare boto3 round trips a warm single-volume preboot cannot avoid
+(Query, two TransactWriteItems, DescribeVolumes, AttachVolume) against the same server, measured
+alternately with the event path in the same run. Also p50 with 100 vs 100,000 policies in the table.
+The last line is one JSON object.
+
+    make bench                      # defaults: 1,000 VMs, 16 hosts
+    python -m bench.fleet --vms 200 --hosts 4 --pairs 50 --big 5000   # a quick run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+
+HOST = "127.0.0.1"
+PATTERNS = [  # Table 1, one row per VM in turn
+    dict(size_mb=10, attach_on="preboot", detach_on="postboot", os_disk_encryption=True),
+    dict(size_mb=100, attach_on="preboot", detach_on="shutdown", os_disk_encryption=True),
+    dict(size_mb=10, attach_on="preboot", detach_on="postboot", os_disk_encryption=True),
+    dict(size_mb=10, attach_on="app_start", detach_on="app_stop", app="A1", authorized_apps=["A1"]),
+    dict(size_mb=10, attach_on="app_start", detach_on="app_stop", app="A2", authorized_apps=["A2"]),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+class Counts:
+    """Per-thread call counters fed by a botocore before-call hook."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+
+    def hook(self, model, **_: object) -> None:
+        c = getattr(self.local, "c", None)
+        if c is not None:
+            c[model.service_model.service_name] += 1
+
+    def start(self) -> None:
+        self.local.c = Counter()
+
+    def stop(self) -> Counter:
+        c, self.local.c = self.local.c, None
+        return c
+
+
+class Fleet:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self.moto: subprocess.Popen | None = None
+
+    # ---- set-up
+    def start(self) -> None:
+        self.moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1)  # noqa: S310 - loopback
+                break
+            except Exception:
+                time.sleep(0.1)
+        from infra.template import Template
+
+        os.environ.update(Template().environment())
+        os.environ.update(AWS_ENDPOINT_URL=self.url, AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1",
+                          AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", VVG_LOG_EVENTS="0")
+        from infra.bootstrap import bootstrap
+        from vvolguard.adapters import aws
+        from vvolguard.settings import Settings
+
+        aws.reset_clients()
+        self.settings = Settings.from_env()
+        bootstrap(self.settings)
+        from vvolguard.services.hosts import HostService
+
+        hosts = HostService(self.settings)
+        self.secrets = {}
+        for i in range(self.args.hosts):
+            hid = f"host-{i:02d}"
+            self.secrets[hid] = hosts.enroll(hid, f"02:00:00:00:{i // 256:02x}:{i % 256:02x}", f"SN-{i}")["secret"]
+        self.counts = Counts()
+        aws.add_hook("before-call", self.counts.hook)
+
+    def stop(self) -> None:
+        if self.moto:
+            self.moto.terminate()
+            try:
+                self.moto.wait(10)
+            except subprocess.TimeoutExpired:
+                self.moto.kill()
+                self.moto.wait()
+
+    def vm(self, i: int) -> tuple[str, str]:
+        return f"vm-{i:05d}", f"host-{i % self.args.hosts:02d}"
+
+    def add_vms(self, start: int, stop: int) -> None:
+        """EC2 instances tagged vvg:vm-id and one Table-1-like policy each (bulk-loaded: set-up, not measured)."""
+        from vvolguard.adapters import aws
+        from vvolguard.adapters.models import PolicyItem
+
+        ec2 = aws.client("ec2", self.settings.region)
+
+        def run(i: int) -> None:
+            vm, _ = self.vm(i)
+            ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType="t3.micro",
+                              Placement={"AvailabilityZone": "us-east-1a"},
+                              TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "vvg:vm-id", "Value": vm}]}])
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(run, range(start, stop)))
+        self.load_policies(start, stop)
+
+    def load_policies(self, start: int, stop: int, prefix: str = "vm") -> None:
+        from vvolguard.adapters.models import PolicyItem
+
+        now = datetime.now(timezone.utc)
+        with PolicyItem.batch_write() as batch:
+            for i in range(start, stop):
+                vm = f"{prefix}-{i:05d}"
+                host = f"host-{i % self.args.hosts:02d}"
+                p = PATTERNS[i % len(PATTERNS)]
+                batch.save(PolicyItem(pk=f"VM#{vm}", sk=f"POLICY#vvol-{vm}", volume_id=f"vvol-{vm}", vm_id=vm,
+                                      host_id=host, storage_array="S1", policy_version=1, updated_at=now,
+                                      updated_by="cli", max_attach_seconds=900, **p))
+
+    # ---- the event path
+    def send(self, type_: str, vm: str, host: str, event_id: str) -> tuple[float, Counter, dict]:
+        from vvolguard.domain.secrets import sign
+        from vvolguard.handlers import events
+
+        raw = json.dumps({"event_id": event_id, "type": type_, "vm_id": vm}).encode()
+        ev = {"version": "2.0", "routeKey": "POST /v1/events", "rawPath": "/v1/events", "isBase64Encoded": False,
+              "headers": {"content-type": "application/json", "x-vvg-host": host,
+                          "x-vvg-signature": sign(self.secrets[host], int(time.time()), raw)},
+              "body": raw.decode(), "requestContext": {"http": {"method": "POST", "path": "/v1/events"}}}
+        self.counts.start()
+        t0 = time.perf_counter()
+        r = events.handler(ev, None)
+        dt = time.perf_counter() - t0
+        c = self.counts.stop()
+        if r["statusCode"] != 200:
+            raise RuntimeError(f"{type_} {vm}: {r['statusCode']} {r['body']}")
+        return dt, c, json.loads(r["body"])
+
+    def storm(self, vms: list[int]) -> dict:
+        """Every VM: preboot then booted; one thread per host, all hosts at once."""
+        by_host: dict[str, list[str]] = {}
+        for i in vms:
+            vm, host = self.vm(i)
+            by_host.setdefault(host, []).append(vm)
+        lat: list[float] = []
+        calls = Counter()
+        lock = threading.Lock()
+
+        def work(host: str) -> None:
+            for vm in by_host[host]:
+                for t in ("vm.preboot", "vm.booted"):
+                    dt, c, _ = self.send(t, vm, host, f"storm-{t}-{vm}")
+                    with lock:
+                        lat.append(dt)
+                        calls.update(c)
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(len(by_host)) as pool:
+            list(pool.map(work, list(by_host)))
+        wall = time.perf_counter() - t0
+        n = len(lat)
+        return {"events": n, "events_per_s": n / wall, "p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000,
+                "ddb_calls_per_event": calls["dynamodb"] / n, "provider_calls_per_event": (calls["ec2"] + calls["sts"]) / n}
+
+    # ---- the floor
+    def floor_setup(self) -> None:
+        import boto3
+
+        self.raw_ddb = boto3.client("dynamodb", endpoint_url=self.url, region_name="us-east-1")
+        self.raw_ec2 = boto3.client("ec2", endpoint_url=self.url, region_name="us-east-1")
+        inst = self.raw_ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1,
+                                          Placement={"AvailabilityZone": "us-east-1a"})["Instances"][0]["InstanceId"]
+        vol = self.raw_ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"]
+        self.floor_inst, self.floor_vol = inst, vol
+        self.floor_n = 0
+
+    def floor_once(self, vm: str, host: str) -> float:
+        """The same round trips as a warm preboot, with no logic between them."""
+        s = self.settings
+        self.floor_n += 1
+        n = self.floor_n
+        now = str(int(time.time()))
+        t0 = time.perf_counter()
+        self.raw_ddb.query(TableName=s.state_table, KeyConditionExpression="pk = :pk",
+                           ExpressionAttributeValues={":pk": {"S": f"VM#{vm}"}}, ConsistentRead=True)
+        self.raw_ddb.transact_write_items(TransactItems=[
+            {"ConditionCheck": {"TableName": s.hosts_table, "Key": {"host_id": {"S": host}},
+                                "ConditionExpression": "attribute_exists(host_id)"}},
+            {"Put": {"TableName": s.events_table, "Item": {"event_id": {"S": f"floor/{n}"}, "status": {"S": "in_progress"},
+                                                               "body_sha256": {"S": "0" * 64}, "host_id": {"S": host}},
+                     "ConditionExpression": "attribute_not_exists(event_id)"}},
+            {"Update": {"TableName": s.state_table, "Key": {"pk": {"S": "FLOOR"}, "sk": {"S": "POLICY#floor"}},
+                        "UpdateExpression": "SET busy_event = :e ADD state_version :one",
+                        "ExpressionAttributeValues": {":e": {"S": f"floor/{n}"}, ":one": {"N": "1"}}}},
+        ])
+        self.raw_ec2.describe_volumes(VolumeIds=[self.floor_vol])
+        self.raw_ec2.attach_volume(VolumeId=self.floor_vol, InstanceId=self.floor_inst, Device="/dev/sdf")
+        self.raw_ddb.transact_write_items(TransactItems=[
+            {"Update": {"TableName": s.events_table, "Key": {"event_id": {"S": f"floor/{n}"}},
+                        "UpdateExpression": "SET #s = :d, #r = :r", "ExpressionAttributeNames": {"#s": "status", "#r": "response"},
+                        "ExpressionAttributeValues": {":d": {"S": "done"}, ":r": {"S": "{}" * 100}}}},
+            {"Update": {"TableName": s.state_table, "Key": {"pk": {"S": "FLOOR"}, "sk": {"S": "POLICY#floor"}},
+                        "UpdateExpression": "SET attached = :t REMOVE busy_event ADD state_version :one",
+                        "ExpressionAttributeValues": {":t": {"BOOL": True}, ":one": {"N": "1"}}}},
+            {"Put": {"TableName": s.audit_table, "Item": {"chain": {"S": "FLOOR"}, "seq": {"N": str(n)},
+                                                              "mac": {"S": "0" * 64}, "at": {"S": now}},
+                     "ConditionExpression": "attribute_not_exists(chain)"}},
+            {"Put": {"TableName": s.state_table, "Item": {"pk": {"S": "FLOOR"}, "sk": {"S": "~AUDIT"},
+                                                              "head_seq": {"N": str(n)}}}},
+        ])
+        dt = time.perf_counter() - t0
+        self.raw_ec2.detach_volume(VolumeId=self.floor_vol, InstanceId=self.floor_inst)
+        return dt
+
+    def warm(self, vms: list[int], pairs: int, with_floor: bool) -> dict:
+        """Warm single-volume preboots (volume exists, sessions cached), alternating with the floor."""
+        ev_lat, fl_lat = [], []
+        calls = Counter()
+        singles = [i for i in vms if PATTERNS[i % len(PATTERNS)]["detach_on"] == "postboot"]
+        for k in range(pairs):
+            vm, host = self.vm(singles[k % len(singles)])
+            dt, c, body = self.send("vm.preboot", vm, host, f"warm-{self.args.tag}-{k}")
+            assert body["decisions"][0]["outcome"] == "done", body
+            ev_lat.append(dt)
+            calls.update(c)
+            if with_floor:
+                fl_lat.append(self.floor_once(vm, host))
+            self.send("vm.booted", vm, host, f"warm-{self.args.tag}-{k}-b")
+        out = {"p50_ms": statistics.median(ev_lat) * 1000, "ddb_calls_per_event": calls["dynamodb"] / pairs,
+               "provider_calls_per_event": (calls["ec2"] + calls["sts"]) / pairs}
+        if with_floor:
+            out["floor_p50_ms"] = statistics.median(fl_lat) * 1000
+            out["floor_ratio"] = statistics.median(ev_lat) / statistics.median(fl_lat)
+        return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--vms", type=int, default=1000)
+    ap.add_argument("--hosts", type=int, default=16)
+    ap.add_argument("--pairs", type=int, default=200, help="warm preboots measured against the floor")
+    ap.add_argument("--small", type=int, default=100)
+    ap.add_argument("--big", type=int, default=100_000)
+    ap.add_argument("--tag", default="a")
+    args = ap.parse_args()
+    fleet = Fleet(args)
+    t_start = time.perf_counter()
+    try:
+        fleet.start()
+        fleet.floor_setup()
+        # 1. 100 policies: warm the first VMs once, then measure (event path and floor, alternately).
+        fleet.add_vms(0, args.small)
+        fleet.storm(list(range(args.small)))
+        args.tag = "small"
+        small = fleet.warm(list(range(args.small)), max(30, args.pairs // 4), with_floor=True)
+        print(f"[{args.small} policies]  warm preboot p50 {small['p50_ms']:.1f} ms, floor {small['floor_p50_ms']:.1f} ms",
+              flush=True)
+        # 2. The fleet: the rest of the VMs, then a boot storm of every VM from all hosts at once
+        #    (cold for most: each volume is created at the provider on its first preboot).
+        fleet.add_vms(args.small, args.vms)
+        storm = fleet.storm(list(range(args.vms)))
+        print(f"[boot storm]    {storm['events']} events from {args.hosts} hosts over {args.vms} VMs: "
+              f"{storm['events_per_s']:.0f} events/s, p50 {storm['p50_ms']:.1f} ms, p99 {storm['p99_ms']:.1f} ms, "
+              f"{storm['ddb_calls_per_event']:.2f} DynamoDB and {storm['provider_calls_per_event']:.2f} provider calls/event",
+              flush=True)
+        # 3. Warm single-volume preboots, alternating with the floor.
+        args.tag = "warm"
+        warm = fleet.warm(list(range(args.vms)), args.pairs, with_floor=True)
+        print(f"[warm preboot]  p50 {warm['p50_ms']:.1f} ms vs floor {warm['floor_p50_ms']:.1f} ms "
+              f"(ratio {warm['floor_ratio']:.2f}); {warm['ddb_calls_per_event']:.2f} DynamoDB round trips and "
+              f"{warm['provider_calls_per_event']:.2f} provider calls per event", flush=True)
+        # 4. 100,000 policies: fill the table, measure again. moto's Query walks the whole table, so the
+        #    floor's Query slows down too; the event path's ratio to that floor is what shows no scan.
+        fleet.load_policies(0, max(0, args.big - args.vms), prefix="filler")
+        args.tag = "big"
+        big = fleet.warm(list(range(args.small)), max(30, args.pairs // 4), with_floor=True)
+        ratio = big["p50_ms"] / small["p50_ms"]
+        normalized = big["floor_ratio"] / small["floor_ratio"]
+        print(f"[{args.big} policies] warm preboot p50 {big['p50_ms']:.1f} ms (x{ratio:.2f} of {args.small} policies), "
+              f"floor {big['floor_p50_ms']:.1f} ms (x{big['floor_p50_ms'] / small['floor_p50_ms']:.2f}); "
+              f"event path over floor x{big['floor_ratio']:.2f} vs x{small['floor_ratio']:.2f} -> {normalized:.2f}",
+              flush=True)
+    finally:
+        fleet.stop()
+    print(f"[total]         {time.perf_counter() - t_start:.0f} s", flush=True)
+    print(json.dumps({
+        "events_per_s": round(storm["events_per_s"], 1), "p50_ms": round(storm["p50_ms"], 2),
+        "p99_ms": round(storm["p99_ms"], 2), "ddb_calls_per_event": round(warm["ddb_calls_per_event"], 2),
+        "provider_calls_per_event": round(warm["provider_calls_per_event"], 2),
+        "floor_ratio": round(warm["floor_ratio"], 3), "warm_p50_ms": round(warm["p50_ms"], 2),
+        "floor_p50_ms": round(warm["floor_p50_ms"], 2), "storm_ddb_calls_per_event": round(storm["ddb_calls_per_event"], 2),
+        "storm_provider_calls_per_event": round(storm["provider_calls_per_event"], 2),
+        f"p50_ms_{args.small}_policies": round(small["p50_ms"], 2), f"p50_ms_{args.big}_policies": round(big["p50_ms"], 2),
+        "policies_p50_ratio": round(ratio, 3), "policies_floor_normalized_ratio": round(normalized, 3),
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
