@@ -292,16 +292,11 @@ def test_volume_detach_request_for_a_volume_not_attached_is_skipped():
     assert summary(out) == [("vvol-3", "detach", "skipped", "not_attached")]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the engine has no vm.migrate.start rule (engine.py:120-155 returns []), "
-                                       "and services/events.py:184 refuses every migrate event 403; contract 4 says "
-                                       "it grants destination_host access to every volume of the VM")
 def test_vm_migrate_start_grants_the_destination_every_volume_of_the_vm():
     out = decide(ev("vm.migrate.start", destination_host="host-2"), existing(), NOW)
     assert [(d.volume_id, d.action) for d in out] == [(v.volume_id, "grant") for v in TABLE1]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the engine has no vm.migrate.complete rule (engine.py:120-155 returns "
-                                       "[]); contract 4 says it revokes source_host")
 def test_vm_migrate_complete_revokes_the_source_on_every_volume_of_the_vm():
     vols = [replace(v, grants=("host-2",)) for v in existing()]
     out = decide(ev("vm.migrate.complete", source_host="host-1"), vols, NOW)

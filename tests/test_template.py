@@ -55,6 +55,7 @@ def test_models__key_schemas_match_template(setting, model):
     assert keys == tables[name]["KeySchema"]
     if model is models.StateItem:
         gsis.update(_model_schema(models.PolicyItem)[1])
+        gsis.update(_model_schema(models.GrantItem)[1])
     template_gsis = {g["IndexName"]: g["KeySchema"] for g in tables[name].get("GlobalSecondaryIndexes", [])}
     for index, key_schema in gsis.items():
         assert template_gsis.get(index) == key_schema, f"index {index} of {name} differs from template.yaml"

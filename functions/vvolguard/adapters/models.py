@@ -39,6 +39,32 @@ class VolumeIndex(GlobalSecondaryIndex):
     volume_id = UnicodeAttribute(hash_key=True)
 
 
+class ExpiryIndex(GlobalSecondaryIndex):
+    """What expires when: attachments' leases (shards L#0..) and migration grants (G#0..); sparse."""
+
+    class Meta:
+        index_name = "by-expiry"
+        projection = AllProjection()
+
+    expiry_shard = UnicodeAttribute(hash_key=True)
+    expiry_at = UnicodeAttribute(range_key=True)
+
+
+EXPIRY_SHARDS = 8
+
+
+def expiry_shard(kind: str, key: str) -> str:
+    """Spread expiring items over a few index partitions (no hot key), deterministically per item."""
+    import zlib
+
+    return f"{kind}#{zlib.crc32(key.encode()) % EXPIRY_SHARDS}"
+
+
+def expiry_key(dt) -> str:
+    """A sortable UTC timestamp for the expiry index."""
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 class StateItem(Model):
     """Base of every item in the state table, partitioned by ``pk`` (``VM#vm-1``, ``HOST#h``...)."""
 
@@ -54,6 +80,7 @@ class PolicyItem(StateItem, discriminator="policy"):
     """One volume's policy (contract section 3) and its attachment state; sk = ``POLICY#<volume_id>``."""
 
     by_volume = VolumeIndex()
+    by_expiry = ExpiryIndex()
 
     volume_id = UnicodeAttribute()
     vm_id = UnicodeAttribute()
@@ -85,6 +112,23 @@ class PolicyItem(StateItem, discriminator="policy"):
     zone = UnicodeAttribute(null=True)
     busy_event = UnicodeAttribute(null=True)
     busy_until = UTCDateTimeAttribute(null=True)
+    expiry_shard = UnicodeAttribute(null=True)  # set while attached: the lease in the expiry index
+    expiry_at = UnicodeAttribute(null=True)
+
+
+class GrantItem(StateItem, discriminator="grant"):
+    """A live-migration grant (sk = ``GRANT#<destination>``): the destination may use the VM's volumes."""
+
+    by_expiry = ExpiryIndex()
+
+    vm_id = UnicodeAttribute()
+    source_host = UnicodeAttribute()
+    destination_host = UnicodeAttribute()
+    event_id = UnicodeAttribute()
+    granted_at = UTCDateTimeAttribute()
+    expires_at = UTCDateTimeAttribute()
+    expiry_shard = UnicodeAttribute()
+    expiry_at = UnicodeAttribute()
 
 
 class ChainHead(StateItem, discriminator="head"):
@@ -236,6 +280,7 @@ def configure(settings: Settings) -> None:
         model._connection = None
     PolicyItem._connection = None
     ChainHead._connection = None
+    GrantItem._connection = None
     _connections.clear()
     track_model_clients()
 
@@ -262,5 +307,5 @@ def track_model_clients() -> None:
 
     for model in MODELS_BY_SETTING.values():
         track(model._get_connection().connection.client)
-    for model in (PolicyItem, ChainHead):
+    for model in (PolicyItem, ChainHead, GrantItem):
         track(model._get_connection().connection.client)

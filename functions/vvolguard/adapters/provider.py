@@ -81,6 +81,12 @@ class StorageProvider(Protocol):
     def detach(self, who: HostIdentity, provider_volume_id: str, instance_id: str) -> bool: ...
     def grant(self, who: HostIdentity, provider_volume_id: str, host_id: str) -> None: ...
     def revoke(self, who: HostIdentity, provider_volume_id: str, host_id: str) -> None: ...
+    def set_hosts(self, who: HostIdentity, provider_volume_id: str, hosts: tuple[str, ...]) -> None:
+        """Make the volume's vvg:hosts exactly ``hosts`` (the reconciler restoring an expired grant)."""
+        ec2 = self.ec2(who)
+        if tuple(self._hosts(self._volume(ec2, provider_volume_id))) != tuple(hosts):
+            self._set_hosts(ec2, provider_volume_id, tuple(hosts))
+
     def attachments(self) -> Iterator[Attachment]: ...
 
 
@@ -241,11 +247,19 @@ class EbsProvider:
             self._set_hosts(ec2, provider_volume_id, hosts + (host_id,))
 
     def revoke(self, who: HostIdentity, provider_volume_id: str, host_id: str) -> None:
-        """Remove ``host_id`` from the volume's vvg:hosts."""
+        """Remove ``host_id`` from the volume's vvg:hosts (only a host in it may)."""
         ec2 = self.ec2(who)
         hosts = self._hosts(self._volume(ec2, provider_volume_id))
+        if who.host_id not in hosts:
+            raise ProviderRefused("host_not_allowed", f"host {who.host_id} is not in {TAG_HOSTS} of the volume")
         if host_id in hosts:
             self._set_hosts(ec2, provider_volume_id, tuple(h for h in hosts if h != host_id))
+
+    def set_hosts(self, who: HostIdentity, provider_volume_id: str, hosts: tuple[str, ...]) -> None:
+        """Make the volume's vvg:hosts exactly ``hosts`` (the reconciler restoring an expired grant)."""
+        ec2 = self.ec2(who)
+        if tuple(self._hosts(self._volume(ec2, provider_volume_id))) != tuple(hosts):
+            self._set_hosts(ec2, provider_volume_id, tuple(hosts))
 
     def attachments(self, who: HostIdentity | None = None) -> Iterator[Attachment]:
         """Every managed volume attached at the provider, page by page."""

@@ -150,6 +150,20 @@ def decide(event: Event, volumes: list[VolumeView], now: datetime) -> list[Decis
         out = [_detach(v, event, now, "volume.detach_request") for v in vols if v.volume_id == event.volume_id]
     elif t == "guest.inventory":
         out = [_select(v, event) for v in vols]
+    elif t == "vm.migrate.start":
+        for v in vols:
+            d = Decision(v.volume_id, "grant", "pending", f"vm.migrate.start to {event.destination_host}",
+                         policy_version=v.policy_version)
+            if not v.exists:
+                d = replace(d, outcome="skipped", reason="not_created")
+            elif event.destination_host in v.grants:
+                d = replace(d, outcome="skipped", reason="already_granted")
+            out.append(d)
+    elif t == "vm.migrate.complete":
+        for v in vols:
+            d = Decision(v.volume_id, "revoke", "pending", f"vm.migrate.complete from {event.source_host}",
+                         policy_version=v.policy_version)
+            out.append(replace(d, outcome="done", reason="not_created") if not v.exists else d)
     return out
 
 

@@ -18,7 +18,17 @@ from typing import Any
 from pynamodb.exceptions import TransactWriteError
 
 from vvolguard.adapters.audit import HEAD_SK, AuditLog, AuditRecord
-from vvolguard.adapters.models import ChainHead, EventItem, HostItem, PolicyItem, StateItem, connection
+from vvolguard.adapters.models import (
+    ChainHead,
+    EventItem,
+    GrantItem,
+    HostItem,
+    PolicyItem,
+    StateItem,
+    connection,
+    expiry_key,
+    expiry_shard,
+)
 from vvolguard.adapters.tx import Tx
 from vvolguard.adapters.provider import EbsProvider, HostIdentity, Instance, ProviderRefused, StorageProvider
 from vvolguard.domain.engine import BUSY_SECONDS, Decision, VolumeView, decide
@@ -47,7 +57,7 @@ def _iso(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def view_of(item: PolicyItem) -> VolumeView:
+def view_of(item: PolicyItem, grants: tuple[str, ...] = ()) -> VolumeView:
     """The engine's view of a stored policy item."""
     return VolumeView(
         volume_id=item.volume_id, vm_id=item.vm_id, host_id=item.host_id, attach_on=item.attach_on,
@@ -57,7 +67,7 @@ def view_of(item: PolicyItem) -> VolumeView:
         min_key_bits=int(item.min_key_bits) if item.min_key_bits is not None else None,
         policy_version=int(item.policy_version), exists=bool(item.provider_volume_id), attached=bool(item.attached),
         last_event_at=item.last_event_at, failed_passwords=int(item.failed_passwords or 0),
-        locked_until=item.locked_until, busy_until=item.busy_until,
+        locked_until=item.locked_until, busy_until=item.busy_until, grants=grants,
     )
 
 
@@ -67,6 +77,10 @@ class Partition:
 
     policies: dict[str, PolicyItem]
     head: tuple[int, str]
+    grants: dict[str, GrantItem] = field(default_factory=dict)
+
+    def live_grants(self, now: datetime) -> dict[str, GrantItem]:
+        return {h: g for h, g in self.grants.items() if g.expires_at > now}
 
 
 @dataclass
@@ -135,13 +149,16 @@ class EventService:
     def read_partition(self, vm_id: str) -> Partition:
         """The VM's policies and its audit chain head: one consistent Query."""
         policies: dict[str, PolicyItem] = {}
+        grants: dict[str, GrantItem] = {}
         head = (0, "")
         for item in StateItem.query(f"VM#{vm_id}", consistent_read=True):
             if isinstance(item, PolicyItem):
                 policies[item.volume_id] = item
+            elif isinstance(item, GrantItem):
+                grants[item.destination_host] = item
             elif isinstance(item, ChainHead) and item.sk == HEAD_SK:
                 head = (int(item.head_seq), item.head_mac)
-        return Partition(policies, head)
+        return Partition(policies, head, grants)
 
     # ---- the event path
 
@@ -155,8 +172,14 @@ class EventService:
         key = f"{host.host_id}/{event.event_id}"
         for _ in range(ATTEMPTS):
             part = self.read_partition(event.vm_id)
-            mine = self._authorize(host, event, part)
-            decisions = decide(event, [view_of(p) for p in mine], now)
+            mine = self._authorize(host, event, part, now)
+            grants = tuple(part.live_grants(now))
+            if event.type == "vm.migrate.complete" and host.host_id not in grants:
+                # Already completed (a redelivery under a new id): nothing left to revoke.
+                decisions = [Decision(p.volume_id, "revoke", "skipped", "already_complete", int(p.policy_version))
+                             for p in sorted(mine, key=lambda p: p.volume_id)]
+            else:
+                decisions = decide(event, [view_of(p, grants) for p in mine], now)
             pending = [d for d in decisions if d.needs_provider]
             if not pending:
                 answer = self._answer(event, decisions)
@@ -171,7 +194,7 @@ class EventService:
             return answer
         raise EventInProgress("the VM's state is changing under concurrent events; retry with the same event_id")
 
-    def _authorize(self, host: AuthenticatedHost, event: Event, part: Partition) -> list[PolicyItem]:
+    def _authorize(self, host: AuthenticatedHost, event: Event, part: Partition, now: datetime) -> list[PolicyItem]:
         policies = list(part.policies.values())
         mine = [p for p in policies if p.host_id == host.host_id]
         if event.type.startswith("volume."):
@@ -181,11 +204,54 @@ class EventService:
             if target.host_id != host.host_id:
                 raise Forbidden(f"host {host.host_id} is not the host of {event.vm_id}")
             return [target] if event.type == "volume.detach_request" else mine
-        if event.type.startswith("vm.migrate."):
-            raise Forbidden("live migration is not enabled on this deployment")
+        if event.type == "vm.migrate.start":
+            if not mine:
+                raise Forbidden(f"host {host.host_id} is not the host of {event.vm_id}")
+            dest = event.destination_host
+            if dest == host.host_id or not self._active_host(dest):
+                raise Forbidden(f"destination {dest} is not another enrolled, active host")
+            return mine
+        if event.type == "vm.migrate.complete":
+            grant = part.live_grants(now).get(host.host_id)
+            if grant is None:
+                if policies and len(mine) == len(policies):
+                    return mine  # this host already completed the move
+                raise Forbidden(f"host {host.host_id} holds no live migration grant for {event.vm_id}")
+            if grant.source_host != event.source_host:
+                raise Forbidden(f"{event.source_host} is not the host {event.vm_id} is moving from")
+            if not self._active_host(grant.source_host):
+                pass  # a revoked source is still revoked at the provider below
+            return [p for p in policies if p.host_id == grant.source_host]
         if policies and not mine:
             raise Forbidden(f"host {host.host_id} is not the host of {event.vm_id}")
         return mine
+
+    @staticmethod
+    def _active_host(host_id: str | None) -> bool:
+        if not host_id:
+            return False
+        try:
+            return HostItem.get(host_id, consistent_read=True).status == "active"
+        except HostItem.DoesNotExist:
+            return False
+
+    def _migration_writes(self, tx: Tx, host: AuthenticatedHost, event: Event, part: Partition,
+                          decisions: list[Decision], now: datetime, in_outcomes: set[str]) -> None:
+        """The table side of a migration, in the same transaction as its audit records."""
+        if event.type == "vm.migrate.start":
+            expires = now + timedelta(seconds=self.settings.migration_grant_seconds)
+            dest = event.destination_host or ""
+            tx.save(GrantItem(pk=f"VM#{event.vm_id}", sk=f"GRANT#{dest}", vm_id=event.vm_id, source_host=host.host_id,
+                              destination_host=dest, event_id=event.event_id, granted_at=now, expires_at=expires,
+                              expiry_shard=expiry_shard("G", f"{event.vm_id}/{dest}"), expiry_at=expiry_key(expires)),
+                    label="grant")
+        elif event.type == "vm.migrate.complete" and any(d.reason != "already_complete" for d in decisions):
+            grant = part.grants[host.host_id]
+            tx.delete(grant, condition=GrantItem.sk.exists(), label="grant")
+            for p in part.policies.values():
+                if p.host_id == grant.source_host and p.volume_id not in in_outcomes:
+                    tx.update(p, actions=[PolicyItem.host_id.set(host.host_id), PolicyItem.state_version.add(1)],
+                              condition=PolicyItem.host_id == grant.source_host, label="claim")
 
     @staticmethod
     def _answer(event: Event, decisions: list[Decision]) -> dict[str, Any]:
@@ -268,6 +334,8 @@ class EventService:
                                   condition=PolicyItem.state_version == item.state_version, label="state")
                 if items:
                     self.audit.add_to(tx, part.head, items, new_head)
+                if event.type.startswith("vm.migrate."):
+                    self._migration_writes(tx, host, event, part, decisions, now, set())
         except TransactWriteError as exc:
             self._on_cancel(tx, exc, host, key, body_hash)
             return False
@@ -319,16 +387,25 @@ class EventService:
                     if d.action == "attach":
                         d.device = self.provider.attach(who, vol_id, instance, d.device)
                         o.updates.update(attached=True, instance_id=instance.instance_id, zone=instance.zone,
-                                         device=d.device, attached_at=now, lease_expires_at=d.lease_expires_at)
+                                         device=d.device, attached_at=now, lease_expires_at=d.lease_expires_at,
+                                         expiry_shard=expiry_shard("L", item.volume_id),
+                                         expiry_at=expiry_key(d.lease_expires_at))
                         o.undo = ("detach", vol_id, instance.instance_id)
                     elif d.action == "detach":
                         if vol_id:
                             self.provider.detach(who, vol_id, item.instance_id)
-                        o.updates.update(attached=False, device=None, attached_at=None, lease_expires_at=None)
+                        o.updates.update(attached=False, device=None, attached_at=None, lease_expires_at=None,
+                                         expiry_shard=None, expiry_at=None)
                         if item.instance_id and item.device:
                             o.undo = ("attach", vol_id, Instance(item.instance_id, item.zone or ""), item.device)
                     elif d.action == "create":
                         o.updates.update(instance_id=instance.instance_id, zone=instance.zone)
+                    elif d.action == "grant":
+                        self.provider.grant(who, vol_id, event.destination_host)
+                        o.undo = ("revoke", vol_id, event.destination_host)
+                    elif d.action == "revoke":
+                        self.provider.revoke(who, vol_id, event.source_host)
+                        o.updates["host_id"] = host.host_id
                     d.outcome = "done"
                 except ProviderRefused as exc:
                     d.outcome, d.reason = "failed", exc.reason
@@ -350,6 +427,8 @@ class EventService:
                     self.provider.detach(who, o.undo[1], o.undo[2])
                 elif o.undo and o.undo[0] == "attach":
                     self.provider.attach(who, o.undo[1], o.undo[2], o.undo[3])
+                elif o.undo and o.undo[0] == "revoke":
+                    self.provider.revoke(who, o.undo[1], o.undo[2])
             except Exception:  # the reconciler repairs what cannot be undone now
                 log.exception("rollback of %s failed", o.decision.volume_id)
 
@@ -361,7 +440,7 @@ class EventService:
                 tx.update(EventItem(event_id=key), actions=[EventItem.status.set("failed")],
                           condition=EventItem.status == "in_progress", label="event")
                 for d in decisions:
-                    if d.action in ("attach", "detach", "create"):
+                    if d.needs_provider:
                         item = part.policies[d.volume_id]
                         tx.update(item, actions=[PolicyItem.busy_event.remove(), PolicyItem.busy_until.remove(),
                                                  PolicyItem.state_version.add(1)],
@@ -410,6 +489,8 @@ class EventService:
                             acts.append(attr.set(v) if v is not None else attr.remove())
                         tx.update(o.item, actions=acts, condition=PolicyItem.busy_event == key, label="claim")
                     self.audit.add_to(tx, head, items, new_head)
+                    if event.type.startswith("vm.migrate."):
+                        self._migration_writes(tx, host, event, part, decisions, now, set(outcomes))
                 return
             except TransactWriteError as exc:
                 failed, _conflict = tx.failed(exc)
