@@ -76,7 +76,7 @@ class Fleet:
 
     # ---- set-up
     def start(self) -> None:
-        self.moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(self.port)],
+        self.moto = subprocess.Popen([sys.executable, "-m", "infra.motoserver", "-H", HOST, "-p", str(self.port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(300):
             try:

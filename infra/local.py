@@ -93,7 +93,7 @@ class LocalStack:
         os.environ.update(self.environment())
         os.environ.setdefault("VVG_DASHBOARD_INSECURE_COOKIES", "1")  # plain http on loopback
         self.moto = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(self.aws_port)],
+            [sys.executable, "-m", "infra.motoserver", "-H", HOST, "-p", str(self.aws_port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         _wait_http(f"{self.aws_url}/moto-api/", 60)

@@ -17,6 +17,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+from infra.moto_patches import install as _install_moto_patches  # noqa: E402
+
+_install_moto_patches()  # the same emulation fixes the local stack runs with
+
 # Never reach a real account from a test: fake credentials, no endpoint override, no profile.
 for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
     os.environ.pop(_var, None)
