@@ -80,7 +80,8 @@ class LocalStack:
                "AWS_DEFAULT_REGION": os.environ.get("AWS_REGION", "us-east-1"),
                "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
                "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing")}
-        env.update(Template().environment())
+        # The template's values, unless the operator set one (e.g. VVG_MIGRATION_GRANT_SECONDS).
+        env.update({k: v for k, v in Template().environment().items() if k not in os.environ})
         return env
 
     def start(self) -> None:

@@ -195,6 +195,18 @@ def cmd_event(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """One pass of the scheduled reconciler, now."""
+    from vvolguard.services.reconcile import Reconciler
+
+    summary = Reconciler(_services()).run()
+    _out(summary)
+    if not summary["ok"]:
+        sys.stderr.write(f"vvg: error: reconcile finished with {len(summary['errors'])} error(s): {summary['errors'][0]}\n")
+        return 1
+    return 0
+
+
 def _limit(text: str) -> int:
     try:
         n = int(text)
@@ -255,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     snd.add_argument("--occurred-at", dest="occurred_at", help="RFC 3339 time of the event at the host")
     snd.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     evt.set_defaults(func=cmd_event)
+
+    rec = sub.add_parser("reconcile", help="run one pass of the reconciler now")
+    rec.set_defaults(func=cmd_reconcile)
 
     usr = sub.add_parser("user", help="dashboard users")
     us = usr.add_subparsers(dest="action", required=True, parser_class=_Parser)

@@ -1,0 +1,216 @@
+"""The reconciler: ends expired leases and grants, and makes the provider and the tables agree.
+
+Run every minute in AWS (template.yaml) and by `vvg reconcile` locally. It pages through the expiry
+index and the provider (never an unbounded read), changes state only by conditional writes, and audits
+each thing it does as actor ``reconciler``; two runs at once do each thing once.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from vvolguard.adapters.audit import AuditLog, AuditRecord
+from vvolguard.adapters.models import EXPIRY_SHARDS, GrantItem, HostItem, PolicyItem, expiry_key
+from vvolguard.adapters.provider import TAG_HOSTS, EbsProvider, HostIdentity, ProviderRefused, StorageProvider
+from vvolguard.adapters.tx import Tx
+from vvolguard.errors import ConcurrentModification, ProviderUnavailable, VvgError
+from vvolguard.settings import Settings
+
+log = logging.getLogger("vvg.reconcile")
+ACTOR = "reconciler"
+PAGE = 100
+
+
+@dataclass
+class Summary:
+    """What one pass did (printed as JSON)."""
+
+    expired_leases: int = 0
+    grants_expired: int = 0
+    orphans_detached: int = 0
+    states_corrected: int = 0
+    skipped_busy: int = 0
+    attachments_seen: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"expired_leases": self.expired_leases, "grants_expired": self.grants_expired,
+                "orphans_detached": self.orphans_detached, "states_corrected": self.states_corrected,
+                "skipped_busy": self.skipped_busy, "attachments_seen": self.attachments_seen,
+                "errors": self.errors[:20], "ok": not self.errors}
+
+
+class Reconciler:
+    """One pass of (a) lease expiry, (b) grant expiry, (c) orphan detach, (d) state correction."""
+
+    def __init__(self, settings: Settings, provider: StorageProvider | None = None) -> None:
+        self.settings = settings
+        self.provider: Any = provider or EbsProvider(settings)
+        self.audit = AuditLog(settings)
+        self._who: dict[str, HostIdentity | None] = {}
+
+    def who(self, host_id: str | None) -> HostIdentity | None:
+        """The enrolled identity to act for ``host_id`` (cached per pass)."""
+        if not host_id:
+            return None
+        if host_id not in self._who:
+            try:
+                h = HostItem.get(host_id)
+                self._who[host_id] = HostIdentity(h.host_id, h.cred_hash)
+            except HostItem.DoesNotExist:
+                self._who[host_id] = None
+        return self._who[host_id]
+
+    def run(self, now: datetime | None = None) -> dict[str, Any]:
+        now = now or datetime.now(timezone.utc)
+        s = Summary()
+        for step in (self._expire_leases, self._expire_grants, self._detach_orphans_and_correct):
+            try:
+                step(now, s)
+            except Exception as exc:  # one broken step must not stop the others
+                log.exception("reconcile step %s failed", step.__name__)
+                s.errors.append(f"{step.__name__}: {type(exc).__name__}")
+        return s.as_dict()
+
+    # ---- (a) leases
+
+    def _expired(self, kind: str, now: datetime):
+        cutoff = expiry_key(now)
+        model = PolicyItem if kind == "L" else GrantItem
+        for shard in range(EXPIRY_SHARDS):
+            yield from model.by_expiry.query(f"{kind}#{shard}", model.expiry_at <= cutoff, page_size=PAGE)
+
+    def _expire_leases(self, now: datetime, s: Summary) -> None:
+        for hit in self._expired("L", now):
+            try:
+                item = PolicyItem.get(hit.pk, hit.sk, consistent_read=True)
+            except PolicyItem.DoesNotExist:
+                continue
+            if not item.attached or not item.lease_expires_at or item.lease_expires_at > now:
+                continue
+            if item.busy_until and item.busy_until > now:
+                s.skipped_busy += 1
+                continue
+            try:
+                who = self.who(item.host_id)
+                if who and item.provider_volume_id:
+                    self.provider.detach(who, item.provider_volume_id, item.instance_id)
+                if self._mark_detached(item, "lease_expired", "detach"):
+                    s.expired_leases += 1
+            except (ProviderUnavailable, ProviderRefused) as exc:
+                s.errors.append(f"lease {item.volume_id}: {exc.code}")
+
+    def _mark_detached(self, item: PolicyItem, reason: str, action: str) -> bool:
+        """Record a volume as detached (conditional on its state version) with its audit record."""
+        rec = AuditRecord(actor=ACTOR, action=action, outcome="done", reason=reason, vm_id=item.vm_id,
+                          volume_id=item.volume_id, host_id=item.host_id, policy_version=int(item.policy_version),
+                          detail={"instance": item.instance_id or "", "device": item.device or ""})
+
+        def write(tx: Tx) -> None:
+            tx.update(item, actions=[PolicyItem.attached.set(False), PolicyItem.device.remove(),
+                                     PolicyItem.attached_at.remove(), PolicyItem.lease_expires_at.remove(),
+                                     PolicyItem.expiry_shard.remove(), PolicyItem.expiry_at.remove(),
+                                     PolicyItem.state_version.add(1)],
+                      condition=PolicyItem.state_version == item.state_version)
+
+        try:
+            self.audit.append([rec], extra=write)
+            return True
+        except ConcurrentModification:
+            return False  # another pass or an event got there first
+
+    # ---- (b) grants
+
+    def _expire_grants(self, now: datetime, s: Summary) -> None:
+        from vvolguard.services.policies import PolicyService
+
+        policies = PolicyService(self.settings)
+        for grant in self._expired("G", now):
+            if grant.expires_at > now:
+                continue
+            vols = policies.for_vm(grant.vm_id)
+            try:
+                for p in vols:
+                    who = self.who(p.host_id)
+                    if who and p.provider_volume_id:
+                        self.provider.set_hosts(who, p.provider_volume_id, (p.host_id,))
+            except (ProviderUnavailable, ProviderRefused) as exc:
+                s.errors.append(f"grant {grant.vm_id}->{grant.destination_host}: {exc.code}")
+                continue
+            recs = [AuditRecord(actor=ACTOR, action="revoke", outcome="done", reason="grant_expired", vm_id=grant.vm_id,
+                                volume_id=p.volume_id, host_id=grant.destination_host,
+                                policy_version=int(p.policy_version),
+                                detail={"restored_hosts": p.host_id}) for p in vols]
+            if not recs:
+                recs = [AuditRecord(actor=ACTOR, action="revoke", outcome="done", reason="grant_expired",
+                                    vm_id=grant.vm_id, host_id=grant.destination_host)]
+
+            def write(tx: Tx, g=grant) -> None:
+                tx.delete(g, condition=GrantItem.sk.exists())
+
+            try:
+                self.audit.append(recs, extra=write)
+                s.grants_expired += 1
+            except ConcurrentModification:
+                pass
+
+    # ---- (c) and (d)
+
+    def _detach_orphans_and_correct(self, now: datetime, s: Summary) -> None:
+        from vvolguard.services.policies import PolicyService
+
+        policies = PolicyService(self.settings)
+        seen: set[str] = set()
+        for att in self.provider.attachments():
+            s.attachments_seen += 1
+            seen.add(att.provider_volume_id)
+            item = policies.find(att.volume_id) if att.volume_id else None
+            if item is not None and item.busy_until and item.busy_until > now:
+                s.skipped_busy += 1
+                continue
+            live = (item is not None and item.attached and item.provider_volume_id == att.provider_volume_id
+                    and item.instance_id == att.instance_id)
+            if live:
+                continue
+            host = item.host_id if item is not None else next((h for h in att.hosts if self.who(h)), None)
+            who = self.who(host)
+            if who is None:
+                s.errors.append(f"orphan {att.provider_volume_id}: no enrolled host to act for")
+                continue
+            try:
+                if self.provider.detach(who, att.provider_volume_id, att.instance_id):
+                    s.orphans_detached += 1
+                    self.audit.append([AuditRecord(
+                        actor=ACTOR, action="detach", outcome="done", reason="no_attachment_record",
+                        vm_id=item.vm_id if item is not None else None, volume_id=att.volume_id or None,
+                        host_id=host, policy_version=int(item.policy_version) if item is not None else None,
+                        detail={"provider_volume": att.provider_volume_id, "instance": att.instance_id})])
+            except (ProviderUnavailable, ProviderRefused) as exc:
+                s.errors.append(f"orphan {att.provider_volume_id}: {exc.code}")
+        # (d) recorded attached, but the provider shows no such attachment: check that one volume again.
+        for hit in self._all_attached_records():
+            if hit.provider_volume_id in seen:
+                continue
+            try:
+                item = PolicyItem.get(hit.pk, hit.sk, consistent_read=True)
+            except PolicyItem.DoesNotExist:
+                continue
+            if not item.attached or (item.busy_until and item.busy_until > now) or \
+                    (item.attached_at and item.attached_at > now):
+                continue
+            who = self.who(item.host_id)
+            if who is None or not item.provider_volume_id:
+                continue
+            try:
+                still = self.provider.is_attached(who, item.provider_volume_id, item.instance_id)
+            except VvgError as exc:
+                s.errors.append(f"check {item.volume_id}: {exc.code}")
+                continue
+            if not still and self._mark_detached(item, "not_attached_at_provider", "state_corrected"):
+                s.states_corrected += 1
+
+    def _all_attached_records(self):
+        for shard in range(EXPIRY_SHARDS):
+            yield from PolicyItem.by_expiry.query(f"L#{shard}", page_size=PAGE)
