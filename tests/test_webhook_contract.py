@@ -423,9 +423,6 @@ def test_a_revoked_host_is_refused_401_unknown_host_and_writes_nothing(vm1_attac
     assert attached_volume_ids() == {"vvol-1"}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: services/auth.py:44 (HostAuthenticator._load) caches host records for 30 s; a "
-                                       "revoked host whose record is cached passes authenticate(), so its body is parsed and authorized "
-                                       "(400/403/404) before the claim transaction would refuse it as unknown_host")
 def test_a_revoked_host_is_refused_401_before_its_body_is_looked_at(vm1_attached, aws):
     from vvolguard.services.hosts import HostService
 
@@ -452,10 +449,6 @@ def test_after_rotation_the_old_secret_is_refused_bad_signature_and_the_new_one_
     assert attached_volume_ids() == {"vvol-1"}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: services/auth.py:44 (30 s host cache) + services/events.py:292 (_on_cancel) — in a warm "
-                                       "container the rotated-out secret still authenticates; the first request with it "
-                                       "is answered 401 unknown_host (valid body) or 400 invalid_json (bad body) "
-                                       "instead of 401 bad_signature")
 def test_after_rotation_in_a_warm_container_the_old_secret_is_refused_bad_signature(vm1_attached, aws):
     from vvolguard.services.hosts import HostService
 
@@ -575,9 +568,6 @@ def test_a_refusal_of_a_known_host_writes_exactly_one_refuse_record_and_nothing_
     assert AuditLog(aws).verify()["ok"] is True
 
 
-@pytest.mark.xfail(strict=True, reason="bug: services/events.py:110-112 (EventService.handle) raise payload_too_large, missing_signature and "
-                                       "a malformed bad_signature before the audited try block: these refusals of an "
-                                       "enrolled host leave no audit record, while a wrong-secret bad_signature does")
 def test_every_refusal_naming_a_known_host_is_audited_including_those_refused_before_verification(vm1_attached, aws):
     wh = vm1_attached
     raw = body_of(event_id="a-1", type="vm.booted", vm_id="vm-1")

@@ -9,12 +9,17 @@ How provider calls are counted and faults injected
 The provider builds its EC2 clients from a fresh ``boto3.session.Session`` per host (after an STS
 AssumeRole), so a handler registered on ``boto3.DEFAULT_SESSION`` would never see them. botocore
 registers ``botocore.handlers.BUILTIN_HANDLERS`` on *every* session it creates (that is how moto's own
-stubber reaches every client), so the ``botocore_hooks`` fixture appends one ``before-call.ec2.*``
+stubber reaches every client), so the ``hooks`` fixture appends one ``before-call.ec2.*``
 handler there for the test's duration. It sees each EC2 API call of every client created afterwards,
 whatever code path built it, and either counts it or raises/returns the injected fault. ``before-call``
 runs outside botocore's own HTTP retry loop, so each injected fault reaches the provider's retry logic
-once per provider attempt. (Patching ``EbsProvider._assume`` would also work but would silently miss a
-client built some other way; a count of "exactly one" must not be able to pass by missing calls.)
+once per provider attempt. (Patching ``EbsProvider._assume``, or the product's own ``aws.add_hook``, would
+also work but would silently miss a client built some other way; a count of "exactly one" must not be able
+to pass by missing calls.)
+
+The concurrency tests rely on tests/conftest.py installing infra.moto_patches: plain moto's
+TransactWriteItems is not atomic across threads (a cancelled transaction restores whole-table copies and
+undoes other threads' writes), which on its own produces double attaches that real DynamoDB never would.
 """
 from __future__ import annotations
 
@@ -32,33 +37,10 @@ from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
 
 from tests.conftest import attached_volume_ids, ec2_client, managed_volumes
 
-ATTEMPTS = 3  # provider attempts per call in these tests (constructor argument, see `fast_provider`)
+ATTEMPTS = 3  # provider attempts per call in these tests (constructor argument, see the `svc` fixture)
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(autouse=True)
-def atomic_aws_requests(monkeypatch):
-    """Make every mocked AWS request atomic, as each request is at AWS.
-
-    moto's DynamoDB is not thread-safe: TransactWriteItems checks conditions and writes item by item, and
-    when a condition fails it restores a deep copy of every table it touched taken at the start of the
-    call, wiping out whatever other threads committed meanwhile. Under concurrent threads that loses
-    writes and lets two conditional puts of one key both succeed, which real DynamoDB never does. One lock
-    around moto's request dispatch restores per-request atomicity; the races the product must handle
-    (between its own requests) stay fully open.
-    """
-    from moto.core.botocore_stubber import BotocoreStubber
-
-    lock = threading.RLock()
-    original = BotocoreStubber.process_request
-
-    def process_request(self, request):
-        with lock:
-            return original(self, request)
-
-    monkeypatch.setattr(BotocoreStubber, "process_request", process_request)
 
 
 class BotocoreHooks:
@@ -101,10 +83,10 @@ def hooks(aws):
     from vvolguard.adapters import aws as aws_adapter
 
     h = BotocoreHooks()
+    base = aws_adapter.session(aws.region)  # before the append: a session built after it has the hook already
+    base.events.register("before-call.ec2", h, unique_id="test-ec2-hooks")
     entry = ("before-call.ec2", h)
     botocore.handlers.BUILTIN_HANDLERS.append(entry)
-    base = aws_adapter.session(aws.region)
-    base.events.register("before-call.ec2", h, unique_id="test-ec2-hooks")
     try:
         yield h
     finally:
@@ -270,18 +252,38 @@ def test_10_concurrent_distinct_preboots_of_one_vm_attach_exactly_once(webhook, 
 
     answers = run_concurrently(10, send)
 
-    assert all(code == 200 for code, _ in answers), answers
-    outcomes = [b["decisions"][0]["outcome"] for _, b in answers]
-    assert outcomes.count("done") == 1, answers
-    assert outcomes.count("skipped") == 9, answers
+    done = [b for code, b in answers if code == 200 and b["decisions"][0]["outcome"] == "done"]
+    assert len(done) == 1, answers
     assert hooks.count("AttachVolume") == 1
     atts = attachments_of("vvol-1")
     assert len(atts) == 1 and atts[0]["InstanceId"] == instance_of("vm-1")["InstanceId"]
-    assert len([v for v in managed_volumes() if v == "vvol-1"]) == 1
     item = policy("vm-1", "vvol-1")
     assert item.attached and item.busy_event is None
-    for i in range(10):  # every event has its decision audited, once
-        assert len(records_of(f"boot-{i}")) == 1
+    # Every other event is skipped; one that lost the VM's audit-chain race too often answers 409 (see the
+    # xfail below) and, redelivered with its id as the contract says, is then skipped as well.
+    for i, (code, body) in enumerate(answers):
+        if code == 409:
+            assert body["error"]["code"] == "event_in_progress", body
+            code, body = send(i)
+        assert code == 200, body
+        if body["decisions"][0]["outcome"] != "done":
+            assert body["decisions"][0]["outcome"] == "skipped", body
+            assert body["decisions"][0]["reason"] in ("in_progress", "already_attached"), body
+        assert len([r for r in records_of(f"boot-{i}") if r["action"] != "refuse"]) == 1  # audited once
+    assert hooks.count("AttachVolume") == 1
+    assert len(attachments_of("vvol-1")) == 1
+
+
+@pytest.mark.xfail(strict=True, reason="bug: services/events.py EventService._attempt retries a lost claim/audit-head "
+                   "race only ATTEMPTS=6 times, immediately and without backoff, then answers 409 event_in_progress for "
+                   "a new event_id that nobody is processing (contract: 409 event_in_progress = this event_id is being "
+                   "processed right now); 20 concurrent distinct preboots of one VM get 3-6 such 409s (10 get one in "
+                   "about half the runs)")
+def test_concurrent_distinct_events_of_one_vm_are_all_answered_never_refused_as_in_progress(webhook, svc, hooks):
+    answers = run_concurrently(20, lambda i: webhook.send("vm.preboot", "vm-1", event_id=f"boot-{i}"))
+
+    assert hooks.count("AttachVolume") == 1
+    assert [code for code, _ in answers] == [200] * 20, [b for c, b in answers if c != 200][:1]
 
 
 # ---------------------------------------------------------------------------------------------- 2. provider faults
@@ -374,11 +376,14 @@ def test_transient_provider_fault_is_retried_and_answers_done(webhook, svc, hook
     assert policy("vm-1", "vvol-1").attached
 
 
-def test_multi_volume_attach_rolls_back_the_first_when_the_second_fails(webhook, svc, hooks, vvg):
-    add_policies(webhook.settings, """
+TWO_VOLUMES = """
 volumes:
   - {volume_id: vvol-1b, vm_id: vm-1, host_id: host-1, storage_array: S1, size_mb: 10, attach_on: preboot, detach_on: postboot}
-""")
+"""
+
+
+def test_multi_volume_attach_rolls_back_the_first_when_the_second_fails(webhook, svc, hooks):
+    add_policies(webhook.settings, TWO_VOLUMES)
     hooks.faults["AttachVolume"] = after_first(FAULTS["request_limit_exceeded"])
 
     code, body = webhook.send("vm.preboot", "vm-1", event_id="ev-two")
@@ -389,10 +394,24 @@ volumes:
     assert first == managed_volumes()["vvol-1"]["VolumeId"]  # vvol-1 was attached, then...
     assert hooks.count("DetachVolume") == 1  # ...rolled back
     assert attached_volume_ids() == set()
-    assert_clean("vm-1", "vvol-1", "vvol-1b")
+    for vid in ("vvol-1", "vvol-1b"):
+        assert not policy("vm-1", vid).attached
+    assert records_of("ev-two") == []
 
+
+@pytest.mark.xfail(strict=True, reason="bug: services/events.py EventService._release releases only "
+                   "decisions with needs_provider (outcome 'pending'), but _act already set outcome 'done' on the "
+                   "volumes it attached before the outage and then rolled back, so their claim (busy_event, busy_until) "
+                   "stays; the same event_id retried within BUSY_SECONDS answers that volume 'skipped in_progress' and "
+                   "never attaches it")
+def test_multi_volume_503_releases_every_claim_and_the_same_event_retries_to_done(webhook, svc, hooks, vvg):
+    add_policies(webhook.settings, TWO_VOLUMES)
+    hooks.faults["AttachVolume"] = after_first(FAULTS["request_limit_exceeded"])
+    code, body = webhook.send("vm.preboot", "vm-1", event_id="ev-two")
+    assert (code, body["error"]["code"]) == (503, "provider_unavailable"), body
     del hooks.faults["AttachVolume"]
     hooks.reset()
+
     code, body = webhook.send("vm.preboot", "vm-1", event_id="ev-two")
 
     assert code == 200, body
@@ -400,6 +419,9 @@ volumes:
     assert hooks.count("AttachVolume") == 2
     assert attached_volume_ids() == {"vvol-1", "vvol-1b"}
     assert all(len(attachments_of(v)) == 1 for v in ("vvol-1", "vvol-1b"))
+    for vid in ("vvol-1", "vvol-1b"):
+        item = policy("vm-1", vid)
+        assert item.attached and item.busy_event is None and item.busy_until is None
     assert vvg("audit", "verify").code == 0
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from vvolguard.adapters import aws
 from vvolguard.adapters.models import HostItem
 from vvolguard.domain.policy import ID_RE
-from vvolguard.errors import BadSignature, MissingSignature, StaleSignature, UnknownHost
+from vvolguard.errors import AuthError, BadSignature, MissingSignature, StaleSignature, UnknownHost
 from vvolguard.settings import Settings
 
 TOLERANCE_S = 300
@@ -96,6 +96,15 @@ class HostAuthenticator:
             if not self._matches(secret, timestamp, body, signature):
                 raise BadSignature("the signature does not match")
         return AuthenticatedHost(host.host_id, int(host.secret_version), host.cred_hash)
+
+    def recheck(self, host_id: str, timestamp: int, signature: str, body: bytes) -> AuthError | None:
+        """Authenticate again from a fresh read: the 401 a cached host would have got, or None if it holds."""
+        loaded = self._load(host_id, fresh=True)
+        if loaded is None or loaded[0].status != "active":
+            return UnknownHost("the host is not enrolled or was revoked")
+        if not self._matches(loaded[1], timestamp, body, signature):
+            return BadSignature("the signature does not match")
+        return None
 
     @staticmethod
     def _matches(secret: str, timestamp: int, body: bytes, signature: str) -> bool:

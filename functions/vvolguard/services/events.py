@@ -33,7 +33,9 @@ from vvolguard.adapters.tx import Tx
 from vvolguard.adapters.provider import EbsProvider, HostIdentity, Instance, ProviderRefused, StorageProvider
 from vvolguard.domain.engine import BUSY_SECONDS, Decision, VolumeView, decide
 from vvolguard.domain.events import MAX_BODY, Event, parse_event
+from vvolguard.domain.policy import ID_RE
 from vvolguard.errors import (
+    AuthError,
     EventConflict,
     EventInProgress,
     Forbidden,
@@ -106,25 +108,31 @@ class EventService:
     # ---- entry point
 
     def handle(self, headers: dict[str, str], body: bytes, now: datetime | None = None) -> dict[str, Any]:
-        """The answer to one request, or a VvgError carrying the contract's status and code."""
-        if len(body) > MAX_BODY:
-            raise PayloadTooLarge(f"the body is over {MAX_BODY} bytes")
-        host_id, ts, sig = self.auth.identify(headers.get("x-vvg-host"), headers.get("x-vvg-signature"))
+        """The answer to one request, or a VvgError carrying the contract's status and code.
+
+        Every refusal of a request naming an enrolled host is audited; nothing else is written."""
         now = now or datetime.now(timezone.utc)
-        known = True
+        named = headers.get("x-vvg-host")
         event: Event | None = None
+        host: AuthenticatedHost | None = None
+        ts, sig = 0, ""
         try:
-            try:
-                host = self.auth.authenticate(host_id, ts, sig, body, now.timestamp())
-            except UnknownHost:
-                known = self._exists(host_id)
-                raise
+            if len(body) > MAX_BODY:
+                raise PayloadTooLarge(f"the body is over {MAX_BODY} bytes")
+            host_id, ts, sig = self.auth.identify(named, headers.get("x-vvg-signature"))
+            host = self.auth.authenticate(host_id, ts, sig, body, now.timestamp())
             event = parse_event(body)
-            return self._process(host, event, hashlib.sha256(body).hexdigest(), now)
+            try:
+                return self._process(host, event, hashlib.sha256(body).hexdigest(), now)
+            except _HostChanged:
+                raise self.auth.recheck(host_id, ts, sig, body) or UnknownHost("the host changed; retry") from None
         except VvgError as exc:
-            if known and not isinstance(exc, ProviderUnavailable):
-                self._audit_refusal(host_id, event, exc)
-            raise
+            if host is not None and not isinstance(exc, AuthError):
+                # Authenticated from a warm cache: a revoked host or a rotated secret still gets its 401 first.
+                exc = self.auth.recheck(host.host_id, ts, sig, body) or exc
+            if named and ID_RE.match(named) and not isinstance(exc, ProviderUnavailable) and self._exists(named):
+                self._audit_refusal(named, event, exc)
+            raise exc from None
 
     @staticmethod
     def _exists(host_id: str) -> bool:
@@ -289,7 +297,7 @@ class EventService:
             raise _Duplicate(self._existing(key, body_hash))
         if "host" in failed:
             self.auth.forget(host.host_id)
-            raise UnknownHost("the host was revoked or its secret rotated")
+            raise _HostChanged()
         if not failed and not conflict:
             raise exc
 
@@ -499,6 +507,10 @@ class EventService:
                     raise ProviderUnavailable("the event's claim expired while the provider was slow; retry") from None
                 head = self.audit.head(f"VM#{event.vm_id}")
         raise EventInProgress("the VM's audit chain is busy; retry with the same event_id")
+
+
+class _HostChanged(Exception):
+    """The host was revoked or its secret rotated since it was authenticated from the cache."""
 
 
 class _Duplicate(Exception):
