@@ -73,6 +73,7 @@ class Fleet:
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.moto: subprocess.Popen | None = None
+        self.retries = 0
 
     # ---- set-up
     def start(self) -> None:
@@ -161,6 +162,13 @@ class Fleet:
         self.counts.start()
         t0 = time.perf_counter()
         r = events.handler(ev, None)
+        for _ in range(3):  # a host retries a 503 with the same event_id
+            if r["statusCode"] != 503:
+                break
+            self.retries += 1
+            time.sleep(0.2)
+            ev["headers"]["x-vvg-signature"] = sign(self.secrets[host], int(time.time()), raw)
+            r = events.handler(ev, None)
         dt = time.perf_counter() - t0
         c = self.counts.stop()
         if r["statusCode"] != 200:
@@ -313,7 +321,7 @@ def main() -> int:
               flush=True)
     finally:
         fleet.stop()
-    print(f"[total]         {time.perf_counter() - t_start:.0f} s", flush=True)
+    print(f"[total]         {time.perf_counter() - t_start:.0f} s; {fleet.retries} events retried after a 503", flush=True)
     print(json.dumps({
         "events_per_s": round(storm["events_per_s"], 1), "p50_ms": round(storm["p50_ms"], 2),
         "p99_ms": round(storm["p99_ms"], 2), "ddb_calls_per_event": round(warm["ddb_calls_per_event"], 2),
@@ -322,7 +330,7 @@ def main() -> int:
         "floor_p50_ms": round(warm["floor_p50_ms"], 2), "storm_ddb_calls_per_event": round(storm["ddb_calls_per_event"], 2),
         "storm_provider_calls_per_event": round(storm["provider_calls_per_event"], 2),
         f"p50_ms_{args.small}_policies": round(small["p50_ms"], 2), f"p50_ms_{args.big}_policies": round(big["p50_ms"], 2),
-        "policies_p50_ratio": round(ratio, 3), "policies_floor_normalized_ratio": round(normalized, 3),
+        "policies_p50_ratio": round(ratio, 3), "retried_503": fleet.retries, "policies_floor_normalized_ratio": round(normalized, 3),
     }))
     return 0
 
