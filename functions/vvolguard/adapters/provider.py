@@ -127,6 +127,10 @@ class EbsProvider:
             RoleSessionName=f"vvg-{who.host_id}"[:64], ExternalId=who.external_id, DurationSeconds=900,
             Tags=[{"Key": "vvg:host-id", "Value": who.host_id}],
         )
+        # moto checks neither trust nor external id: make sure at least that the session is the host's.
+        arn = resp.get("AssumedRoleUser", {}).get("Arn", "")
+        if not arn.endswith(f"/vvg-{who.host_id}"[:70]):
+            raise ProviderRefused("wrong_session", f"the provider session is not {who.host_id}'s")
         creds = resp["Credentials"]
         expires = creds["Expiration"].timestamp() if hasattr(creds["Expiration"], "timestamp") else time.time() + 900
         sess = boto3.session.Session(aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
@@ -137,7 +141,7 @@ class EbsProvider:
 
     def ec2(self, who: HostIdentity):
         """The EC2 client acting for ``who``; a new AssumeRole only when the cached one nears expiry."""
-        if not who.cred_hash:
+        if not who.cred_hash or len(who.cred_hash) != 64 or any(c not in "0123456789abcdef" for c in who.cred_hash):
             raise ProviderRefused("no_credentials", f"host {who.host_id} has no enrolled credentials")
         with self._lock:
             cached = self._clients.get(who.host_id)
