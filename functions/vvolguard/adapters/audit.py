@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import random
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
@@ -72,6 +74,11 @@ def compute_mac(key: bytes, chain: str, seq: int, prev: str, rec: dict[str, Any]
     return hmac.new(key, _payload(chain, seq, prev, rec), hashlib.sha256).hexdigest()
 
 
+def head_tag(key: bytes, chain: str, seq: int, mac: str) -> str:
+    """The keyed tag of a chain head: moving the head back to an earlier record needs the key."""
+    return hmac.new(key, f"head|{chain}|{seq}|{mac}".encode("utf-8"), hashlib.sha256).hexdigest()
+
+
 class AuditLog:
     """Append, list and verify audit records."""
 
@@ -105,7 +112,8 @@ class AuditLog:
                 prev=prev, mac=mac, **{k: v for k, v in data.items() if v is not None and v != {}},
             ))
             prev = mac
-        return items, ChainHead(pk=chain, sk=HEAD_SK, head_seq=seq, head_mac=prev)
+        return items, ChainHead(pk=chain, sk=HEAD_SK, head_seq=seq, head_mac=prev,
+                                head_tag=head_tag(key, chain, seq, prev))
 
     @staticmethod
     def add_to(tx: Tx, head: tuple[int, str], items: list[AuditItem], new_head: ChainHead) -> None:
@@ -118,7 +126,7 @@ class AuditLog:
             tx.save(new_head, condition=ChainHead.head_seq == head[0], label="head")
 
     def append(self, records: list[AuditRecord],
-               extra: Callable[[Tx], Any] | None = None, attempts: int = 8) -> list[AuditItem]:
+               extra: Callable[[Tx], Any] | None = None, attempts: int = 16) -> list[AuditItem]:
         """Write ``records`` (any chains) in one transaction together with ``extra``'s writes.
 
         ``extra(tx)`` adds the caller's conditional writes (label "extra", the default); a failed
@@ -130,7 +138,9 @@ class AuditLog:
         for rec in records:
             rec.at = rec.at or now_rfc3339()
             by_chain.setdefault(chain_for(rec), []).append(rec)
-        for _ in range(attempts):
+        for attempt in range(attempts):
+            if attempt:  # jittered backoff: writers of one chain take turns instead of colliding again
+                time.sleep(random.uniform(0, min(0.2, 0.005 * (2 ** attempt))))
             heads = {c: self.head(c) for c in by_chain}
             built = {c: self.build(c, heads[c], [AuditRecord(**asdict(r)) for r in recs]) for c, recs in by_chain.items()}
             tx = Tx(connection=connection(self.settings))
@@ -190,11 +200,12 @@ class AuditLog:
             data["detail"] = dict(item.detail.as_dict()) if item.detail is not None else {}
             ok = hmac.compare_digest(compute_mac(key, item.chain, int(item.seq), item.prev, data), item.mac)
             chains.setdefault(item.chain, {})[int(item.seq)] = (item.prev, item.mac, ok)
-        heads = {h.pk: (int(h.head_seq), h.head_mac) for h in ChainHead.scan(ChainHead.sk == HEAD_SK, page_size=1000)}
+        heads = {h.pk: (int(h.head_seq), h.head_mac, h.head_tag or "")
+                 for h in ChainHead.scan(ChainHead.sk == HEAD_SK, page_size=1000)}
         problems: list[dict[str, Any]] = []
         for chain in sorted(set(chains) | set(heads)):
             recs = chains.get(chain, {})
-            head_seq, head_mac = heads.get(chain, (None, None))
+            head_seq, head_mac, tag = heads.get(chain, (None, None, None))
             prev = ""
             last = max(recs) if recs else 0
             for seq in range(1, max(last, head_seq or 0) + 1):
@@ -214,5 +225,8 @@ class AuditLog:
                     problems.append({"chain": chain, "seq": last, "problem": "chain head removed"})
                 elif head_seq != last or head_mac != prev:
                     problems.append({"chain": chain, "seq": last + 1, "problem": "removed (the head is further on)"})
+                elif not hmac.compare_digest(tag, head_tag(key, chain, head_seq, head_mac)):
+                    problems.append({"chain": chain, "seq": last + 1,
+                                     "problem": "removed at the end (the chain head was moved back)"})
         return {"ok": not problems, "records": records, "chains": len(set(chains) | set(heads)),
                 "problems": problems[:20], "first_problem": problems[0] if problems else None}

@@ -136,6 +136,7 @@ class ChainHead(StateItem, discriminator="head"):
 
     head_seq = NumberAttribute(default=0)
     head_mac = UnicodeAttribute(default="")
+    head_tag = UnicodeAttribute(default="")  # HMAC over (chain, seq, mac): a rolled-back head does not verify
 
 
 # ---- hosts, users, events

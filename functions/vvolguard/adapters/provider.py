@@ -248,6 +248,14 @@ class EbsProvider:
             self._call(lambda: ec2.detach_volume(VolumeId=provider_volume_id, InstanceId=att["InstanceId"]))
         return True
 
+    def delete(self, who: HostIdentity, provider_volume_id: str) -> None:
+        """Delete a volume this event created (undo of a lazy create); never one in use."""
+        ec2 = self.ec2(who)
+        vol = self._volume(ec2, provider_volume_id)
+        if who.host_id not in self._hosts(vol) or vol.get("Attachments"):
+            raise ProviderRefused("volume_in_use", "only an unattached volume of this host can be deleted")
+        self._call(lambda: ec2.delete_volume(VolumeId=provider_volume_id))
+
     def _set_hosts(self, ec2, provider_volume_id: str, hosts: tuple[str, ...]) -> None:
         self._call(lambda: ec2.create_tags(Resources=[provider_volume_id], Tags=[{"Key": TAG_HOSTS, "Value": ",".join(hosts)}]))
 

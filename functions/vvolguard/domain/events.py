@@ -14,6 +14,8 @@ MAX_BODY = 64 * 1024
 EVENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 RFC3339_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})\Z")
 MAX_APPS = 64
+PASSWORD_LEN = (1, 256)  # characters (code points), inclusive
+KEY_BITS = (1, 65536)  # guest.inventory apps[].key_bits, inclusive
 
 # type -> (required fields beyond the common ones, optional fields)
 TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -32,6 +34,48 @@ TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "guest.inventory": (("apps",), ()),
 }
 COMMON = ("event_id", "type", "vm_id")
+OPTIONAL_COMMON = ("occurred_at",)
+
+
+def json_pattern(rx: re.Pattern[str]) -> str:
+    """One of this module's patterns as JSON Schema (ECMA-262) writes it.
+
+    ``\\Z`` becomes ``$`` (ECMA's ``$`` without the m flag only matches at the very end) and ``\\d`` becomes
+    ``[0-9]`` (Python's ``\\d`` also matches other scripts' digits, which parse_time then refuses anyway)."""
+    return rx.pattern.replace("\\Z", "$").replace("\\d", "[0-9]")
+
+
+def _id_schema(rx: re.Pattern[str]) -> dict[str, Any]:
+    """An id pattern ending in ``{min,max}\\Z`` as a string schema with its length bounds."""
+    lo, hi = re.search(r"\{(\d+),(\d+)\}\\Z$", rx.pattern).groups()  # type: ignore[union-attr]
+    return {"type": "string", "pattern": json_pattern(rx), "minLength": int(lo), "maxLength": int(hi)}
+
+
+# What parse_event accepts, field by field, as JSON Schema fragments (draft 2020-12). infra/openapi.py builds
+# the webhook's OpenAPI document from these, TYPES, COMMON and OPTIONAL_COMMON; tests/test_openapi.py checks
+# the document against parse_event. Metadata only: parse_event does not read it.
+FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
+    "event_id": _id_schema(EVENT_ID_RE),
+    "type": {"type": "string", "enum": list(TYPES)},
+    "vm_id": _id_schema(ID_RE),
+    "occurred_at": {"type": "string", "format": "date-time", "pattern": json_pattern(RFC3339_RE)},
+    "app": _id_schema(ID_RE),
+    "volume_id": _id_schema(ID_RE),
+    "password": {"type": "string", "minLength": PASSWORD_LEN[0], "maxLength": PASSWORD_LEN[1]},
+    "destination_host": _id_schema(ID_RE),
+    "source_host": _id_schema(ID_RE),
+    "apps": {
+        "type": "array", "maxItems": MAX_APPS,
+        "items": {
+            "type": "object", "required": ["name", "type", "key_bits"], "additionalProperties": False,
+            "properties": {
+                "name": _id_schema(ID_RE),
+                "type": _id_schema(ID_RE),
+                "key_bits": {"type": "integer", "minimum": KEY_BITS[0], "maximum": KEY_BITS[1]},
+            },
+        },
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -158,7 +202,7 @@ def parse_event(body: bytes) -> Event:
     if not isinstance(etype, str) or etype not in TYPES:
         raise InvalidEvent(f"type must be one of {', '.join(TYPES)}")
     required, optional = TYPES[etype]
-    allowed = set(COMMON) | {"occurred_at"} | set(required) | set(optional)
+    allowed = set(COMMON) | set(OPTIONAL_COMMON) | set(required) | set(optional)
     unknown = sorted(str(k)[:40] for k in doc if k not in allowed)
     if unknown:
         raise InvalidEvent(f"field {unknown[0]!r} is not allowed for {etype}")
@@ -175,8 +219,8 @@ def parse_event(body: bytes) -> Event:
             kwargs[key] = _id(doc, key)
     if "password" in doc:
         pw = doc["password"]
-        if not isinstance(pw, str) or not 1 <= len(pw) <= 256:
-            raise InvalidEvent("password must be a string of 1 to 256 characters")
+        if not isinstance(pw, str) or not PASSWORD_LEN[0] <= len(pw) <= PASSWORD_LEN[1]:
+            raise InvalidEvent(f"password must be a string of {PASSWORD_LEN[0]} to {PASSWORD_LEN[1]} characters")
         kwargs["password"] = pw
     if "apps" in doc:
         apps = doc["apps"]
@@ -191,8 +235,8 @@ def parse_event(body: bytes) -> Event:
                 raise InvalidEvent(f"apps[{i}].name must match [A-Za-z0-9._-]{{1,64}}")
             if not isinstance(typ, str) or not ID_RE.match(typ):
                 raise InvalidEvent(f"apps[{i}].type must match [A-Za-z0-9._-]{{1,64}}")
-            if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 65536:
-                raise InvalidEvent(f"apps[{i}].key_bits must be an integer from 1 to 65536")
+            if not isinstance(bits, int) or isinstance(bits, bool) or not KEY_BITS[0] <= bits <= KEY_BITS[1]:
+                raise InvalidEvent(f"apps[{i}].key_bits must be an integer from {KEY_BITS[0]} to {KEY_BITS[1]}")
             out.append(Software(name, typ, bits))
         kwargs["apps"] = tuple(out)
     return Event(event_id=event_id, type=etype, vm_id=vm_id, **kwargs)

@@ -10,6 +10,9 @@ from typing import Any
 from vvolguard.handlers.http import request_parts, run
 
 log = logging.getLogger("vvg.events")
+# botocore's and PynamoDB's DEBUG output carries request bodies (password hashes, ciphertexts): never on.
+for _noisy in ("botocore", "boto3", "pynamodb", "urllib3"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
 _service = None
 
 

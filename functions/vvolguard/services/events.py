@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -51,7 +52,7 @@ from vvolguard.settings import Settings
 
 log = logging.getLogger("vvg.events")
 EVENT_TTL_S = 7 * 86400
-ATTEMPTS = 6
+ATTEMPTS = 12
 TOUCH_EVERY_S = 60.0
 
 
@@ -92,7 +93,7 @@ class Outcome:
     decision: Decision
     item: PolicyItem
     updates: dict[str, Any] = field(default_factory=dict)
-    undo: Any = None
+    undo: list[tuple] = field(default_factory=list)
 
 
 class EventService:
@@ -178,7 +179,9 @@ class EventService:
 
     def _attempt(self, host: AuthenticatedHost, event: Event, body_hash: str, now: datetime) -> dict[str, Any]:
         key = f"{host.host_id}/{event.event_id}"
-        for _ in range(ATTEMPTS):
+        for attempt in range(ATTEMPTS):
+            if attempt:
+                _backoff(attempt)
             part = self.read_partition(event.vm_id)
             mine = self._authorize(host, event, part, now)
             grants = tuple(part.live_grants(now))
@@ -273,9 +276,10 @@ class EventService:
                          expires_at=int(now.timestamp()) + EVENT_TTL_S)
 
     def _event_condition(self, body_hash: str, now: datetime):
-        # New, or a failed attempt of the same body, or the same body whose worker died past its lease.
+        # New, or a failed attempt (any body: a refused request does not use up its id), or the same body
+        # whose worker died past its lease.
         same = EventItem.body_sha256 == body_hash
-        return (EventItem.event_id.does_not_exist() | (same & (EventItem.status == "failed"))
+        return (EventItem.event_id.does_not_exist() | (EventItem.status == "failed")
                 | (same & (EventItem.status == "in_progress") & (EventItem.lease_until < int(now.timestamp()))))
 
     def _host_check(self, tx: Tx, host: AuthenticatedHost, now: datetime) -> None:
@@ -378,6 +382,7 @@ class EventService:
         done: list[Outcome] = []
         outcomes: dict[str, Outcome] = {}
         instance: Instance | None = None
+        claimed = [d.volume_id for d in decisions if d.needs_provider]
         try:
             for d in decisions:
                 if not d.needs_provider:
@@ -392,25 +397,27 @@ class EventService:
                     if d.action in ("attach", "create") and not vol_id:
                         vol_id = self.provider.create(who, item.volume_id, item.vm_id, int(item.size_mb), instance.zone)
                         o.updates["provider_volume_id"] = vol_id
+                        o.undo.append(("delete", vol_id))
+                        done.append(o)
                     if d.action == "attach":
                         d.device = self.provider.attach(who, vol_id, instance, d.device)
                         o.updates.update(attached=True, instance_id=instance.instance_id, zone=instance.zone,
                                          device=d.device, attached_at=now, lease_expires_at=d.lease_expires_at,
                                          expiry_shard=expiry_shard("L", item.volume_id),
                                          expiry_at=expiry_key(d.lease_expires_at))
-                        o.undo = ("detach", vol_id, instance.instance_id)
+                        o.undo.append(("detach", vol_id, instance.instance_id))
                     elif d.action == "detach":
                         if vol_id:
                             self.provider.detach(who, vol_id, item.instance_id)
                         o.updates.update(attached=False, device=None, attached_at=None, lease_expires_at=None,
                                          expiry_shard=None, expiry_at=None)
                         if item.instance_id and item.device:
-                            o.undo = ("attach", vol_id, Instance(item.instance_id, item.zone or ""), item.device)
+                            o.undo.append(("attach", vol_id, Instance(item.instance_id, item.zone or ""), item.device))
                     elif d.action == "create":
                         o.updates.update(instance_id=instance.instance_id, zone=instance.zone)
                     elif d.action == "grant":
                         self.provider.grant(who, vol_id, event.destination_host)
-                        o.undo = ("revoke", vol_id, event.destination_host)
+                        o.undo.append(("revoke", vol_id, event.destination_host))
                     elif d.action == "revoke":
                         self.provider.revoke(who, vol_id, event.source_host)
                         o.updates["host_id"] = host.host_id
@@ -420,39 +427,43 @@ class EventService:
                     d.device = d.device if d.action != "attach" else None
                     d.lease_expires_at = None
                 outcomes[d.volume_id] = o
-                if d.outcome == "done":
+                if d.outcome == "done" and o not in done:
                     done.append(o)
         except ProviderUnavailable:
             self._rollback(who, done)
-            self._release(host, event, key, part, decisions)
+            self._release(host, event, key, part, claimed)
             raise
         return outcomes
 
     def _rollback(self, who: HostIdentity, done: list[Outcome]) -> None:
+        """Undo, newest first, what this event did at the provider before it failed."""
         for o in reversed(done):
-            try:
-                if o.undo and o.undo[0] == "detach":
-                    self.provider.detach(who, o.undo[1], o.undo[2])
-                elif o.undo and o.undo[0] == "attach":
-                    self.provider.attach(who, o.undo[1], o.undo[2], o.undo[3])
-                elif o.undo and o.undo[0] == "revoke":
-                    self.provider.revoke(who, o.undo[1], o.undo[2])
-            except Exception:  # the reconciler repairs what cannot be undone now
-                log.exception("rollback of %s failed", o.decision.volume_id)
+            for step in reversed(o.undo):
+                try:
+                    if step[0] == "detach":
+                        self.provider.detach(who, step[1], step[2])
+                    elif step[0] == "attach":
+                        self.provider.attach(who, step[1], step[2], step[3])
+                    elif step[0] == "revoke":
+                        self.provider.revoke(who, step[1], step[2])
+                    elif step[0] == "delete":
+                        self.provider.delete(who, step[1])
+                except Exception:  # the reconciler repairs what cannot be undone now
+                    log.exception("rollback of %s failed", o.decision.volume_id)
 
-    def _release(self, host, event, key, part, decisions) -> None:
-        """After a provider outage: free the volumes and mark the event failed, so it can be retried."""
+    def _release(self, host, event, key, part, claimed: list[str]) -> None:
+        """After a provider outage: free every volume this event claimed and mark the event failed,
+        so it can be retried (with the same or another body: a refused request does not use up its id)."""
         tx = Tx(connection=connection(self.settings))
         try:
             with tx:
                 tx.update(EventItem(event_id=key), actions=[EventItem.status.set("failed")],
                           condition=EventItem.status == "in_progress", label="event")
-                for d in decisions:
-                    if d.needs_provider:
-                        item = part.policies[d.volume_id]
-                        tx.update(item, actions=[PolicyItem.busy_event.remove(), PolicyItem.busy_until.remove(),
-                                                 PolicyItem.state_version.add(1)],
-                                  condition=PolicyItem.busy_event == key, label="claim")
+                for vid in claimed:
+                    item = part.policies[vid]
+                    tx.update(item, actions=[PolicyItem.busy_event.remove(), PolicyItem.busy_until.remove(),
+                                             PolicyItem.state_version.add(1)],
+                              condition=PolicyItem.busy_event == key, label="claim")
         except TransactWriteError:
             log.exception("could not release event %s", key)
 
@@ -480,7 +491,9 @@ class EventService:
     def _record(self, host, event, key, part, outcomes, decisions, answer, now) -> None:
         records = self._records(host, event, decisions, outcomes)
         head = part.head
-        for _ in range(ATTEMPTS * 2):
+        for attempt in range(ATTEMPTS * 2):
+            if attempt:
+                _backoff(attempt)
             items, new_head = self.audit.build(f"VM#{event.vm_id}", head, records)
             tx = Tx(connection=connection(self.settings))
             try:
@@ -507,6 +520,11 @@ class EventService:
                     raise ProviderUnavailable("the event's claim expired while the provider was slow; retry") from None
                 head = self.audit.head(f"VM#{event.vm_id}")
         raise EventInProgress("the VM's audit chain is busy; retry with the same event_id")
+
+
+def _backoff(attempt: int) -> None:
+    """Jittered exponential pause before retrying a transaction lost to a concurrent writer."""
+    time.sleep(random.uniform(0, min(0.2, 0.005 * (2 ** attempt))))
 
 
 class _HostChanged(Exception):

@@ -1,0 +1,199 @@
+"""/audit: the audit history filtered and paged by DynamoDB cursor, CSV and JSON export of the filtered
+set, and the result of the tamper check (run in the background, cached briefly)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+import time
+from typing import Any, Iterator
+
+from flask import Blueprint, Response, current_app, flash, redirect, render_template, request, stream_with_context, url_for
+from itsdangerous import BadSignature, URLSafeSerializer
+
+from dashboard.auth import role_required
+from vvolguard.adapters.audit import AuditLog
+from vvolguard.domain.events import TYPES
+from vvolguard.errors import InvalidInput
+from vvolguard.services.audit_queries import OUTCOMES, AuditQuery, iterate, parse_bound, read_page, record_dict
+
+bp = Blueprint("audit", __name__)
+PER_PAGE, MAX_PER_PAGE = 50, 200
+EXPORT_MAX = 10_000
+ACTIONS = ("attach", "detach", "create", "grant", "revoke", "select", "refuse", "state_corrected",
+           "policy_create", "policy_update", "policy_delete", "host_enroll", "host_rotate", "host_revoke", "user_add")
+EXPORT_FIELDS = ("at", "actor", "vm_id", "volume_id", "host_id", "event_id", "event_type", "action", "outcome",
+                 "reason", "policy_version", "detail", "chain", "seq")
+FILTER_ARGS = ("vm", "host", "volume", "type", "outcome", "from", "to")
+
+
+def _serializer() -> URLSafeSerializer:
+    return URLSafeSerializer(current_app.config["SECRET_KEY"], salt="vvg-audit-cursor")
+
+
+def encode_cursor(q: AuditQuery, position: dict[str, Any] | None) -> str | None:
+    """An opaque, signed cursor: DynamoDB's last evaluated key (and month), bound to the filters."""
+    if position is None:
+        return None
+    return _serializer().dumps({"f": q.key(), "p": position})
+
+
+def decode_cursor(q: AuditQuery, text: str) -> dict[str, Any] | None:
+    """The position in ``text``; InvalidInput when it was altered or made for other filters."""
+    if not text:
+        return None
+    try:
+        data = _serializer().loads(text[:4096])
+    except BadSignature:
+        raise InvalidInput("the page link is not valid (altered or from another session); start from the newest records") from None
+    if not isinstance(data, dict) or data.get("f") != q.key() or not isinstance(data.get("p"), dict):
+        raise InvalidInput("the page link belongs to other filters; start from the newest records")
+    return data["p"]
+
+
+def query_from_args(args) -> tuple[AuditQuery, dict[str, str]]:
+    """The filters of the query string (as typed, for the form) and the validated query."""
+    raw = {k: args.get(k, "").strip()[:64] for k in FILTER_ARGS}
+    q = AuditQuery(vm_id=raw["vm"] or None, host_id=raw["host"] or None, volume_id=raw["volume"] or None,
+                   type=raw["type"] or None, outcome=raw["outcome"] or None,
+                   since=parse_bound(raw["from"], upper=False), until=parse_bound(raw["to"], upper=True))
+    return q, raw
+
+
+# ---- the tamper check: a full read of the history, so it runs beside the page, not in it
+
+
+class TamperCheck:
+    """The last ``AuditLog.verify`` result, refreshed in the background when older than ``ttl``."""
+
+    def __init__(self) -> None:
+        self.result: dict[str, Any] | None = None
+        self.checked_at: float | None = None
+        self.error: str | None = None
+        self.running = False
+        self._lock = threading.Lock()
+
+    def _run(self, settings) -> None:
+        try:
+            result, error = AuditLog(settings).verify(), None
+        except Exception as exc:  # shown on the page; the page itself must still answer
+            result, error = None, type(exc).__name__
+        with self._lock:
+            self.result, self.error, self.checked_at, self.running = result, error, time.time(), False
+
+    def status(self, settings, ttl: float, sync: bool) -> dict[str, Any]:
+        """The cached result, starting a refresh when it is missing or stale (inline when ``sync``)."""
+        with self._lock:
+            stale = self.checked_at is None or time.time() - self.checked_at > ttl
+            start = stale and not self.running
+            if start:
+                self.running = True
+        if start:
+            if sync:
+                self._run(settings)
+            else:
+                threading.Thread(target=self._run, args=(settings,), name="vvg-audit-verify", daemon=True).start()
+        with self._lock:
+            age = time.time() - self.checked_at if self.checked_at else None
+            return {"result": self.result, "error": self.error, "age_s": age, "running": self.running}
+
+
+def _tamper() -> TamperCheck:
+    ext = current_app.extensions
+    if "vvg_tamper" not in ext:
+        ext["vvg_tamper"] = TamperCheck()
+    return ext["vvg_tamper"]
+
+
+def tamper_status() -> dict[str, Any]:
+    cfg = current_app.config
+    return _tamper().status(cfg["VVG_SETTINGS"], cfg.get("VVG_TAMPER_TTL", 60.0), cfg.get("VVG_TAMPER_SYNC", False))
+
+
+# ---- routes
+
+
+@bp.get("/audit")
+@role_required("viewer")
+def audit():
+    """One page of the filtered history, newest first."""
+    per_page = request.args.get("per_page", "")
+    per_page = min(MAX_PER_PAGE, max(1, int(per_page))) if per_page.isdigit() else PER_PAGE
+    error, page, q, raw = None, None, None, {k: request.args.get(k, "")[:64] for k in FILTER_ARGS}
+    status = 200
+    try:
+        q, raw = query_from_args(request.args)
+        position = decode_cursor(q, request.args.get("cursor", ""))
+        page = read_page(q, position, limit=per_page)
+    except InvalidInput as exc:
+        error, status = exc.message, 400
+    rows = [record_dict(i) for i in page.items] if page else []
+    next_cursor = encode_cursor(q, page.position) if page else None
+    filters = {k: v for k, v in raw.items() if v}
+    if per_page != PER_PAGE:
+        filters["per_page"] = str(per_page)
+    return render_template(
+        "audit/list.html", rows=rows, raw=raw, filters=filters, error=error, page=page,
+        next_cursor=next_cursor, first_page=bool(request.args.get("cursor")), outcomes=OUTCOMES,
+        types=list(TYPES) + list(ACTIONS), tamper=tamper_status(), per_page=per_page,
+    ), status
+
+
+@bp.post("/audit/verify")
+@role_required("viewer")
+def verify_now():
+    """Run the tamper check now (at most once per 10 s), then show the page again."""
+    t = _tamper()
+    if t.checked_at is None or time.time() - t.checked_at > 10:
+        t.status(current_app.config["VVG_SETTINGS"], 0, sync=True)
+    flash("Tamper check done.", "ok")
+    return redirect(url_for("audit.audit"))
+
+
+def _csv_cell(value: Any) -> str:
+    text = "" if value is None else json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)
+    # A spreadsheet must not run a cell as a formula.
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def _rows(q: AuditQuery) -> Iterator[dict[str, Any]]:
+    for item in iterate(q, EXPORT_MAX):
+        row = record_dict(item)
+        yield {k: row.get(k) for k in EXPORT_FIELDS}
+
+
+@bp.get("/audit/export.<fmt>")
+@role_required("viewer")
+def export(fmt: str):
+    """The filtered set (newest first, at most EXPORT_MAX records), streamed as CSV or JSON."""
+    if fmt not in ("csv", "json"):
+        return Response("unknown export format: use export.csv or export.json\n", 404, mimetype="text/plain")
+    try:
+        q, _raw = query_from_args(request.args)
+    except InvalidInput as exc:
+        return Response(exc.message + "\n", 400, mimetype="text/plain")
+
+    def gen_csv() -> Iterator[str]:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(EXPORT_FIELDS)
+        for row in _rows(q):
+            w.writerow([_csv_cell(row[k]) for k in EXPORT_FIELDS])
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+        yield buf.getvalue()
+
+    def gen_json() -> Iterator[str]:
+        yield "["
+        first = True
+        for row in _rows(q):
+            yield ("\n" if first else ",\n") + json.dumps(row, sort_keys=False, default=str)
+            first = False
+        yield "\n]\n"
+
+    mimetype = "text/csv" if fmt == "csv" else "application/json"
+    resp = Response(stream_with_context(gen_csv() if fmt == "csv" else gen_json()), mimetype=mimetype)
+    resp.headers["Content-Disposition"] = f'attachment; filename="vvolguard-audit.{fmt}"'
+    return resp

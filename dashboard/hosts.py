@@ -1,0 +1,77 @@
+"""/hosts (admin): enroll a host (its secret is shown once, on that response only), rotate, revoke; when
+each host was last seen."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+
+from dashboard.auth import actor, role_required
+from vvolguard.domain.policy import ID_RE
+from vvolguard.errors import VvgError
+from vvolguard.services.hosts import HostService
+
+bp = Blueprint("hosts", __name__)
+
+
+def _service() -> HostService:
+    return HostService(current_app.config["VVG_SETTINGS"])
+
+
+def _page(form=None, error=None, status=200):
+    now = datetime.now(timezone.utc)
+    hosts = _service().list()
+    return render_template("hosts/list.html", hosts=hosts, form=form or {}, error=error, now=now), status
+
+
+@bp.get("/hosts")
+@role_required("admin")
+def list_hosts():
+    """The host registry and the enroll form."""
+    return _page()
+
+
+@bp.post("/hosts")
+@role_required("admin")
+def enroll():
+    """Enroll; the answer page shows the secret this once (never stored in clear, never flashed)."""
+    form = {k: request.form.get(k, "")[:300] for k in ("host_id", "mac", "serial", "hardware")}
+    try:
+        out = _service().enroll(form["host_id"].strip(), form["mac"].strip(), form["serial"].strip(),
+                                form["hardware"].strip(), actor=actor())
+    except VvgError as exc:
+        return _page(form=form, error=exc.message.replace("--", ""), status=exc.status_code)
+    return render_template("hosts/secret.html", host_id=out["host_id"], secret=out["secret"], what="enrolled")
+
+
+@bp.post("/hosts/<host_id>/rotate")
+@role_required("admin")
+def rotate(host_id: str):
+    """A new secret, shown once; the old one stops working at once."""
+    if not ID_RE.match(host_id):
+        abort(404)
+    try:
+        out = _service().rotate(host_id, actor=actor())
+    except VvgError as exc:
+        flash(f"Not rotated: {exc.message}", "error")
+        return redirect(url_for("hosts.list_hosts"))
+    return render_template("hosts/secret.html", host_id=host_id, secret=out["secret"], what="rotated")
+
+
+@bp.post("/hosts/<host_id>/revoke")
+@role_required("admin")
+def revoke(host_id: str):
+    """Refuse the host's requests from now on (needs the confirmation box)."""
+    if not ID_RE.match(host_id):
+        abort(404)
+    if not request.form.get("confirm"):
+        flash(f"Not revoked: tick the box next to Revoke to confirm revoking {host_id}.", "error")
+        return redirect(url_for("hosts.list_hosts"))
+    try:
+        out = _service().revoke(host_id, actor=actor())
+    except VvgError as exc:
+        flash(f"Not revoked: {exc.message}", "error")
+        return redirect(url_for("hosts.list_hosts"))
+    flash(f"Revoked {host_id}: its requests are refused from now on." if out["changed"] == "true"
+          else f"{host_id} was already revoked.", "ok")
+    return redirect(url_for("hosts.list_hosts"))

@@ -1,0 +1,105 @@
+"""/simulate: dry-run a host event against the policies; the decisions with reasons, no provider call, no write."""
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+from flask import Blueprint, current_app, g, render_template, request
+
+from dashboard.auth import role_required
+from vvolguard.domain.events import TYPES
+from vvolguard.errors import VvgError
+from vvolguard.services.policies import PolicyService
+from vvolguard.services.simulate import Simulator
+
+bp = Blueprint("simulate", __name__)
+FIELDS = ("app", "volume_id", "password", "destination_host", "source_host", "apps", "occurred_at")
+# Which extra fields each type takes (the webhook's schema decides; this only shapes the form's hints).
+NEEDS = {t: set(req) | set(opt) for t, (req, opt) in TYPES.items()}
+_APP_LINE = re.compile(r"^\s*([A-Za-z0-9._-]{1,64})\s+([A-Za-z0-9._-]{1,64})\s+(\d{1,6})\s*\Z")
+# A simulated request attach checks the volume's password: wrong guesses are limited per user as the
+# webhook limits them per volume, so the simulator is no way around the lock.
+_guess_lock = threading.Lock()
+_guesses: dict[str, list[float]] = {}
+MAX_GUESSES, GUESS_WINDOW_S = 5, 900
+
+
+def _guesses_left(user: str, now: float) -> int:
+    with _guess_lock:
+        recent = [t for t in _guesses.get(user, []) if now - t < GUESS_WINDOW_S]
+        _guesses[user] = recent
+        return MAX_GUESSES - len(recent)
+
+
+def _guessed_wrong(user: str, now: float) -> None:
+    with _guess_lock:
+        _guesses.setdefault(user, []).append(now)
+
+
+def _parse_apps(text: str) -> tuple[list[dict], str | None]:
+    apps = []
+    for i, line in enumerate(l for l in text.splitlines() if l.strip()):
+        m = _APP_LINE.match(line)
+        if not m:
+            return [], f"apps line {i + 1}: write one product per line as NAME TYPE KEY_BITS, e.g. LUKS disk_encryption 512"
+        apps.append({"name": m.group(1), "type": m.group(2), "key_bits": int(m.group(3))})
+    return apps, None
+
+
+def _choices():
+    vms: dict[str, set[str]] = {}
+    for p in PolicyService(current_app.config["VVG_SETTINGS"]).all():
+        vms.setdefault(p.vm_id, set()).add(p.host_id)
+    return {vm: sorted(hosts) for vm, hosts in sorted(vms.items())}
+
+
+@bp.route("/simulate", methods=("GET", "POST"))
+@role_required("viewer")
+def simulate():
+    """GET: the form. POST (so a password never sits in a URL): the decisions the webhook would make."""
+    vms = _choices()
+    form = {k: request.form.get(k, "")[:4000] for k in ("vm_id", "host_id", "type", *FIELDS)}
+    form["password"] = ""  # never echoed back
+    if request.method == "GET":
+        form["type"] = request.args.get("type", "vm.preboot")[:40]
+        form["vm_id"] = request.args.get("vm_id", "")[:64]
+        return render_template("simulate/form.html", vms=vms, types=list(TYPES), needs=NEEDS, form=form, result=None,
+                               error=None)
+    etype = request.form.get("type", "")
+    vm_id = request.form.get("vm_id", "").strip()[:200]
+    host_id = request.form.get("host_id", "").strip()[:200] or (vms.get(vm_id) or [""])[0]
+    fields: dict = {"type": etype}
+    error = None
+    if etype in TYPES:
+        for key in NEEDS[etype]:
+            if key == "apps":
+                fields["apps"], error = _parse_apps(request.form.get("apps", "")[:4000])
+            elif key == "password":
+                pw = request.form.get("password", "")
+                if pw:
+                    fields["password"] = pw[:300]
+            else:
+                value = request.form.get(key, "").strip()[:200]
+                if value:
+                    fields[key] = value
+        occurred = request.form.get("occurred_at", "").strip()[:64]
+        if occurred:
+            fields["occurred_at"] = occurred
+    user = g.user.username
+    now = time.monotonic()
+    if "password" in fields and _guesses_left(user, now) <= 0:
+        error = (f"Too many simulated attaches with a wrong password ({MAX_GUESSES} in {GUESS_WINDOW_S // 60} minutes). "
+                 "Try again later, or simulate without the password.")
+    result = None
+    status = 200
+    if error is None:
+        try:
+            result = Simulator(current_app.config["VVG_SETTINGS"]).run(vm_id, host_id or "-", fields)
+        except VvgError as exc:
+            error, status = exc.message, 400
+    if result is not None and any(d.reason == "bad_password" for d in result.decisions):
+        _guessed_wrong(user, now)
+    form.update(vm_id=vm_id, host_id=host_id, type=etype)
+    return render_template("simulate/form.html", vms=vms, types=list(TYPES), needs=NEEDS, form=form, result=result,
+                           error=error), status
