@@ -122,7 +122,6 @@ class Fleet:
     def add_vms(self, start: int, stop: int) -> None:
         """EC2 instances tagged vvg:vm-id and one Table-1-like policy each (bulk-loaded: set-up, not measured)."""
         from vvolguard.adapters import aws
-        from vvolguard.adapters.models import PolicyItem
 
         ec2 = aws.client("ec2", self.settings.region)
 

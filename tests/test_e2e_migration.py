@@ -37,55 +37,69 @@ def send(stack, host: str, secret: str, type_: str, vm: str, *extra: str):
     return r, json.loads(r.out) if r.out.strip() else {}
 
 
-def test_migration__the_whole_flow(stack):
+def _own_vm(stack, tmp_path, vm: str) -> str:
+    """A VM of this test's own (the stack is shared): an instance and one preboot/shutdown volume."""
+    _ec2(stack).run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1,
+                              Placement={"AvailabilityZone": "us-east-1a"},
+                              TagSpecifications=[{"ResourceType": "instance",
+                                                  "Tags": [{"Key": "vvg:vm-id", "Value": vm}]}])
+    f = tmp_path / "p.yaml"
+    f.write_text(f"volumes:\n  - {{volume_id: vol-{vm}, vm_id: {vm}, host_id: {stack.host_id}, storage_array: S1, "
+                 f"size_mb: 10, attach_on: preboot, detach_on: shutdown}}\n")
+    assert stack.vvg("policy", "apply", str(f)).code == 0
+    return f"vol-{vm}"
+
+
+def test_migration__the_whole_flow(stack, tmp_path):
     src, src_secret = stack.host_id, stack.host_secret
+    vol_id = _own_vm(stack, tmp_path, "vm-mig")
     dst_secret = _enroll(stack, "host-mig-a", 1)
     other_secret = _enroll(stack, "host-mig-b", 2)
-    r, body = send(stack, src, src_secret, "vm.preboot", "vm-2")
-    assert r.code == 0 and _volume(stack, "vvol-2")["attached"]
+    r, body = send(stack, src, src_secret, "vm.preboot", "vm-mig")
+    assert r.code == 0 and _volume(stack, vol_id)["attached"]
 
     # complete before start: 403
-    r, body = send(stack, "host-mig-a", dst_secret, "vm.migrate.complete", "vm-2", "--source-host", src)
+    r, body = send(stack, "host-mig-a", dst_secret, "vm.migrate.complete", "vm-mig", "--source-host", src)
     assert r.code == 1 and body["error"]["code"] == "forbidden"
     # start from a host that is not the VM's: 403
-    r, body = send(stack, "host-mig-b", other_secret, "vm.migrate.start", "vm-2", "--destination-host", "host-mig-b")
+    r, body = send(stack, "host-mig-b", other_secret, "vm.migrate.start", "vm-mig", "--destination-host", "host-mig-b")
     assert body["error"]["code"] == "forbidden"
     # start to a destination that is not enrolled: 403
-    r, body = send(stack, src, src_secret, "vm.migrate.start", "vm-2", "--destination-host", "host-nobody")
+    r, body = send(stack, src, src_secret, "vm.migrate.start", "vm-mig", "--destination-host", "host-nobody")
     assert body["error"]["code"] == "forbidden"
 
-    r, body = send(stack, src, src_secret, "vm.migrate.start", "vm-2", "--destination-host", "host-mig-a")
+    r, body = send(stack, src, src_secret, "vm.migrate.start", "vm-mig", "--destination-host", "host-mig-a")
     assert r.code == 0, r
     assert [(d["action"], d["outcome"]) for d in body["decisions"]] == [("grant", "done")]
-    assert _volume(stack, "vvol-2")["TagMap"]["vvg:hosts"] == f"{src},host-mig-a"
+    assert _volume(stack, vol_id)["TagMap"]["vvg:hosts"] == f"{src},host-mig-a"
 
     # the destination's events before complete: 403
-    r, body = send(stack, "host-mig-a", dst_secret, "vm.shutdown", "vm-2")
+    r, body = send(stack, "host-mig-a", dst_secret, "vm.shutdown", "vm-mig")
     assert body["error"]["code"] == "forbidden"
     # complete from a host never granted: 403
-    r, body = send(stack, "host-mig-b", other_secret, "vm.migrate.complete", "vm-2", "--source-host", src)
+    r, body = send(stack, "host-mig-b", other_secret, "vm.migrate.complete", "vm-mig", "--source-host", src)
     assert body["error"]["code"] == "forbidden"
 
-    r, first = send(stack, "host-mig-a", dst_secret, "vm.migrate.complete", "vm-2", "--source-host", src,
+    r, first = send(stack, "host-mig-a", dst_secret, "vm.migrate.complete", "vm-mig", "--source-host", src,
                     "--event-id", "mig-complete-1")
     assert r.code == 0, r
     assert [(d["action"], d["outcome"]) for d in first["decisions"]] == [("revoke", "done")]
-    vol = _volume(stack, "vvol-2")
+    vol = _volume(stack, vol_id)
     assert vol["TagMap"]["vvg:hosts"] == "host-mig-a"
     assert vol["attached"], "a volume attached during the move stays attached to the VM"
     # complete delivered twice: the same answer, nothing done again
-    r, again = send(stack, "host-mig-a", dst_secret, "vm.migrate.complete", "vm-2", "--source-host", src,
+    r, again = send(stack, "host-mig-a", dst_secret, "vm.migrate.complete", "vm-mig", "--source-host", src,
                     "--event-id", "mig-complete-1")
     assert r.code == 0 and again["duplicate"] is True and again["decisions"] == first["decisions"]
     export = {v["volume_id"]: v for v in stack.vvg("policy", "export").json()["volumes"]}
-    assert export["vvol-2"]["host_id"] == "host-mig-a"
+    assert export[vol_id]["host_id"] == "host-mig-a"
 
     # the source's events after complete: 403; the destination's work now
-    r, body = send(stack, src, src_secret, "vm.shutdown", "vm-2")
+    r, body = send(stack, src, src_secret, "vm.shutdown", "vm-mig")
     assert body["error"]["code"] == "forbidden"
-    r, body = send(stack, "host-mig-a", dst_secret, "vm.shutdown", "vm-2")
+    r, body = send(stack, "host-mig-a", dst_secret, "vm.shutdown", "vm-mig")
     assert r.code == 0 and body["decisions"][0]["outcome"] == "done"
-    assert not _volume(stack, "vvol-2")["attached"]
+    assert not _volume(stack, vol_id)["attached"]
     assert stack.vvg("audit", "verify").code == 0
 
 

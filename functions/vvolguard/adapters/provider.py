@@ -13,7 +13,6 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Iterator, Protocol
 
 import boto3
@@ -123,7 +122,7 @@ class EbsProvider:
         base = self.base or aws.session(self.settings.region)
         sts = aws.track(base.client("sts", region_name=self.settings.region))
         resp = sts.assume_role(
-            RoleArn=self.settings.provider_role_arn or f"arn:aws:iam::123456789012:role/vvg-provider",
+            RoleArn=self.settings.provider_role_arn or "arn:aws:iam::123456789012:role/vvg-provider",
             RoleSessionName=f"vvg-{who.host_id}"[:64], ExternalId=who.external_id, DurationSeconds=900,
             Tags=[{"Key": "vvg:host-id", "Value": who.host_id}],
         )
@@ -245,7 +244,7 @@ class EbsProvider:
         if not atts:
             return False
         for att in atts:
-            self._call(lambda: ec2.detach_volume(VolumeId=provider_volume_id, InstanceId=att["InstanceId"]))
+            self._call(lambda a=att: ec2.detach_volume(VolumeId=provider_volume_id, InstanceId=a["InstanceId"]))
         return True
 
     def delete(self, who: HostIdentity, provider_volume_id: str) -> None:

@@ -190,7 +190,6 @@ def _select(v: VolumeView, event: Event) -> Decision:
     picks = [s for s in event.apps if s.type == "disk_encryption" and (v.min_key_bits is None or s.key_bits >= v.min_key_bits)]
     picks.sort(key=lambda s: (-s.key_bits, s.name))
     if not picks:
-        reason = f"no disk_encryption product with key_bits >= {v.min_key_bits}" if v.min_key_bits else "no disk_encryption product"
         return Decision(v.volume_id, "select", "denied", "no_qualifying_software", v.policy_version, software=[])
     reason = f"min_key_bits={v.min_key_bits}" if v.min_key_bits else "disk_encryption"
     return Decision(v.volume_id, "select", "done", reason, v.policy_version, software=[s.name for s in picks])

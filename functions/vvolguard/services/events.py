@@ -44,7 +44,6 @@ from vvolguard.errors import (
     PayloadTooLarge,
     ProviderUnavailable,
     UnknownHost,
-    BadSignature,
     VvgError,
 )
 from vvolguard.services.auth import AuthenticatedHost, HostAuthenticator

@@ -13,7 +13,7 @@ from typing import Any
 
 from vvolguard.adapters.audit import AuditLog, AuditRecord
 from vvolguard.adapters.models import EXPIRY_SHARDS, GrantItem, HostItem, PolicyItem, expiry_key
-from vvolguard.adapters.provider import TAG_HOSTS, EbsProvider, HostIdentity, ProviderRefused, StorageProvider
+from vvolguard.adapters.provider import EbsProvider, HostIdentity, ProviderRefused, StorageProvider
 from vvolguard.adapters.tx import Tx
 from vvolguard.errors import ConcurrentModification, ProviderUnavailable, VvgError
 from vvolguard.settings import Settings
