@@ -134,8 +134,10 @@ class EbsProvider:
         expires = creds["Expiration"].timestamp() if hasattr(creds["Expiration"], "timestamp") else time.time() + 900
         sess = boto3.session.Session(aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
                                      aws_session_token=creds["SessionToken"], region_name=self.settings.region)
-        client = aws.track(sess.client("ec2", config=Config(retries={"mode": "standard", "max_attempts": 2},
-                                                              connect_timeout=3, read_timeout=10)))
+        # Retries are ours (_call): botocore's own would multiply them, and the whole provider phase must
+        # stay well inside an event's claim (BUSY_SECONDS).
+        client = aws.track(sess.client("ec2", config=Config(retries={"mode": "standard", "max_attempts": 1},
+                                                              connect_timeout=3, read_timeout=6)))
         return client, expires
 
     def ec2(self, who: HostIdentity):
