@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv bench clean lint
+.PHONY: run test venv bench fuzz openapi clean lint
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,3 +29,11 @@ clean:
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.fleet $(BENCH_ARGS)
+
+# 10,000 requests generated from openapi.yaml against a fresh local stack (FUZZ_ARGS="--requests N --seed S").
+fuzz: $(STAMP)
+	$(BIN)/python -m bench.fuzz $(FUZZ_ARGS)
+
+# Regenerate openapi.yaml from the code's event schema (tests/test_openapi.py fails while it is stale).
+openapi: $(STAMP)
+	$(BIN)/python -m infra.openapi > openapi.yaml

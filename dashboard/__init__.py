@@ -5,8 +5,10 @@ import os
 import secrets
 from typing import Any
 
-from flask import Flask
-from flask_wtf.csrf import CSRFProtect
+from datetime import datetime, timezone
+
+from flask import Flask, render_template
+from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from vvolguard.adapters.models import configure
 from vvolguard.settings import Settings
@@ -36,20 +38,68 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     configure(app.config["VVG_SETTINGS"])
     csrf.init_app(app)
 
-    from dashboard import auth, health, policies
+    from dashboard import attachments, audit, auth, health, hosts, policies, simulate
 
-    app.register_blueprint(health.bp)
-    app.register_blueprint(auth.bp)
-    app.register_blueprint(policies.bp)
+    for area in (health, auth, policies, simulate, attachments, audit, hosts):
+        app.register_blueprint(area.bp)
     app.add_url_rule("/", endpoint="index", view_func=policies.index)
+    app.context_processor(lambda: {"can": auth.can})
+    app.add_template_filter(_when, "when")
+    app.add_template_filter(_duration, "duration")
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(exc):
+        return render_template("error.html", code=400, title="Form refused",
+                               message="The form was missing its security token or it had expired, so nothing was "
+                                       "changed. Go back, reload the page and submit it again."), 400
+
+    for code, title, message in (
+        (403, "Not allowed", "Your role does not allow this page or action. Ask an admin if you need it."),
+        (404, "Not found", "There is nothing at this address. Use the menu above to find your way."),
+        (405, "Not allowed", "This address does not take that kind of request."),
+        (413, "Too large", "The form sent was too large; nothing was changed."),
+    ):
+        app.register_error_handler(code, _error_page(code, title, message))
 
     @app.after_request
     def security_headers(resp):
         resp.headers.setdefault("Content-Security-Policy", CSP)
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
         resp.headers.setdefault("X-Frame-Options", "DENY")
-        resp.headers.setdefault("Referrer-Policy", "no-referrer")
+        # same-origin, not no-referrer: over HTTPS Flask-WTF refuses a form post without a same-origin Referer.
+        resp.headers.setdefault("Referrer-Policy", "same-origin")
         resp.headers.setdefault("Cache-Control", "no-store")
         return resp
 
     return app
+
+
+def _error_page(code: int, title: str, message: str):
+    def handler(_exc):
+        return render_template("error.html", code=code, title=title, message=message), code
+    return handler
+
+
+def _when(dt: datetime | str | None) -> str:
+    """A stored time as ``2026-11-27 05:15:00 UTC`` (RFC 3339 strings too)."""
+    if dt is None or dt == "":
+        return "—"
+    if isinstance(dt, str):
+        return dt.replace("T", " ").replace("Z", " UTC")[:27]
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _duration(seconds: float | None) -> str:
+    """``1 h 05 min``, ``4 min``, ``35 s``."""
+    if seconds is None:
+        return "—"
+    s = int(abs(seconds))
+    if s < 120:
+        out = f"{s} s"
+    elif s < 3600:
+        out = f"{s // 60} min"
+    else:
+        out = f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return out if seconds >= 0 else "-" + out

@@ -26,12 +26,15 @@ def chart(exp) -> dict:
         y = TOP + i * ROW_H
         bars = []
         for iv in v.intervals:
-            x = LABEL_W + (iv.start - exp.start).total_seconds() / span * CHART_W
-            w = max(1.5, iv.seconds / span * CHART_W)
-            bars.append({"x": round(x, 1), "w": round(min(w, LABEL_W + CHART_W - x), 1), "open": iv.open,
+            # at least 2 px wide, so a short attachment (or one that just began) is still seen
+            w = max(2.0, iv.seconds / span * CHART_W)
+            x = min(LABEL_W + (iv.start - exp.start).total_seconds() / span * CHART_W, LABEL_W + CHART_W - w)
+            bars.append({"x": round(x, 1), "w": round(w, 1), "open": iv.open,
                          "title": f"{iv.start:%H:%M}–{'now' if iv.open else format(iv.end, '%H:%M')} UTC, "
                                   f"{iv.seconds / 60:.0f} min"})
-        rows.append({"y": y, "label": v.volume_id, "vm": v.vm_id, "minutes": v.minutes, "bars": bars})
+        label = v.volume_id if len(v.volume_id) <= 18 else v.volume_id[:17] + "…"
+        rows.append({"y": y, "label": label, "volume_id": v.volume_id, "vm": v.vm_id, "minutes": v.minutes,
+                     "bars": bars})
     height = TOP + max(1, len(rows)) * ROW_H + BOTTOM
     ticks = []
     for h in range(0, 25, 3):

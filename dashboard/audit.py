@@ -135,7 +135,7 @@ def audit():
         filters["per_page"] = str(per_page)
     return render_template(
         "audit/list.html", rows=rows, raw=raw, filters=filters, error=error, page=page,
-        next_cursor=next_cursor, first_page=bool(request.args.get("cursor")), outcomes=OUTCOMES,
+        next_cursor=next_cursor, paged=bool(request.args.get("cursor")), outcomes=OUTCOMES,
         types=list(TYPES) + list(ACTIONS), tamper=tamper_status(), per_page=per_page,
     ), status
 
@@ -145,9 +145,13 @@ def audit():
 def verify_now():
     """Run the tamper check now (at most once per 10 s), then show the page again."""
     t = _tamper()
-    if t.checked_at is None or time.time() - t.checked_at > 10:
+    if t.running:
+        flash("A tamper check is already running; reload in a moment for its result.", "ok")
+    elif t.checked_at is not None and time.time() - t.checked_at <= 10:
+        flash("The tamper check ran less than 10 seconds ago; its result is shown.", "ok")
+    else:
         t.status(current_app.config["VVG_SETTINGS"], 0, sync=True)
-    flash("Tamper check done.", "ok")
+        flash("Tamper check done.", "ok")
     return redirect(url_for("audit.audit"))
 
 

@@ -93,13 +93,17 @@ def simulate():
                  "Try again later, or simulate without the password.")
     result = None
     status = 200
+    if error is None and not host_id:
+        error, status = f"{vm_id or 'this VM'} has no policies, so its host is not known: name the sending host.", 400
     if error is None:
         try:
-            result = Simulator(current_app.config["VVG_SETTINGS"]).run(vm_id, host_id or "-", fields)
+            result = Simulator(current_app.config["VVG_SETTINGS"]).run(vm_id, host_id, fields)
         except VvgError as exc:
             error, status = exc.message, 400
     if result is not None and any(d.reason == "bad_password" for d in result.decisions):
         _guessed_wrong(user, now)
+    if error:
+        status = 400
     form.update(vm_id=vm_id, host_id=host_id, type=etype)
     return render_template("simulate/form.html", vms=vms, types=list(TYPES), needs=NEEDS, form=form, result=result,
                            error=error), status

@@ -10,6 +10,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
+LOCAL_CODE_URI = "functions/"  # the Lambda code the local gateway imports (functions/ on sys.path)
+_NO_VALUE = object()  # Ref AWS::NoValue: the property is dropped
 
 
 class _CfnLoader(yaml.SafeLoader):
@@ -31,6 +33,18 @@ def _intrinsic(loader: _CfnLoader, suffix: str, node: yaml.Node) -> dict[str, An
 
 
 _CfnLoader.add_multi_constructor("!", _intrinsic)
+
+
+def _merge(glob: Any, local: Any) -> Any:
+    """SAM's Globals rule: maps merge key by key (local wins), lists concatenate, anything else is local."""
+    if isinstance(glob, dict) and isinstance(local, dict) and not any(k.startswith("Fn::") or k == "Ref" for k in local):
+        out = dict(glob)
+        for k, v in local.items():
+            out[k] = _merge(glob[k], v) if k in glob else v
+        return out
+    if isinstance(glob, list) and isinstance(local, list):
+        return glob + local
+    return local
 
 
 def load(path: Path = TEMPLATE) -> dict[str, Any]:
@@ -61,32 +75,82 @@ class Template:
         self.resources: dict[str, dict[str, Any]] = self.doc["Resources"]
 
     def resolve(self, value: Any) -> Any:
-        """Resolve Ref and Sub (parameters and resource names); other intrinsics stay as they are."""
+        """Resolve Ref, Sub, GetAtt (Arn), If and Condition locally; other intrinsics stay as they are."""
         if isinstance(value, dict):
             if set(value) == {"Ref"}:
                 return self.ref(value["Ref"])
-            if set(value) == {"Fn::GetAtt"} and value["Fn::GetAtt"][1] == "Arn":
-                name = value["Fn::GetAtt"][0]
-                kind = self.resources.get(name, {}).get("Type", "")
-                if kind == "AWS::IAM::Role":
-                    return f"arn:aws:iam::{self.params['AWS::AccountId']}:role/{self.ref(name)}"
-                return f"arn:aws:local:::{self.ref(name)}"
-            if set(value) == {"Fn::Sub"} and isinstance(value["Fn::Sub"], str):
-                return re.sub(r"\$\{([^}!]+)\}", lambda m: str(self.ref(m.group(1))), value["Fn::Sub"])
-            return {k: self.resolve(v) for k, v in value.items()}
+            if set(value) == {"Fn::GetAtt"}:
+                name, attr = value["Fn::GetAtt"]
+                return self.getatt(name, attr) if attr == "Arn" else value
+            if set(value) == {"Fn::Sub"}:
+                return self.sub(value["Fn::Sub"])
+            if set(value) == {"Fn::If"}:
+                cond, yes, no = value["Fn::If"]
+                return self.resolve(yes if self.condition(cond) else no)
+            return {k: v for k, v in ((k, self.resolve(v)) for k, v in value.items()) if v is not _NO_VALUE}
         if isinstance(value, list):
-            return [self.resolve(v) for v in value]
+            return [v for v in (self.resolve(v) for v in value) if v is not _NO_VALUE]
         return value
+
+    def sub(self, spec: str | list[Any]) -> str:
+        """Fn::Sub: ${Param}, ${Resource}, ${Resource.Attr}, ${!Literal}, and the list form's own variables."""
+        text, variables = (spec, {}) if isinstance(spec, str) else (spec[0], spec[1])
+
+        def one(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name.startswith("!"):
+                return "${" + name[1:] + "}"
+            if name in variables:
+                return str(self.resolve(variables[name]))
+            if "." in name and name.split(".", 1)[0] in self.resources:
+                return str(self.getatt(*name.split(".", 1)))
+            return str(self.ref(name))
+
+        return re.sub(r"\$\{([^}]+)\}", one, text)
+
+    def getatt(self, name: str, attr: str) -> Any:
+        """Fn::GetAtt's Arn, shaped as AWS shapes it for the resource type (local account and region)."""
+        if attr != "Arn":
+            return {"Fn::GetAtt": [name, attr]}
+        kind = self.resources.get(name, {}).get("Type", "")
+        region, account = self.params["AWS::Region"], self.params["AWS::AccountId"]
+        shapes = {
+            "AWS::IAM::Role": f"arn:aws:iam::{account}:role/{{}}",
+            "AWS::DynamoDB::Table": f"arn:aws:dynamodb:{region}:{account}:table/{{}}",
+            "AWS::KMS::Key": f"arn:aws:kms:{region}:{account}:key/{{}}",
+            "AWS::Logs::LogGroup": f"arn:aws:logs:{region}:{account}:log-group:{{}}:*",
+        }
+        return shapes.get(kind, "arn:aws:local:::{}").format(self.ref(name))
+
+    def condition(self, name_or_expr: Any) -> bool:
+        """Evaluate a condition (by name, or Fn::Equals / Not / And / Or) with the parameters' values."""
+        if isinstance(name_or_expr, str):
+            return self.condition(self.doc.get("Conditions", {})[name_or_expr])
+        (fn, args), = name_or_expr.items()
+        if fn == "Condition":
+            return self.condition(args)
+        if fn == "Fn::Equals":
+            return str(self.resolve(args[0])) == str(self.resolve(args[1]))
+        if fn == "Fn::Not":
+            return not self.condition(args[0])
+        if fn == "Fn::And":
+            return all(self.condition(a) for a in args)
+        if fn == "Fn::Or":
+            return any(self.condition(a) for a in args)
+        raise ValueError(f"unsupported condition function {fn}")
 
     def ref(self, name: str) -> Any:
         """What Ref returns locally: a parameter's value, or a resource's physical name."""
+        if name == "AWS::NoValue":
+            return _NO_VALUE
         if name in self.params:
             return self.params[name]
         res = self.resources.get(name)
         if res is None:
             raise KeyError(f"template has no parameter or resource {name!r}")
         props = res.get("Properties", {})
-        for key in ("TableName", "AliasName", "Name", "FunctionName", "RoleName"):
+        for key in ("TableName", "AliasName", "Name", "FunctionName", "RoleName", "LogGroupName", "TopicName",
+                    "LayerName"):
             if key in props:
                 return self.resolve(props[key])
         return name
@@ -129,11 +193,21 @@ class Template:
         env = self.doc.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
         return {k: str(self.resolve(v)) for k, v in env.items()}
 
-    def routes(self) -> list[Route]:
-        """Every HttpApi event of every function."""
+    def function(self, name: str) -> dict[str, Any]:
+        """A function's properties with the template's Globals merged in, as SAM merges them (unresolved)."""
+        return _merge(self.doc.get("Globals", {}).get("Function", {}), self.resources[name].get("Properties", {}))
+
+    def routes(self, code_uri: str | None = LOCAL_CODE_URI) -> list[Route]:
+        """Every HttpApi event of the functions whose code is ``code_uri`` (None: of every function).
+
+        The default is what the local gateway serves: the webhook API's functions, built from functions/.
+        The dashboard's function (its own CodeUri) answers every other path in AWS; locally the dashboard
+        is its own Flask server (contract section 1), so its routes are not the gateway's."""
         out = []
-        for name, res in self.of_type("AWS::Serverless::Function").items():
-            props = res.get("Properties", {})
+        for name in self.of_type("AWS::Serverless::Function"):
+            props = self.function(name)
+            if code_uri is not None and str(props.get("CodeUri", "")).rstrip("/") != code_uri.rstrip("/"):
+                continue
             for ev in (props.get("Events") or {}).values():
                 if ev.get("Type") == "HttpApi":
                     ep = ev.get("Properties", {})
@@ -141,8 +215,15 @@ class Template:
         return out
 
     def roles(self) -> dict[str, dict[str, Any]]:
-        """Role name -> its resolved properties (the local stack creates them in the IAM emulation)."""
-        return {self.ref(n): self.resolve(r.get("Properties", {})) for n, r in self.of_type("AWS::IAM::Role").items()}
+        """Role name -> resolved properties of the roles vvolguard's code assumes itself (trusting an AWS
+        principal, not a service): the local stack creates them in the IAM emulation. Lambda's execution
+        roles have no local counterpart (the local gateway calls the handlers in-process)."""
+        out = {}
+        for name, res in self.of_type("AWS::IAM::Role").items():
+            trust = res.get("Properties", {}).get("AssumeRolePolicyDocument", {}).get("Statement", [])
+            if any("AWS" in (st.get("Principal") or {}) for st in trust):
+                out[self.ref(name)] = self.resolve(res.get("Properties", {}))
+        return out
 
     def key_names(self) -> dict[str, str]:
         """Logical id -> local physical name of the KMS aliases and secrets."""

@@ -65,7 +65,7 @@ def test_policy_export__shows_the_five_table_1_volumes(stack):
     r = stack.vvg("policy", "export")
     assert r.code == 0, r
     vols = {v["volume_id"]: v for v in r.json()["volumes"]}
-    assert set(vols) == set(TABLE_1)
+    assert set(TABLE_1) <= set(vols)  # other end-to-end tests may add volumes of their own VMs
     for vid, (vm, size, attach_on, detach_on, app, ode) in TABLE_1.items():
         v = vols[vid]
         assert (v["vm_id"], v["size_mb"], v["attach_on"], v["detach_on"], v.get("app"), v["os_disk_encryption"]) == \
@@ -78,7 +78,7 @@ def test_demo_vms__exist_as_ec2_instances_tagged_with_their_vm_id(stack):
                        aws_access_key_id="testing", aws_secret_access_key="testing")
     res = ec2.describe_instances(Filters=[{"Name": "tag-key", "Values": ["vvg:vm-id"]}])
     tags = {t["Value"] for r in res["Reservations"] for i in r["Instances"] for t in i["Tags"] if t["Key"] == "vvg:vm-id"}
-    assert tags == {"vm-1", "vm-2", "vm-3", "vm-4", "vm-5"}
+    assert {"vm-1", "vm-2", "vm-3", "vm-4", "vm-5"} <= tags  # other end-to-end tests may add their own VMs
 
 
 def test_audit__seeding_is_audited_and_verifies(stack):

@@ -212,15 +212,17 @@ def read_page(q: AuditQuery, position: dict[str, Any] | None = None, limit: int 
     return AuditPage(rows, None, trips, evaluated)
 
 
-def iterate(q: AuditQuery, max_rows: int) -> Iterator[AuditItem]:
-    """Every record matching ``q``, newest first, at most ``max_rows`` (for exports)."""
+def iterate(q: AuditQuery, max_rows: int, max_evaluated: int = 200_000) -> Iterator[AuditItem]:
+    """Records matching ``q``, newest first: at most ``max_rows``, found among at most ``max_evaluated``
+    records read (for exports; a filter that matches little cannot make one read the whole history)."""
     position: dict[str, Any] | None = None
-    sent = 0
-    while sent < max_rows:
+    sent = evaluated = 0
+    while sent < max_rows and evaluated < max_evaluated:
         page = read_page(q, position, limit=min(500, max_rows - sent))
         for item in page.items:
             yield item
         sent += len(page.items)
+        evaluated += page.evaluated
         if page.position is None:
             return
         position = page.position

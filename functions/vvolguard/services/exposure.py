@@ -145,8 +145,6 @@ def exposure(now: datetime | None = None, window: timedelta = timedelta(hours=24
             if opened is None:
                 opened = max(since, start)
             ve.intervals.append(Interval(opened, now, open=True))
-        elif opened is not None and not evs:
-            pass
         elif opened is not None:
             # The records say attached but the state says not: end it at the last record we saw.
             ve.intervals.append(Interval(opened, max(evs[-1][0], opened)))

@@ -1,0 +1,155 @@
+"""/audit: filters, paging by an opaque signed DynamoDB cursor, CSV/JSON export of the filtered set
+(nothing secret in it), and the tamper check's result on the page."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from tests.dashboard_support import *  # noqa: F401,F403 - fixtures
+from tests.dashboard_support import csrf_token
+
+_NEXT = re.compile(r'href="([^"]*cursor=[^"]*)">Older records')
+
+
+def _records(settings, n: int, vm: str = "vm-7", **kw):
+    from vvolguard.adapters.audit import AuditLog, AuditRecord
+
+    log = AuditLog(settings)
+    for i in range(n):
+        log.append([AuditRecord(actor="host:host-1", action="attach" if i % 2 == 0 else "detach",
+                                outcome="done" if i % 3 else "denied", reason=f"r-{i}", vm_id=vm,
+                                volume_id=f"{vm}-vol", host_id="host-1", event_id=f"{vm}-ev-{i}",
+                                event_type="vm.preboot", **kw)])
+
+
+def _rows(page: str) -> list[str]:
+    return re.findall(r"<span class=\"muted small\">([^<]+)</span>", page)  # event ids, one per row
+
+
+def _walk(client, url: str, limit: int = 50) -> list[list[str]]:
+    pages = []
+    for _ in range(limit):
+        r = client.get(url)
+        assert r.status_code == 200, r.get_data(as_text=True)[:500]
+        text = r.get_data(as_text=True)
+        pages.append((_rows(text), text.count('<td class="mono nowrap">')))
+        m = _NEXT.search(text)
+        if not m:
+            return pages
+        url = m.group(1).replace("&amp;", "&")
+    raise AssertionError("paging did not end")
+
+
+@pytest.mark.parametrize("filters", ["vm=vm-7", "volume=vm-7-vol", "host=host-1&type=vm.preboot", ""])
+def test_paging__cursor_walks_every_record_once_newest_first(client, login, seeded, filters):
+    _records(seeded[0], 57)
+    login("viewer")
+    from vvolguard.adapters.models import AuditItem
+
+    pages = _walk(client, f"/audit?per_page=20&{filters}")
+    total = 57 if filters else sum(1 for _ in AuditItem.scan())  # unfiltered: the seed's records too
+    assert [n for _, n in pages] == [20] * (total // 20) + ([total % 20] if total % 20 else [])
+    ids = [e for p, _ in pages for e in p]
+    assert ids == [f"vm-7-ev-{i}" for i in range(56, -1, -1)]
+
+
+def test_paging__the_cursor_is_opaque_signed_and_bound_to_its_filters(client, login, seeded):
+    _records(seeded[0], 30)
+    login("viewer")
+    page = client.get("/audit?vm=vm-7&per_page=10").get_data(as_text=True)
+    url = _NEXT.search(page).group(1).replace("&amp;", "&")
+    cursor = parse_qs(urlparse(url).query)["cursor"][0]
+    assert "vm-7" not in cursor and "seq" not in cursor and "offset" not in url
+    # altered: refused with a message, not a crash and not an arbitrary DynamoDB start key
+    r = client.get(f"/audit?vm=vm-7&per_page=10&cursor={cursor[:-3]}xyz")
+    assert r.status_code == 400 and "page link is not valid" in r.get_data(as_text=True)
+    # made for other filters
+    r = client.get(f"/audit?vm=vm-1&per_page=10&cursor={cursor}")
+    assert r.status_code == 400 and "belongs to other filters" in r.get_data(as_text=True)
+
+
+def test_filters__outcome_type_and_time(client, login, seeded):
+    _records(seeded[0], 12)
+    login("viewer")
+    denied = _rows(client.get("/audit?vm=vm-7&outcome=denied").get_data(as_text=True))
+    assert denied == [f"vm-7-ev-{i}" for i in (9, 6, 3, 0)]
+    page = client.get("/audit?type=policy_create").get_data(as_text=True)
+    assert page.count("policy_create") >= 5 and "vm-7-ev" not in page
+    page = client.get("/audit?vm=vm-7&from=2000-01-01&to=2000-01-02").get_data(as_text=True)
+    assert "vm-7-ev" not in page and "No record matches these filters" in page
+    bad = client.get("/audit?from=yesterday")
+    assert bad.status_code == 400 and "a time must be a date" in bad.get_data(as_text=True)
+    bad = client.get("/audit?vm=<script>")
+    assert bad.status_code == 400 and "<script>" not in bad.get_data(as_text=True)
+
+
+def test_export__csv_and_json_hold_the_filtered_set_and_nothing_secret(app, client, login, seeded):
+    settings = seeded[0]
+    _records(settings, 7)
+    _records(settings, 3, vm="vm-8")
+    login("admin")
+    token = csrf_token(client, "/hosts")
+    enrolled = client.post("/hosts", data={"host_id": "host-9", "mac": "02:00:00:00:00:99", "serial": "SER-99",
+                                           "hardware": "rack 9", "csrf_token": token}).get_data(as_text=True)
+    secret = re.search(r'id="secret" class="mono secret" value="([^"]+)"', enrolled).group(1)
+    from vvolguard.services.policies import PolicyService
+    from vvolguard.domain.policy import validate_entry
+
+    spec, _ = validate_entry({"volume_id": "vvol-pw", "vm_id": "vm-7", "host_id": "host-1", "storage_array": "S1",
+                              "size_mb": 1, "attach_on": "request", "detach_on": "request", "password": "pw-secret-1"}, "t")
+    PolicyService(settings).save_one(spec, "user:admin", 0)
+    pw_hash = PolicyService(settings).get("vvol-pw").password_hash
+
+    r = client.get("/audit/export.csv?vm=vm-7")
+    assert r.status_code == 200 and r.mimetype == "text/csv"
+    assert "attachment" in r.headers["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(r.get_data(as_text=True))))
+    assert {row["vm_id"] for row in rows} == {"vm-7"}
+    assert len(rows) == 8  # 7 events and the policy create
+    assert [row["event_id"] for row in rows if row["event_id"]] == [f"vm-7-ev-{i}" for i in range(6, -1, -1)]
+    j = client.get("/audit/export.json?vm=vm-7&outcome=denied")
+    data = json.loads(j.get_data(as_text=True))
+    assert [d["event_id"] for d in data] == ["vm-7-ev-6", "vm-7-ev-3", "vm-7-ev-0"]
+    everything = client.get("/audit/export.json").get_data(as_text=True) + client.get("/audit/export.csv").get_data(as_text=True)
+    assert "host_enroll" in everything and "user:admin" in everything
+    for forbidden in (secret, "pw-secret-1", pw_hash, "02:00:00:00:00:99", "SER-99", "scrypt$", '"mac"', "prev"):
+        assert forbidden not in everything, forbidden
+    assert all(set(d) == {"at", "actor", "vm_id", "volume_id", "host_id", "event_id", "event_type", "action",
+                          "outcome", "reason", "policy_version", "detail", "chain", "seq"} for d in json.loads(
+        client.get("/audit/export.json").get_data(as_text=True)))
+
+
+def test_export__csv_cells_cannot_become_spreadsheet_formulas(client, login, seeded):
+    from vvolguard.adapters.audit import AuditLog, AuditRecord
+
+    AuditLog(seeded[0]).append([AuditRecord(actor="cli", action="attach", outcome="done", vm_id="vm-7",
+                                            reason="=HYPERLINK(\"http://x\")")])
+    login("viewer")
+    text = client.get("/audit/export.csv?vm=vm-7").get_data(as_text=True)
+    assert "'=HYPERLINK" in text
+
+
+def test_tamper_check__result_shown_and_an_altered_record_is_named(app, client, login, seeded):
+    from vvolguard.adapters.models import AuditItem
+
+    login("viewer")
+    page = client.get("/audit").get_data(as_text=True)
+    assert "Tamper check passed" in page and "intact" in page
+    rec = next(iter(AuditItem.query("ACTOR#cli")))
+    rec.update(actions=[AuditItem.reason.set("edited afterwards")])
+    r = client.post("/audit/verify", data={"csrf_token": csrf_token(client, "/audit")})
+    assert r.status_code == 302
+    app.extensions["vvg_tamper"].checked_at -= 60  # the cache is brief: a later visit checks again
+    page = client.get("/audit").get_data(as_text=True)
+    assert "NOT intact" in page and "ACTOR#cli" in page and "altered" in page
+
+
+def test_empty_states_say_what_to_do(client, login, seeded):
+    login("viewer")
+    page = client.get("/audit?vm=vm-none").get_data(as_text=True)
+    assert "No record matches these filters" in page and "Clear the filters" in page
