@@ -112,7 +112,7 @@ class Document:
         self.path = path
         self.doc = yaml.safe_load(path.read_text())
         self._registry = Registry().with_resource("urn:vvg:openapi", Resource.from_contents(
-            self.doc, default_specification=DRAFT202012))
+            python_patterns(copy.deepcopy(self.doc)), default_specification=DRAFT202012))
         self._validators: dict[str, Any] = {}
         self._cls = Draft202012Validator
 
@@ -202,6 +202,19 @@ class Document:
         op = schemathesis.openapi.from_dict(self.doc)[EVENTS]["POST"]
         negative = op.as_strategy(generation_mode=GenerationMode.NEGATIVE)
         return positive, negative
+
+
+def python_patterns(node: Any) -> Any:
+    """The document's patterns as Python must read them to mean what ECMA-262 (JSON Schema) means.
+
+    jsonschema runs ``pattern`` with Python's ``re``, whose ``$`` also matches before a final newline: there
+    ``^[a-z]{1,64}$`` accepts "vm-1\\n", which ECMA-262 (and the server) refuse. ``\\Z`` is ECMA's ``$``."""
+    if isinstance(node, dict):
+        return {k: (v[:-1] + "\\Z" if k == "pattern" and isinstance(v, str) and v.endswith("$")
+                    and not v.endswith("\\$") else python_patterns(v)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [python_patterns(v) for v in node]
+    return node
 
 
 def known_disagreement(raw: bytes) -> str | None:

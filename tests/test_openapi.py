@@ -104,6 +104,11 @@ def test_the_documented_limits_are_the_contracts():
     assert (item["properties"]["key_bits"]["type"], item["properties"]["key_bits"]["minimum"],
             item["properties"]["key_bits"]["maximum"]) == ("integer", 1, 65536)
     assert DOC.doc["paths"][EVENTS]["post"]["x-vvg-max-body-bytes"] == 65536
+    # ECMA-262's $ (JSON Schema's dialect) ends the input: a trailing newline is refused, as the server does.
+    event = DOC.validator("/components/schemas/Event")
+    assert event.is_valid({"event_id": "e-1", "type": "vm.preboot", "vm_id": "vm-1"})
+    assert not event.is_valid({"event_id": "e-1", "type": "vm.preboot", "vm_id": "vm-1\n"})
+    assert not event.is_valid({"event_id": "e-1\n", "type": "vm.preboot", "vm_id": "vm-1"})
 
 
 def test_every_response_is_documented_with_the_contracts_codes():
