@@ -1,4 +1,4 @@
-# vvolguard: `make run` starts the local stack, `make test` runs every test.
+# vvolguard: `make run` starts the local stack, `make test` runs every test (two workers: one per core).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -19,7 +19,7 @@ run: $(STAMP)
 	exec $(BIN)/python -m infra.local
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/cfn-lint template.yaml

@@ -225,10 +225,6 @@ def known_disagreement(raw: bytes) -> str | None:
         return None
     if not isinstance(doc, dict):
         return None
-    apps = doc.get("apps")
-    if isinstance(apps, list) and any(isinstance(a, dict) and isinstance(a.get("key_bits"), float)
-                                      and a["key_bits"].is_integer() for a in apps):
-        return "integral_float_key_bits"
     if isinstance(doc.get("occurred_at"), str) and re.match(r"^\d{4}-\d{2}-\d{2} ", doc["occurred_at"]):
         return "occurred_at_space"
     return None

@@ -12,12 +12,6 @@ from tests.conftest import managed_volumes
 from tests.test_webhook_contract import enroll, policy_item
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a volume created after vm.migrate.start (its first attach by the source host) is tagged vvg:hosts = "
-    "the source only, so vm.migrate.complete cannot revoke it (`failed` host_not_allowed), consumes the grant, "
-    "and leaves that volume with the source host: the destination does not become the VM's host (403 after). "
-    "functions/vvolguard/adapters/provider.py EbsProvider.create tags only who.host_id; "
-    "functions/vvolguard/services/events.py _act creates without the VM's live grants"))
 def test_a_volume_created_during_a_migration_follows_the_vm_to_the_destination(webhook, aws):
     secret2 = enroll(aws, "host-2")
     status, start = webhook.send("vm.migrate.start", "vm-1", destination_host="host-2")

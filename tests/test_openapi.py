@@ -4,7 +4,7 @@ handler.
 - The committed file is exactly what ``python -m infra.openapi`` prints (one source: the code's schema).
 - It validates as OpenAPI 3.1 (openapi-spec-validator) and says what the contract's section 4 says.
 - Every event type's example is accepted by parse_event; bodies Schemathesis generates from the document are
-  accepted, schema-violating ones refused (the one known difference is an xfail below).
+  accepted, schema-violating ones refused.
 - Every documented error is reproduced through the real handler (the ``webhook`` fixture), with the
   documented body, and writes nothing; a 200 answer matches the documented answer schema.
 """
@@ -162,19 +162,11 @@ POSITIVE, NEGATIVE = DOC.strategies()
 FAST = settings(max_examples=100, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 
-def _integral_float_key_bits(body) -> bool:
-    return any(isinstance(a, dict) and isinstance(a.get("key_bits"), float) for a in body.get("apps") or [])
-
-
 @FAST
 @given(st.sampled_from(sorted(POSITIVE)).flatmap(lambda t: POSITIVE[t]))
 def test_bodies_generated_from_the_document_are_accepted_by_parse_event(body):
     raw = json.dumps(body).encode()
-    if _integral_float_key_bits(body):
-        with pytest.raises(InvalidEvent):  # the known difference: see the xfail below
-            parse_event(raw)
-        return
-    event = parse_event(raw)
+    event = parse_event(raw)  # integral floats such as key_bits 256.0 included (a fixed fuzz finding)
     assert event.type == body["type"] and event.event_id == body["event_id"]
 
 
@@ -189,10 +181,6 @@ def test_bodies_the_document_forbids_are_refused_by_parse_event(case):
         parse_event(raw)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: apps[].key_bits written as an integral JSON number with a fraction or exponent (256.0, 2.56e2) is an "
-    "integer to JSON Schema, so the document allows it and generated clients may send it, but parse_event "
-    "refuses it (functions/vvolguard/domain/events.py, the key_bits check: isinstance(bits, int))"))
 def test_an_integral_float_key_bits_which_the_document_allows_is_accepted():
     body = {"event_id": "e-1", "type": "guest.inventory", "vm_id": "vm-1",
             "apps": [{"name": "LUKS", "type": "disk_encryption", "key_bits": 256.0}]}

@@ -75,7 +75,8 @@ class StorageProvider(Protocol):
     """What vvolguard needs of a storage array."""
 
     def find_instance(self, who: HostIdentity, vm_id: str) -> Instance: ...
-    def create(self, who: HostIdentity, volume_id: str, vm_id: str, size_mb: int, zone: str) -> str: ...
+    def create(self, who: HostIdentity, volume_id: str, vm_id: str, size_mb: int, zone: str,
+               also: tuple[str, ...] = ()) -> str: ...
     def attach(self, who: HostIdentity, provider_volume_id: str, instance: Instance, device: str) -> str: ...
     def detach(self, who: HostIdentity, provider_volume_id: str, instance_id: str) -> bool: ...
     def grant(self, who: HostIdentity, provider_volume_id: str, host_id: str) -> None: ...
@@ -203,8 +204,10 @@ class EbsProvider:
         tags = {t["Key"]: t["Value"] for t in vol.get("Tags", [])}
         return tuple(h for h in tags.get(TAG_HOSTS, "").split(",") if h)
 
-    def create(self, who: HostIdentity, volume_id: str, vm_id: str, size_mb: int, zone: str) -> str:
-        """A raw EBS volume (no file system) for ``volume_id``, assigned to this host only."""
+    def create(self, who: HostIdentity, volume_id: str, vm_id: str, size_mb: int, zone: str,
+               also: tuple[str, ...] = ()) -> str:
+        """A raw EBS volume (no file system) for ``volume_id``, assigned to this host (and to the hosts
+        in ``also``: live migration grantees, so a volume created mid-move follows the VM)."""
         ec2 = self.ec2(who)
         existing = self._call(lambda: ec2.describe_volumes(Filters=[{"Name": f"tag:{TAG_VOLUME}", "Values": [volume_id]}]))
         for vol in existing.get("Volumes", []):
@@ -213,7 +216,8 @@ class EbsProvider:
         vol = self._call(lambda: ec2.create_volume(
             AvailabilityZone=zone, Size=size_gib(size_mb), VolumeType="gp3", Encrypted=True,
             TagSpecifications=[{"ResourceType": "volume", "Tags": [
-                {"Key": TAG_VOLUME, "Value": volume_id}, {"Key": TAG_HOSTS, "Value": who.host_id},
+                {"Key": TAG_VOLUME, "Value": volume_id},
+                {"Key": TAG_HOSTS, "Value": ",".join(dict.fromkeys((who.host_id, *also)))},
                 {"Key": TAG_VM, "Value": vm_id}]}],
         ))
         return vol["VolumeId"]

@@ -231,6 +231,8 @@ def parse_event(body: bytes) -> Event:
             if not isinstance(a, dict) or set(a) != {"name", "type", "key_bits"}:
                 raise InvalidEvent(f"apps[{i}] must be an object with exactly name, type and key_bits")
             name, typ, bits = a["name"], a["type"], a["key_bits"]
+            if isinstance(bits, float) and bits.is_integer():  # JSON Schema counts 256.0 as an integer
+                bits = int(bits)
             if not isinstance(name, str) or not ID_RE.match(name):
                 raise InvalidEvent(f"apps[{i}].name must match [A-Za-z0-9._-]{{1,64}}")
             if not isinstance(typ, str) or not ID_RE.match(typ):

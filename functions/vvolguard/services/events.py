@@ -394,7 +394,8 @@ class EventService:
                                     else self.provider.find_instance(who, event.vm_id))
                     vol_id = item.provider_volume_id
                     if d.action in ("attach", "create") and not vol_id:
-                        vol_id = self.provider.create(who, item.volume_id, item.vm_id, int(item.size_mb), instance.zone)
+                        vol_id = self.provider.create(who, item.volume_id, item.vm_id, int(item.size_mb), instance.zone,
+                                                      also=tuple(part.live_grants(now)))
                         o.updates["provider_volume_id"] = vol_id
                         o.undo.append(("delete", vol_id))
                         done.append(o)
