@@ -289,7 +289,7 @@ def app(**over) -> dict:
     return a
 
 
-@pytest.mark.parametrize("apps", [[app()] * 64, [app(key_bits=1)], [app(key_bits=65536)], []])
+@pytest.mark.parametrize("apps", [[app()] * 64, [app(key_bits=1)], [app(key_bits=65536)], [app(key_bits=256.0)], []])
 def test_a_well_formed_apps_list_is_accepted(apps):
     event = parse_event(raw(body("guest.inventory", apps=apps)))
     assert len(event.apps) == len(apps)
@@ -304,7 +304,7 @@ def test_a_well_formed_apps_list_is_accepted(apps):
     [app(vendor="x")],                                          # extra key
     ["LUKS"], [None], [[]], [app(), 5],
     [app(key_bits=True)], [app(key_bits=False)], [app(key_bits=0)], [app(key_bits=-1)],
-    [app(key_bits=65537)], [app(key_bits="256")], [app(key_bits=256.0)], [app(key_bits=None)],
+    [app(key_bits=65537)], [app(key_bits="256")], [app(key_bits=256.5)], [app(key_bits=None)],
     [app(name="")], [app(name="a b")], [app(name="x" * 65)], [app(name=1)],
     [app(type="")], [app(type="disk encryption")], [app(type=None)],
 ])
