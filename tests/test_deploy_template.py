@@ -203,7 +203,7 @@ def test_iam__every_action_is_a_real_one():
 
 
 def test_iam__resource_star_only_where_aws_requires_it(doc):
-    describe_only = {"ec2:DescribeVolumes", "ec2:DescribeInstances"}
+    describe_only = {"ec2:DescribeVolumes", "ec2:DescribeInstances", "ec2:DescribeTags"}
     for name, path, st in statements(doc):
         res = st.get("Resource")
         if res == "*" or (isinstance(res, list) and "*" in res):
@@ -720,7 +720,7 @@ def test_iam_calls__the_events_function_role_covers_every_webhook_call(webhook, 
     assert_granted(calls, "EventsRole", {
         "dynamodb:Query", "dynamodb:GetItem", "dynamodb:TransactWriteItems", "kms:Decrypt",
         "secretsmanager:GetSecretValue", "sts:AssumeRole", "ec2:AttachVolume", "ec2:DetachVolume",
-        "ec2:CreateVolume", "ec2:CreateTags", "ec2:DescribeVolumes", "ec2:DescribeInstances"})
+        "ec2:CreateVolume", "ec2:CreateTags", "ec2:DescribeVolumes", "ec2:DescribeInstances", "ec2:DescribeTags"})
 
 
 def test_iam_calls__the_reconcile_function_role_covers_a_pass_that_does_everything(webhook, calls, monkeypatch):

@@ -179,15 +179,28 @@ class EbsProvider:
 
     # ---- operations
 
+    def _tagged(self, ec2, resource_type: str, key: str, value: str) -> list[str]:
+        """Ids of the resources tagged key=value (DescribeTags: one indexed lookup, not a filtered listing)."""
+        resp = self._call(lambda: ec2.describe_tags(Filters=[
+            {"Name": "resource-type", "Values": [resource_type]}, {"Name": "key", "Values": [key]},
+            {"Name": "value", "Values": [value]}]))
+        return [t["ResourceId"] for t in resp.get("Tags", [])]
+
     def find_instance(self, who: HostIdentity, vm_id: str) -> Instance:
         """The instance tagged vvg:vm-id = vm_id."""
         ec2 = self.ec2(who)
-        resp = self._call(lambda: ec2.describe_instances(Filters=[
-            {"Name": f"tag:{TAG_VM}", "Values": [vm_id]},
-            {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]))
-        for r in resp.get("Reservations", []):
-            for i in r.get("Instances", []):
-                return Instance(i["InstanceId"], i["Placement"]["AvailabilityZone"])
+        ids = self._tagged(ec2, "instance", TAG_VM, vm_id)
+        if ids:
+            try:
+                resp = self._call(lambda: ec2.describe_instances(InstanceIds=ids))
+            except ClientError as exc:
+                if "NotFound" not in exc.response.get("Error", {}).get("Code", ""):
+                    raise
+                resp = {}
+            for r in resp.get("Reservations", []):
+                for i in r.get("Instances", []):
+                    if i.get("State", {}).get("Name") in ("pending", "running", "stopping", "stopped"):
+                        return Instance(i["InstanceId"], i["Placement"]["AvailabilityZone"])
         raise ProviderRefused("vm_not_found", f"no instance is tagged {TAG_VM}={vm_id}")
 
     def _volume(self, ec2, provider_volume_id: str) -> dict[str, Any]:
@@ -209,8 +222,11 @@ class EbsProvider:
         """A raw EBS volume (no file system) for ``volume_id``, assigned to this host (and to the hosts
         in ``also``: live migration grantees, so a volume created mid-move follows the VM)."""
         ec2 = self.ec2(who)
-        existing = self._call(lambda: ec2.describe_volumes(Filters=[{"Name": f"tag:{TAG_VOLUME}", "Values": [volume_id]}]))
-        for vol in existing.get("Volumes", []):
+        for vid in self._tagged(ec2, "volume", TAG_VOLUME, volume_id):
+            try:
+                vol = self._volume(ec2, vid)
+            except ProviderRefused:  # a deleted volume's tags may linger a moment
+                continue
             if vol["State"] not in ("deleting", "deleted", "error"):
                 return vol["VolumeId"]
         vol = self._call(lambda: ec2.create_volume(
