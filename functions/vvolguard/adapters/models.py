@@ -266,7 +266,16 @@ def _share_botocore_session() -> None:
     import pynamodb.connection.base as base
 
     if _shared_session is None:
-        _shared_session = botocore.session.get_session()
+        from vvolguard.adapters.aws import track
+
+        shared = botocore.session.get_session()
+        create = shared.create_client
+
+        def create_tracked(*args, **kwargs):  # PynamoDB may rebuild a client; it stays under the hooks
+            return track(create(*args, **kwargs))
+
+        shared.create_client = create_tracked  # type: ignore[method-assign]
+        _shared_session = shared
         base.get_session = lambda: _shared_session
 
 
