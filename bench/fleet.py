@@ -254,6 +254,8 @@ class Fleet:
         """Warm single-volume preboots (volume exists, sessions cached), alternating with the floor."""
         ev_lat, fl_lat = [], []
         calls = Counter()
+        ddb_each: list[int] = []
+        prov_each: list[int] = []
         singles = [i for i in vms if PATTERNS[i % len(PATTERNS)]["detach_on"] == "postboot"]
         for k in range(pairs):
             vm, host = self.vm(singles[k % len(singles)])
@@ -261,11 +263,14 @@ class Fleet:
             assert body["decisions"][0]["outcome"] == "done", body
             ev_lat.append(dt)
             calls.update(c)
+            ddb_each.append(c["dynamodb"])
+            prov_each.append(c["ec2"] + c["sts"])
             if with_floor:
                 fl_lat.append(self.floor_once(vm, host))
             self.send("vm.booted", vm, host, f"warm-{self.args.tag}-{k}-b")
-        out = {"p50_ms": statistics.median(ev_lat) * 1000, "ddb_calls_per_event": calls["dynamodb"] / pairs,
-               "provider_calls_per_event": (calls["ec2"] + calls["sts"]) / pairs}
+        out = {"p50_ms": statistics.median(ev_lat) * 1000, "ddb_calls_per_event": max(ddb_each),
+               "provider_calls_per_event": max(prov_each), "ddb_calls_mean": calls["dynamodb"] / pairs,
+               "provider_calls_mean": (calls["ec2"] + calls["sts"]) / pairs}
         if with_floor:
             out["floor_p50_ms"] = statistics.median(fl_lat) * 1000
             out["floor_ratio"] = statistics.median(ev_lat) / statistics.median(fl_lat)
@@ -305,8 +310,9 @@ def main() -> int:
         args.tag = "warm"
         warm = fleet.warm(list(range(args.vms)), args.pairs, with_floor=True)
         print(f"[warm preboot]  p50 {warm['p50_ms']:.1f} ms vs floor {warm['floor_p50_ms']:.1f} ms "
-              f"(ratio {warm['floor_ratio']:.2f}); {warm['ddb_calls_per_event']:.2f} DynamoDB round trips and "
-              f"{warm['provider_calls_per_event']:.2f} provider calls per event", flush=True)
+              f"(ratio {warm['floor_ratio']:.2f}); at most {warm['ddb_calls_per_event']} DynamoDB round trips and "
+              f"{warm['provider_calls_per_event']} provider calls per event (mean {warm['ddb_calls_mean']:.2f} and "
+              f"{warm['provider_calls_mean']:.2f})", flush=True)
         # 4. 100,000 policies: fill the table, measure again. moto's Query walks the whole table, so the
         #    floor's Query slows down too; the event path's ratio to that floor is what shows no scan.
         fleet.load_policies(0, max(0, args.big - args.vms), prefix="filler")

@@ -15,7 +15,7 @@ from vvolguard.errors import AuthError, BadSignature, MissingSignature, StaleSig
 from vvolguard.settings import Settings
 
 TOLERANCE_S = 300
-CACHE_S = 30.0
+CACHE_S = 300.0  # safe: the claiming transaction re-checks the host (active, same secret version)
 SIG_RE = re.compile(r"^t=(\d{1,12}),v1=([0-9a-f]{64})\Z")
 
 
