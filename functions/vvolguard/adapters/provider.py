@@ -81,22 +81,9 @@ class StorageProvider(Protocol):
     def detach(self, who: HostIdentity, provider_volume_id: str, instance_id: str) -> bool: ...
     def grant(self, who: HostIdentity, provider_volume_id: str, host_id: str) -> None: ...
     def revoke(self, who: HostIdentity, provider_volume_id: str, host_id: str) -> None: ...
-    def is_attached(self, who: HostIdentity, provider_volume_id: str, instance_id: str | None) -> bool:
-        """Whether the volume is attached (to ``instance_id`` when given) right now."""
-        ec2 = self.ec2(who)
-        try:
-            vol = self._volume(ec2, provider_volume_id)
-        except ProviderRefused:
-            return False
-        return any(a.get("State") in ("attaching", "attached") and (instance_id is None or a["InstanceId"] == instance_id)
-                   for a in vol.get("Attachments", []))
-
-    def set_hosts(self, who: HostIdentity, provider_volume_id: str, hosts: tuple[str, ...]) -> None:
-        """Make the volume's vvg:hosts exactly ``hosts`` (the reconciler restoring an expired grant)."""
-        ec2 = self.ec2(who)
-        if tuple(self._hosts(self._volume(ec2, provider_volume_id))) != tuple(hosts):
-            self._set_hosts(ec2, provider_volume_id, tuple(hosts))
-
+    def delete(self, who: HostIdentity, provider_volume_id: str) -> None: ...
+    def is_attached(self, who: HostIdentity, provider_volume_id: str, instance_id: str | None) -> bool: ...
+    def set_hosts(self, who: HostIdentity, provider_volume_id: str, hosts: tuple[str, ...]) -> None: ...
     def attachments(self) -> Iterator[Attachment]: ...
 
 
