@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from vvolguard.domain.policy import no_duplicate_keys
+
 ROOT = Path(__file__).resolve().parent.parent
 OPENAPI = ROOT / "openapi.yaml"
 MAX_BODY = 64 * 1024
@@ -81,15 +83,6 @@ KNOWN_BUGS = {
 # ---------------------------------------------------------------------------------------------- the document
 
 
-def _no_dups(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError("duplicate key")
-        out[k] = v
-    return out
-
-
 def _no_constant(name: str) -> Any:
     raise ValueError(name)
 
@@ -97,7 +90,7 @@ def _no_constant(name: str) -> Any:
 def strict_json(raw: bytes) -> Any:
     """Standard strict JSON (RFC 8259 + I-JSON's unique keys): raises ValueError when it is not."""
     text = raw.decode("utf-8")  # strict: overlong forms and encoded surrogates are errors
-    return json.loads(text, object_pairs_hook=_no_dups, parse_constant=_no_constant)
+    return json.loads(text, object_pairs_hook=no_duplicate_keys, parse_constant=_no_constant)
 
 
 class Document:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from vvolguard.domain.policy import ID_RE
+from vvolguard.domain.policy import ID_RE, no_duplicate_keys
 from vvolguard.errors import InvalidEvent, InvalidJson
 
 MAX_BODY = 64 * 1024
@@ -107,15 +107,6 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _no_dups(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError("duplicate key")
-        out[k] = v
-    return out
-
-
 def _int(text: str) -> int:
     if len(text.lstrip("-")) > 20:
         raise ValueError("number too large")
@@ -156,7 +147,7 @@ def loads(body: bytes) -> Any:
     if _max_depth(text) > MAX_DEPTH:  # refuse deep nesting before the parser recurses into it
         raise InvalidJson(f"the body nests deeper than {MAX_DEPTH} levels")
     try:
-        return json.loads(text, object_pairs_hook=_no_dups, parse_constant=_reject_constant, parse_int=_int,
+        return json.loads(text, object_pairs_hook=no_duplicate_keys, parse_constant=_reject_constant, parse_int=_int,
                           parse_float=lambda s: _float(s))
     except (ValueError, RecursionError) as exc:
         msg = str(exc).split(":")[0] if isinstance(exc, json.JSONDecodeError) else str(exc)

@@ -210,7 +210,8 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _no_dup_pairs(pairs: list[tuple[str, Any]]) -> dict:
+def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """json.loads object_pairs_hook that refuses a key given twice (shared by every strict JSON reader)."""
     out: dict = {}
     for k, v in pairs:
         if k in out:
@@ -229,7 +230,7 @@ def parse_policy_text(data: bytes, name: str = "policy file") -> list[PolicySpec
         raise PolicyValidationError([f"{name}: not UTF-8 text"]) from None
     try:
         if name.endswith(".json"):
-            doc = json.loads(text, object_pairs_hook=_no_dup_pairs)
+            doc = json.loads(text, object_pairs_hook=no_duplicate_keys)
         else:  # YAML, which also reads JSON documents
             doc = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - strict safe loader
     except (ValueError, yaml.YAMLError, RecursionError) as exc:
