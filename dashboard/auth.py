@@ -1,65 +1,30 @@
-"""Sign-in and sign-out for dashboard users; the login_required / role_required decorators."""
+"""Sign-in and sign-out for dashboard users; the login_required / role_required decorators.
+
+Sessions are kept on the server (docs/dashboard.md): the cookie names the user and a random session id,
+and every request checks that id against the user's item, so a session ended anywhere (sign-out, a
+password or role change, disabling or removing the user) is refused everywhere from the next request."""
 from __future__ import annotations
 
 import functools
-import threading
 import time
+from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, session, url_for
 
-from vvolguard.services.users import ROLES, UserService
+from vvolguard.adapters.limits import LoginLimiter, Refused
+from vvolguard.errors import VvgError
+from vvolguard.services.users import ROLES, SESSION_LIFETIME_S, UserService
 
 bp = Blueprint("auth", __name__)
 FAIL_DELAY_S = 0.5
+MAX_NEXT = 2000
 
 
-class FailureBackoff:
-    """Failed sign-ins per user name and per client address, in memory: after ``free`` failures in a
-    row, further attempts are refused unchecked for a wait that doubles with each failure (capped).
-    The same for a name that exists and one that does not, so it says nothing about either."""
-
-    def __init__(self, free: int = 5, base_s: float = 2.0, cap_s: float = 900.0, max_keys: int = 10000) -> None:
-        self.free, self.base_s, self.cap_s, self.max_keys = free, base_s, cap_s, max_keys
-        self._fails: dict[str, tuple[int, float]] = {}
-        self._lock = threading.Lock()
-
-    def _wait(self, count: int) -> float:
-        over = count - self.free
-        return 0.0 if over < 0 else min(self.cap_s, self.base_s * (2 ** over))
-
-    def retry_after(self, keys: list[str], now: float | None = None) -> float:
-        """Seconds until any of ``keys`` may try again (0: now)."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            waits = [last + self._wait(n) - now for n, last in (self._fails.get(k, (0, 0.0)) for k in keys)]
-        return max([0.0] + [w for w in waits if w > 0])
-
-    def failed(self, keys: list[str], now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            if len(self._fails) >= self.max_keys:  # forget the oldest half rather than grow without bound
-                for k, _ in sorted(self._fails.items(), key=lambda kv: kv[1][1])[: self.max_keys // 2]:
-                    del self._fails[k]
-            for k in keys:
-                n, _ = self._fails.get(k, (0, 0.0))
-                self._fails[k] = (n + 1, now)
-
-    def succeeded(self, keys: list[str]) -> None:
-        with self._lock:
-            for k in keys:
-                self._fails.pop(k, None)
-
-
-def _backoff() -> tuple[FailureBackoff, FailureBackoff]:
-    ext = current_app.extensions
-    if "vvg_login_backoff" not in ext:
-        cfg = current_app.config
-        ext["vvg_login_backoff"] = (
-            FailureBackoff(free=cfg.get("VVG_LOGIN_FREE_FAILURES", 5), base_s=cfg.get("VVG_LOGIN_BACKOFF_S", 2.0)),
-            # one address may mistype for many users (a shared NAT): a larger allowance
-            FailureBackoff(free=cfg.get("VVG_LOGIN_FREE_FAILURES_IP", 20), base_s=cfg.get("VVG_LOGIN_BACKOFF_S", 2.0)),
-        )
-    return ext["vvg_login_backoff"]
+def _limiter() -> LoginLimiter:
+    cfg = current_app.config
+    return LoginLimiter(cfg["VVG_SETTINGS"], free_pair=cfg.get("VVG_LOGIN_FREE_FAILURES", 5),
+                        free_addr=cfg.get("VVG_LOGIN_FREE_FAILURES_IP", 20), base_s=cfg.get("VVG_LOGIN_BACKOFF_S", 2.0),
+                        name_ceiling=cfg.get("VVG_LOGIN_NAME_CEILING", 100))
 
 
 def _users() -> UserService:
@@ -68,11 +33,12 @@ def _users() -> UserService:
 
 @bp.before_app_request
 def load_user() -> None:
-    """g.user from the session (re-read each request, so a removed user is out at once)."""
+    """g.user from the session: one consistent read of the user, which also says whether this session
+    still holds (a removed or disabled user, or an ended session, is out at once)."""
     g.user = None
-    name = session.get("user")
+    name, sid = session.get("user"), session.get("sid")
     if name:
-        user = _users().get(name)
+        user = _users().session_user(name, sid) if isinstance(sid, str) else None
         if user is None:
             session.clear()
         else:
@@ -93,42 +59,79 @@ def role_required(role: str):
     return deco
 
 
+def safe_next(raw: str | None) -> str | None:
+    """``raw`` if a browser would read it as a path on this origin, else None. Browsers drop tabs and
+    newlines anywhere in a URL, strip leading spaces and control characters, and read a backslash as a
+    slash, so ``/%09/evil.example``, ``/%5Cevil.example`` and ``%20//evil.example`` (as sent) all leave the
+    origin. A value holding a control character is refused (400) before this is called; here anything
+    but a plain ``/path`` (not ``//``, no backslash, no space, no scheme or host once parsed) is refused."""
+    if not raw or len(raw) > MAX_NEXT:
+        return None
+    if not raw.startswith("/") or raw[1:2] in ("/", "\\") or "\\" in raw:
+        return None
+    if any(c.isspace() or not c.isprintable() for c in raw):
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/") or parts.path.startswith("//"):
+        return None
+    return raw
+
+
+def _next_param() -> str | None:
+    raw = request.args.get("next")
+    if raw is not None and any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in raw):
+        abort(400)  # CR, LF, tab or any other control character: never a path a link of ours would hold
+    return raw
+
+
+def _fail_delay() -> None:
+    time.sleep(current_app.config.get("VVG_LOGIN_FAIL_DELAY", FAIL_DELAY_S))
+
+
 @bp.route("/login", methods=("GET", "POST"))
 def login():
-    """Form fields ``username`` and ``password``; a failure never says which part was wrong."""
+    """Form fields ``username`` and ``password``; a failure never says which part was wrong. Each attempt
+    is counted against the shared limits before the password is checked (docs/dashboard.md)."""
+    nxt = _next_param()
     if request.method == "POST":
         username = request.form.get("username", "")[:128]
         password = request.form.get("password", "")[:1024]
-        by_user, by_ip = _backoff()
-        ukey, ikey = [f"u:{username.lower()}"], [f"ip:{request.remote_addr or '-'}"]
-        wait = max(by_user.retry_after(ukey), by_ip.retry_after(ikey))
-        if wait > 0:
-            time.sleep(current_app.config.get("VVG_LOGIN_FAIL_DELAY", FAIL_DELAY_S))
-            flash(f"Too many failed sign-ins. Wait {int(wait) + 1} seconds, then try again.", "error")
+        addr = request.remote_addr or "-"
+        reserved = _limiter().reserve(username, addr)
+        if isinstance(reserved, Refused):
+            _fail_delay()
+            wait = reserved.retry_after
+            flash(f"Too many failed sign-ins. Wait {wait} seconds, then try again.", "error")
             resp = current_app.make_response((render_template("auth/login.html", username=username), 429))
-            resp.headers["Retry-After"] = str(int(wait) + 1)
+            resp.headers["Retry-After"] = str(wait)
             return resp
-        user = _users().authenticate(username, password)
-        if user is None:
-            by_user.failed(ukey)
-            by_ip.failed(ikey)
-            time.sleep(current_app.config.get("VVG_LOGIN_FAIL_DELAY", FAIL_DELAY_S))
+        users = _users()
+        user = users.authenticate(username, password)
+        sid = None
+        if user is not None:
+            try:
+                sid = users.start_session(user, SESSION_LIFETIME_S)
+            except VvgError:
+                sid = None  # the user changed (password, disabled, removed) while signing in
+        if sid is None:
+            _fail_delay()
             flash("Sign-in failed: the user name or password is not right.", "error")
             return render_template("auth/login.html", username=username), 401
-        by_user.succeeded(ukey)
-        session.clear()
+        _limiter().succeeded(reserved)
+        session.clear()  # a new session id at every sign-in (and a new CSRF token)
         session["user"] = user.username
+        session["sid"] = sid
         session.permanent = True
-        target = request.args.get("next", "")
-        if not (target.startswith("/") and not target.startswith("//") and "\\" not in target):
-            target = url_for("index")
-        return redirect(target)
+        return redirect(safe_next(nxt) or url_for("policies.list_policies"))
     return render_template("auth/login.html", username="")
 
 
 @bp.post("/logout")
 def logout():
-    """Sign out (POST, with the CSRF token)."""
+    """Sign out (POST, with the CSRF token): this session ends on the server, not only in this browser."""
+    name, sid = session.get("user"), session.get("sid")
+    if isinstance(name, str) and isinstance(sid, str):
+        _users().end_session(name, sid)
     session.clear()
     return redirect(url_for("auth.login"))
 

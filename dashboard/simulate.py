@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import re
-import threading
-import time
 
 from flask import Blueprint, current_app, g, render_template, request
 
 from dashboard.auth import role_required
+from vvolguard.adapters.limits import Refused, GuessSlots
 from vvolguard.domain.events import TYPES
 from vvolguard.errors import VvgError
 from vvolguard.services.policies import PolicyService
@@ -19,22 +18,13 @@ FIELDS = ("app", "volume_id", "password", "destination_host", "source_host", "ap
 NEEDS = {t: set(req) | set(opt) for t, (req, opt) in TYPES.items()}
 _APP_LINE = re.compile(r"^\s*([A-Za-z0-9._-]{1,64})\s+([A-Za-z0-9._-]{1,64})\s+(\d{1,6})\s*\Z")
 # A simulated request attach checks the volume's password: wrong guesses are limited per user as the
-# webhook limits them per volume, so the simulator is no way around the lock.
-_guess_lock = threading.Lock()
-_guesses: dict[str, list[float]] = {}
+# webhook limits them per volume, so the simulator is no way around the lock. The slots live in DynamoDB
+# and are taken before the password is checked, so concurrent requests and other containers share them.
 MAX_GUESSES, GUESS_WINDOW_S = 5, 900
 
 
-def _guesses_left(user: str, now: float) -> int:
-    with _guess_lock:
-        recent = [t for t in _guesses.get(user, []) if now - t < GUESS_WINDOW_S]
-        _guesses[user] = recent
-        return MAX_GUESSES - len(recent)
-
-
-def _guessed_wrong(user: str, now: float) -> None:
-    with _guess_lock:
-        _guesses.setdefault(user, []).append(now)
+def _slots() -> GuessSlots:
+    return GuessSlots(current_app.config["VVG_SETTINGS"], "sim-guess", MAX_GUESSES, GUESS_WINDOW_S)
 
 
 def _parse_apps(text: str) -> tuple[list[dict], str | None]:
@@ -87,23 +77,35 @@ def simulate():
         if occurred:
             fields["occurred_at"] = occurred
     user = g.user.username
-    now = time.monotonic()
-    if "password" in fields and _guesses_left(user, now) <= 0:
-        error = (f"Too many simulated attaches with a wrong password ({MAX_GUESSES} in {GUESS_WINDOW_S // 60} minutes). "
-                 "Try again later, or simulate without the password.")
     result = None
     status = 200
+    retry_after = None
+    slot = None
+    if error is None and "password" in fields:
+        taken = _slots().take(user)
+        if isinstance(taken, Refused):
+            retry_after = taken.retry_after
+            error, status = (f"Too many simulated attaches with a wrong password ({MAX_GUESSES} in "
+                             f"{GUESS_WINDOW_S // 60} minutes). Try again in {retry_after} seconds, or simulate "
+                             "without the password."), 429
+        else:
+            slot = taken
     if error is None and not host_id:
         error, status = f"{vm_id or 'this VM'} has no policies, so its host is not known: name the sending host.", 400
-    if error is None:
-        try:
-            result = Simulator(current_app.config["VVG_SETTINGS"]).run(vm_id, host_id, fields)
-        except VvgError as exc:
-            error, status = exc.message, 400
-    if result is not None and any(d.reason == "bad_password" for d in result.decisions):
-        _guessed_wrong(user, now)
-    if error:
+    try:
+        if error is None:
+            try:
+                result = Simulator(current_app.config["VVG_SETTINGS"]).run(vm_id, host_id, fields)
+            except VvgError as exc:
+                error, status = exc.message, 400
+    finally:
+        if slot is not None and not (result is not None and any(d.reason == "bad_password" for d in result.decisions)):
+            _slots().give_back(slot)  # only a wrong password uses up a guess
+    if error and status == 200:
         status = 400
     form.update(vm_id=vm_id, host_id=host_id, type=etype)
-    return render_template("simulate/form.html", vms=vms, types=list(TYPES), needs=NEEDS, form=form, result=result,
-                           error=error), status
+    resp = current_app.make_response((render_template("simulate/form.html", vms=vms, types=list(TYPES), needs=NEEDS,
+                                                      form=form, result=result, error=error), status))
+    if retry_after is not None:
+        resp.headers["Retry-After"] = str(retry_after)
+    return resp

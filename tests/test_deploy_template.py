@@ -307,12 +307,15 @@ def test_tables__deletion_protection_parameter_resolves(doc):
 
 
 def test_tables__records_that_expire_have_ttl_on_their_expiry_attribute(resources):
-    from vvolguard.adapters.models import EventItem
+    from vvolguard.adapters.models import EventItem, LimitItem, UserItem
 
     ttl = {n: r["Properties"].get("TimeToLiveSpecification") for n, r in tables(resources).items()}
     assert ttl.pop("EventsTable") == {"AttributeName": "expires_at", "Enabled": True}
     assert EventItem.expires_at.attr_type == "N"  # epoch seconds, as DynamoDB's TTL needs
-    assert set(ttl.values()) == {None}  # policies, hosts, users and the audit history never expire
+    # the users table's sign-in limit counters expire; its users carry no expires_at, so they never do
+    assert ttl.pop("UsersTable") == {"AttributeName": "expires_at", "Enabled": True}
+    assert LimitItem.expires_at.attr_type == "N" and "expires_at" not in UserItem.get_attributes()
+    assert set(ttl.values()) == {None}  # policies, hosts and the audit history never expire
 
 
 def test_keys__host_secrets_and_audit_key_use_the_stacks_keys_with_rotation(resources):

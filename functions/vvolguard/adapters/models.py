@@ -160,7 +160,11 @@ class HostItem(Model):
 
 
 class UserItem(Model):
-    """A dashboard user: a salted password hash and a role."""
+    """A dashboard user: a salted password hash, a role, and the user's live dashboard sessions.
+
+    ``sessions`` maps a digest of each session id to its expiry (epoch seconds): the one read a request
+    makes of its user also says whether its session still holds, so ending a session anywhere (sign-out,
+    a password or role change, disabling) is one write that every process and container sees at once."""
 
     class Meta(_Meta):
         pass
@@ -169,6 +173,24 @@ class UserItem(Model):
     password_hash = UnicodeAttribute()
     role = UnicodeAttribute()
     created_at = UTCDateTimeAttribute()
+    disabled = BooleanAttribute(default=False)
+    last_login = UTCDateTimeAttribute(null=True)
+    sessions = MapAttribute(null=True)
+
+
+class LimitItem(Model):
+    """A shared sign-in / guess limit counter, in the users table under a key no user name can take
+    (``#...``); DynamoDB's TTL removes it at ``expires_at`` (epoch seconds)."""
+
+    class Meta(_Meta):
+        pass
+
+    key = UnicodeAttribute(hash_key=True, attr_name="username")
+    v = NumberAttribute(default=0)  # version, for compare-and-set
+    count = NumberAttribute(default=0)
+    last_at = NumberAttribute(default=0)
+    owner = UnicodeAttribute(null=True)
+    expires_at = NumberAttribute()
 
 
 class EventItem(Model):
@@ -288,6 +310,10 @@ def configure(settings: Settings) -> None:
         model.Meta.region = settings.region
         model.Meta.host = host
         model._connection = None
+    LimitItem.Meta.table_name = settings.users_table
+    LimitItem.Meta.region = settings.region
+    LimitItem.Meta.host = host
+    LimitItem._connection = None
     PolicyItem._connection = None
     ChainHead._connection = None
     GrantItem._connection = None
@@ -317,5 +343,5 @@ def track_model_clients() -> None:
 
     for model in MODELS_BY_SETTING.values():
         track(model._get_connection().connection.client)
-    for model in (PolicyItem, ChainHead, GrantItem):
+    for model in (PolicyItem, ChainHead, GrantItem, LimitItem):
         track(model._get_connection().connection.client)
