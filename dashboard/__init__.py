@@ -37,10 +37,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
     configure(app.config["VVG_SETTINGS"])
     csrf.init_app(app)
+    # Werkzeug answers "//x" with an absolute redirect built from the Host header; refuse it instead.
+    app.url_map.merge_slashes = False
 
-    from dashboard import attachments, audit, auth, health, hosts, policies, simulate
+    from dashboard import attachments, audit, auth, health, hosts, policies, simulate, users
 
-    for area in (health, auth, policies, simulate, attachments, audit, hosts):
+    for area in (health, auth, policies, simulate, attachments, audit, hosts, users):
         app.register_blueprint(area.bp)
     app.add_url_rule("/", endpoint="index", view_func=policies.index)
     app.context_processor(lambda: {"can": auth.can})

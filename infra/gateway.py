@@ -67,8 +67,10 @@ def load_routes(template: Template) -> list[BoundRoute]:
 
 
 def build_event(method: str, raw_path: str, headers: list[tuple[str, str]], body: bytes,
-                route: Route, path_params: dict[str, str], source_ip: str) -> dict[str, Any]:
-    """The API Gateway HTTP API payload 2.0 event for one request."""
+                route: Route, path_params: dict[str, str], source_ip: str, host: str | None = None) -> dict[str, Any]:
+    """The API Gateway HTTP API payload 2.0 event for one request. ``host`` is the API's own address: it
+    replaces the client's Host header, as API Gateway answers only for its own domain name, so nothing a
+    handler builds from the host (an absolute redirect) can point elsewhere."""
     split = urlsplit(raw_path)
     hdrs: dict[str, str] = {}
     cookies: list[str] = []
@@ -77,7 +79,11 @@ def build_event(method: str, raw_path: str, headers: list[tuple[str, str]], body
         if k == "cookie":
             cookies += [c.strip() for c in v.split(";") if c.strip()]
             continue
+        if k in ("host", "x-forwarded-host") and host is not None:
+            continue
         hdrs[k] = f"{hdrs[k]},{v}" if k in hdrs else v
+    if host is not None:
+        hdrs["host"] = host
     qs: dict[str, str] = {}
     for k, v in parse_qsl(split.query, keep_blank_values=True):
         qs[k] = f"{qs[k]},{v}" if k in qs else v
@@ -131,9 +137,11 @@ class Gateway(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, addr: tuple[str, int], template: Template | None = None) -> None:
+    def __init__(self, addr: tuple[str, int], template: Template | None = None, public_host: str | None = None) -> None:
         self.routes = load_routes(template or Template())
         super().__init__(addr, _Handler)
+        # the configured address, never the client's Host header (docs/dashboard.md)
+        self.public_host = public_host or f"{addr[0]}:{self.server_address[1]}"
 
     def match(self, method: str, path: str) -> tuple[BoundRoute | None, dict[str, str], bool]:
         path_seen = False
@@ -198,7 +206,7 @@ class _Handler(BaseHTTPRequestHandler):
         if bound is None:
             return self._error(404 if not path_seen else 404, "Not Found")
         event = build_event(self.command, self.path, list(self.headers.items()), body, bound.route, params,
-                            self.client_address[0])
+                            self.client_address[0], host=self.server.public_host)
         ctx = LambdaContext(function_name=bound.route.function, aws_request_id=event["requestContext"]["requestId"],
                             deadline_ms=time.time() * 1000 + 20000)
         try:

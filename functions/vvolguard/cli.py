@@ -117,13 +117,51 @@ def _provider(settings):
     return EbsProvider(settings)
 
 
+_actor_cache: dict[str, str] = {}
+
+
+def cli_actor(settings) -> str:
+    """The audit actor of this CLI run: ``cli:`` + the caller's AWS principal, else the OS user (once per process)."""
+    if "actor" not in _actor_cache:
+        import getpass
+
+        from vvolguard.adapters.aws import caller_arn
+
+        who = caller_arn(settings.region)
+        if not who:
+            try:
+                who = getpass.getuser()
+            except (KeyError, OSError):
+                who = "unknown"
+        _actor_cache["actor"] = f"cli:{who}"
+    return _actor_cache["actor"]
+
+
 def cmd_user(args: argparse.Namespace) -> int:
+    """Dashboard users (docs/dashboard.md): every change is audited and ends the user's sessions."""
     from vvolguard.services.users import UserService
 
-    if not args.password_stdin:
-        raise CliError("user add: --password-stdin is required (passwords never go on the command line)", 2)
-    password = _read_password("user add")
-    _out(UserService(_services()).add(args.name, args.role, password, actor="cli"))
+    if args.action in ("add", "passwd"):
+        if not args.password_stdin:
+            raise CliError(f"user {args.action}: --password-stdin is required (passwords never go on the command line)", 2)
+        password = _read_password(f"user {args.action}")
+    settings = _services()
+    users = UserService(settings)
+    if args.action == "list":
+        for row in users.list():
+            _out(row)
+        return 0
+    actor = cli_actor(settings)
+    if args.action == "add":
+        _out(users.add(args.name, args.role, password, actor=actor))
+    elif args.action == "passwd":
+        _out(users.passwd(args.name, password, actor=actor))
+    elif args.action == "role":
+        _out(users.set_role(args.name, args.role, actor=actor))
+    elif args.action == "disable":
+        _out(users.disable(args.name, actor=actor))
+    else:
+        _out(users.remove(args.name, actor=actor))
     return 0
 
 
@@ -277,6 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
     ua.add_argument("name")
     ua.add_argument("--role", required=True, choices=("viewer", "editor", "admin"))
     ua.add_argument("--password-stdin", action="store_true")
+    us.add_parser("list", help="every user as JSON lines")
+    for name, text in (("disable", "disable a user; its sessions end at once"),
+                       ("remove", "remove a user; its sessions end at once")):
+        us.add_parser(name, help=text).add_argument("name")
+    upw = us.add_parser("passwd", help="set a new password (from standard input); the user's sessions end")
+    upw.add_argument("name")
+    upw.add_argument("--password-stdin", action="store_true")
+    uro = us.add_parser("role", help="change a user's role; the user's sessions end")
+    uro.add_argument("name")
+    uro.add_argument("role", choices=("viewer", "editor", "admin"))
     usr.set_defaults(func=cmd_user)
     return p
 

@@ -127,3 +127,13 @@ def audit_key(region: str, secret_id: str) -> bytes:
     except (ClientError, BotoCoreError) as exc:
         raise KeyUnavailable(f"cannot read the audit key {secret_id}: {type(exc).__name__}") from None
     return value.encode("utf-8")
+
+
+def caller_arn(region: str) -> str | None:
+    """The AWS principal these credentials act as (STS GetCallerIdentity), or None when there is none."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return client("sts", region).get_caller_identity().get("Arn") or None
+    except (BotoCoreError, ClientError):
+        return None

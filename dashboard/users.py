@@ -1,0 +1,106 @@
+"""/users (admin): add a user, change a role, reset a password, disable, remove (docs/dashboard.md).
+Each change is audited as the signed-in admin and ends every session of the user it changes."""
+from __future__ import annotations
+
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+
+from dashboard.auth import actor, role_required
+from vvolguard.errors import VvgError
+from vvolguard.services.users import ROLES, USERNAME_RE, UserService
+
+bp = Blueprint("users", __name__)
+
+
+def _service() -> UserService:
+    return UserService(current_app.config["VVG_SETTINGS"])
+
+
+def _page(form=None, error=None, status=200):
+    return render_template("users/list.html", users=_service().list(), roles=ROLES, form=form or {},
+                           error=error), status
+
+
+def _name(username: str) -> str:
+    if not USERNAME_RE.match(username):
+        abort(404)
+    return username
+
+
+def _done(message: str):
+    flash(message, "ok")
+    return redirect(url_for("users.list_users"))
+
+
+def _refused(what: str, exc: VvgError):
+    flash(f"{what}: {exc.message}", "error")
+    return redirect(url_for("users.list_users"))
+
+
+@bp.get("/users")
+@role_required("admin")
+def list_users():
+    """Every user (role, disabled, last sign-in) and the add form."""
+    return _page()
+
+
+@bp.post("/users")
+@role_required("admin")
+def add():
+    """Form fields ``username``, ``role``, ``password``."""
+    form = {k: request.form.get(k, "")[:300] for k in ("username", "role")}
+    password = request.form.get("password", "")[:1024]
+    try:
+        _service().add(form["username"].strip(), form["role"], password, actor=actor())
+    except VvgError as exc:
+        return _page(form=form, error=exc.message, status=exc.status_code)
+    return _done(f"Added {form['username'].strip()} as {form['role']}.")
+
+
+@bp.post("/users/<username>/role")
+@role_required("admin")
+def change_role(username: str):
+    name = _name(username)
+    try:
+        out = _service().set_role(name, request.form.get("role", "")[:20], actor=actor())
+    except VvgError as exc:
+        return _refused(f"Role of {name} not changed", exc)
+    return _done(f"{name} is now {out['role']}; their sessions have ended.")
+
+
+@bp.post("/users/<username>/password")
+@role_required("admin")
+def reset_password(username: str):
+    name = _name(username)
+    try:
+        _service().passwd(name, request.form.get("password", "")[:1024], actor=actor())
+    except VvgError as exc:
+        return _refused(f"Password of {name} not reset", exc)
+    return _done(f"New password set for {name}; their sessions have ended.")
+
+
+@bp.post("/users/<username>/disable")
+@role_required("admin")
+def disable(username: str):
+    name = _name(username)
+    if not request.form.get("confirm"):
+        flash(f"Not disabled: tick the box next to Disable to confirm disabling {name}.", "error")
+        return redirect(url_for("users.list_users"))
+    try:
+        _service().disable(name, actor=actor())
+    except VvgError as exc:
+        return _refused(f"{name} not disabled", exc)
+    return _done(f"Disabled {name}: they cannot sign in and their sessions have ended.")
+
+
+@bp.post("/users/<username>/remove")
+@role_required("admin")
+def remove(username: str):
+    name = _name(username)
+    if not request.form.get("confirm"):
+        flash(f"Not removed: tick the box next to Remove to confirm removing {name}.", "error")
+        return redirect(url_for("users.list_users"))
+    try:
+        _service().remove(name, actor=actor())
+    except VvgError as exc:
+        return _refused(f"{name} not removed", exc)
+    return _done(f"Removed {name}; their sessions have ended.")
