@@ -22,7 +22,7 @@ from vvolguard.adapters.models import LimitItem, connection
 from vvolguard.adapters.tx import Tx
 from vvolguard.settings import Settings
 
-CAS_TRIES = 12
+CAS_TRIES = 25
 
 
 def _digest(*parts: str) -> str:
@@ -82,7 +82,8 @@ class LoginLimiter:
             waits = []
             for item, free in ((pair, self.free_pair), (ad, self.free_addr)):
                 n, last = self._live(item, t)
-                waits.append(last + self.wait_s(n, free) - t if n else 0.0)
+                w = self.wait_s(n, free)
+                waits.append(last + w - t if w > 0 else 0.0)
             name_count = int(name.count) if name is not None and name.expires_at > t else 0
             if name_count >= self.name_ceiling:
                 waits.append((int(t // self.name_window_s) + 1) * self.name_window_s - t)
@@ -92,9 +93,8 @@ class LoginLimiter:
             window_end = (int(t // self.name_window_s) + 1) * self.name_window_s
             try:
                 with Tx(connection=connection(self.settings)) as tx:
-                    for key, item in ((res.user_key, pair), (res.addr_key, ad)):
-                        n, _ = self._live(item, t)
-                        self._cas(tx, key, item, n + 1, t, t + self.forget_s + self.wait_s(n + 1, 0))
+                    for key, item, free in ((res.user_key, pair, self.free_pair), (res.addr_key, ad, self.free_addr)):
+                        self._count(tx, key, item, free, t)
                     tx.update(LimitItem(res.name_key),
                               actions=[LimitItem.count.add(1), LimitItem.expires_at.set(int(window_end) + 60)],
                               condition=LimitItem.count.does_not_exist() | (LimitItem.count < self.name_ceiling))
@@ -136,14 +136,22 @@ class LoginLimiter:
             return 0, 0.0
         return int(item.count), float(item.last_at)
 
-    @staticmethod
-    def _cas(tx: Tx, key: str, item: LimitItem | None, count: int, now: float, expires: float) -> None:
-        actions = [LimitItem.count.set(count), LimitItem.last_at.set(now), LimitItem.expires_at.set(int(expires))]
+    def _count(self, tx: Tx, key: str, item: LimitItem | None, free: int, now: float) -> None:
+        """Add this attempt to a row of failures. Below ``free`` it is a plain atomic increment conditioned
+        on the count still being below ``free`` (concurrent attempts do not collide); past it, the wait was
+        checked on the item as read, so the write is conditioned on that version (compare-and-set)."""
+        n, _ = self._live(item, now)
+        expires = int(now + self.forget_s + self.wait_s(n + 1, 0))
+        stamp = [LimitItem.last_at.set(now), LimitItem.expires_at.set(expires)]
         if item is None:
-            tx.update(LimitItem(key), actions=actions + [LimitItem.v.set(1)], condition=LimitItem.v.does_not_exist())
-        else:
-            tx.update(LimitItem(key), actions=actions + [LimitItem.v.set(int(item.v) + 1)],
+            tx.update(LimitItem(key), actions=stamp + [LimitItem.count.set(1), LimitItem.v.set(1)],
+                      condition=LimitItem.v.does_not_exist())
+        elif n == 0 or n >= free:  # expired (start a new row) or past the free failures: compare-and-set
+            tx.update(LimitItem(key), actions=stamp + [LimitItem.count.set(n + 1), LimitItem.v.set(int(item.v) + 1)],
                       condition=LimitItem.v == int(item.v))
+        else:
+            tx.update(LimitItem(key), actions=stamp + [LimitItem.count.add(1), LimitItem.v.add(1)],
+                      condition=(LimitItem.count < free) & (LimitItem.expires_at > int(now)))
 
 
 @dataclass(frozen=True)
