@@ -45,3 +45,44 @@ def test_path_patterns__match_parameters_and_greedy_proxies():
     assert _compile("/v1/volumes/{volume_id}").match("/v1/volumes/vvol-1").groupdict() == {"volume_id": "vvol-1"}
     assert _compile("/v1/volumes/{volume_id}").match("/v1/volumes/a/b") is None
     assert _compile("/{proxy+}").match("/a/b/c").groupdict() == {"proxy": "a/b/c"}
+
+
+def test_build_event__the_configured_address_replaces_the_clients_host():
+    ev = build_event("GET", "/policies", [("Host", "evil.example"), ("X-Forwarded-Host", "evil.example")], b"",
+                     ROUTE, {}, "127.0.0.1", host="127.0.0.1:3000")
+    assert ev["headers"]["host"] == "127.0.0.1:3000" and "x-forwarded-host" not in ev["headers"]
+    assert ev["requestContext"]["domainName"] == "127.0.0.1:3000"
+
+
+def test_gateway__a_redirect_never_points_at_the_host_header(aws, monkeypatch):
+    """A request with a hostile Host header gets redirects to the gateway's own address, over real HTTP."""
+    import http.client
+    import threading
+
+    from dashboard import lambda_handler
+    from infra.gateway import Gateway
+
+    monkeypatch.setenv("VVG_DASHBOARD_SECRET_KEY", "k" * 32)
+    lambda_handler.reset()
+    gw = Gateway(("127.0.0.1", 0))
+    port = gw.server_address[1]
+    seen: list[str] = []
+    for b in gw.routes:  # what every handler is told about the host
+        b.func = (lambda f: lambda ev, ctx: (seen.append(ev["headers"].get("host", "")), f(ev, ctx))[1])(b.func)
+    threading.Thread(target=gw.serve_forever, daemon=True).start()
+    try:
+        for path in ("/static//style.css", "/policies", "/v1/health"):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("GET", path, headers={"Host": "evil.example", "X-Forwarded-Host": "evil.example"})
+            r = conn.getresponse()
+            r.read()
+            location = r.getheader("Location") or ""
+            assert r.status in (200, 302, 308, 404) and "evil.example" not in location, (path, r.status, location)
+            if location.startswith("http"):
+                assert location.startswith(f"http://127.0.0.1:{port}/"), location
+            conn.close()
+        assert seen == [f"127.0.0.1:{port}"] * 3
+    finally:
+        gw.shutdown()
+        gw.server_close()
+        lambda_handler.reset()
