@@ -119,6 +119,21 @@ def build_event(method: str, raw_path: str, headers: list[tuple[str, str]], body
     return event
 
 
+def fixed_host(app: Callable[..., Any], host: str) -> Callable[..., Any]:
+    """Wrap a WSGI app (the local dashboard server) so it sees ``host``, the configured address, never the
+    client's Host or X-Forwarded-Host header: nothing it builds from the host (an absolute redirect) can
+    point elsewhere, as behind API Gateway, which answers only for its own domain name."""
+    name, _, port = host.rpartition(":")
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        environ["HTTP_HOST"] = host
+        environ.pop("HTTP_X_FORWARDED_HOST", None)
+        environ["SERVER_NAME"], environ["SERVER_PORT"] = name or host, port or environ.get("SERVER_PORT", "80")
+        return app(environ, start_response)
+
+    return wrapped
+
+
 def to_http(result: Any) -> tuple[int, dict[str, str], list[str], bytes]:
     """A handler's return value as API Gateway would send it (payload 2.0 response rules)."""
     if not (isinstance(result, dict) and "statusCode" in result):

@@ -116,10 +116,12 @@ class LocalStack:
         from werkzeug.serving import make_server
 
         from dashboard import create_app
-        from infra.gateway import Gateway
+        from infra.gateway import Gateway, fixed_host
 
         gateway = Gateway((HOST, self.api_port))
-        dash = make_server(HOST, self.dashboard_port, create_app(), threaded=True)
+        # both answer with their configured address, never the client's Host header
+        dash = make_server(HOST, self.dashboard_port, fixed_host(create_app(), f"{HOST}:{self.dashboard_port}"),
+                           threaded=True)
         for srv in (gateway, dash):
             t = threading.Thread(target=srv.serve_forever, name=type(srv).__name__, daemon=True)
             t.start()
