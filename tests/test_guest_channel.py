@@ -265,3 +265,25 @@ def test_agent_refuses_bad_command_lines_and_open_key_files(env, tmp_path):
         assert p.returncode == 2 and "vvg-agent: error" in p.stderr, (argv, p.stderr)
         assert "PRIVATE" not in p.stderr
     assert env.key_file.read_bytes().startswith(b"-----BEGIN OPENSSH PRIVATE KEY")
+
+
+def test_quarantine_from_the_cli_detaches_refuses_the_guest_and_release_restores(env):
+    stack = env.stack
+    r = env.guest("vm-ga", "attach", "gvol-1", "--password-stdin", stdin=PW_A + "\n")
+    assert r.returncode == 0 and "gvol-1" in env.attached(), r.stdout
+    r = stack.vvg("vm", "quarantine", "vm-ga", "--reason", "guest compromised")
+    assert r.code == 0 and r.json()["detached"] == 1, r
+    assert "gvol-1" not in env.attached()
+    r = env.guest("vm-ga", "attach", "gvol-1", "--password-stdin", stdin=PW_A + "\n")
+    assert r.returncode == 0 and json.loads(r.stdout)["decisions"][0]["reason"] == "quarantined", r.stdout
+    assert "gvol-1" not in env.attached()
+    r = env.guest("vm-ga", "detach", "gvol-1")  # detaches are never refused
+    assert r.returncode == 0 and json.loads(r.stdout)["decisions"][0]["action"] == "detach", r.stdout
+    r = stack.vvg("vm", "release", "vm-ga")
+    assert r.code == 0, r
+    r = env.guest("vm-ga", "attach", "gvol-1", "--password-stdin", stdin=PW_A + "\n")
+    assert r.returncode == 0 and json.loads(r.stdout)["decisions"][0]["outcome"] == "done", r.stdout
+    assert env.guest("vm-ga", "detach", "gvol-1").returncode == 0
+    assert "gvol-1" not in env.attached()
+    recs = [json.loads(x) for x in stack.vvg("audit", "list", "--vm", "vm-ga", "--limit", "20").out.splitlines()]
+    assert {"vm_quarantine", "vm_release"} <= {x["action"] for x in recs}
