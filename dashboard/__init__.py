@@ -38,9 +38,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     configure(app.config["VVG_SETTINGS"])
     csrf.init_app(app)
 
-    from dashboard import attachments, audit, auth, health, hosts, policies, simulate
+    from dashboard import attachments, audit, auth, health, hosts, policies, simulate, vms
 
-    for area in (health, auth, policies, simulate, attachments, audit, hosts):
+    for area in (health, auth, policies, simulate, attachments, audit, hosts, vms):
         app.register_blueprint(area.bp)
     app.add_url_rule("/", endpoint="index", view_func=policies.index)
     app.context_processor(lambda: {"can": auth.can})
