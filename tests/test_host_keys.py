@@ -324,3 +324,10 @@ def test_nothing_stored_lets_anyone_sign_as_a_key_host(keyhost):
     assert not any(n in dump for n in needles)
     host = ddb.get_item(TableName=s.hosts_table, Key={"host_id": {"S": "key-1"}})["Item"]
     assert "secret_enc" not in host and set(host) >= {"public_key", "fingerprint", "auth"}
+
+
+def test_signature_pattern__the_auth_copy_matches_the_domain_one():
+    from vvolguard.services import auth
+
+    assert auth.ED25519_SIG_RE.pattern == hostkeys.ED25519_SIG_RE.pattern
+    assert auth.ED25519_SIG_RE.match(hostkeys.sign_ed25519(new_key(), 1764220500, b"{}"))

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import re
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 MAX_KEY_FILE = 16 * 1024
@@ -78,14 +77,20 @@ def openssh_line(key: Ed25519PublicKey) -> str:
 def fingerprint(key: Ed25519PublicKey) -> str:
     """``SHA256:…`` exactly as ``ssh-keygen -lf`` prints it (unpadded base64 of the SHA-256 of the key blob)."""
     blob = base64.b64decode(openssh_line(key).split()[1])
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode("ascii").rstrip("=")
+    return "SHA256:" + base64.b64encode(_sha256(blob)).decode("ascii").rstrip("=")
+
+
+def _sha256(data: bytes) -> bytes:
+    h = hashes.Hash(hashes.SHA256())
+    h.update(data)
+    return h.finalize()
 
 
 def binding(fp: str, mac: str, serial: str, hardware: str) -> str:
     """SHA-256 over the key's fingerprint and the hardware credentials given with it at enrolment: which
     machine a key belongs to (recorded with the key and in the audit chain)."""
     material = "\x1f".join(("vvg-host-binding-v1", fp, mac, serial, hardware)).encode("utf-8")
-    return hashlib.sha256(material).hexdigest()
+    return _sha256(material).hex()
 
 
 def load_private_key(data: bytes | str, password: bytes | None = None) -> Ed25519PrivateKey:
