@@ -331,3 +331,28 @@ def test_signature_pattern__the_auth_copy_matches_the_domain_one():
 
     assert auth.ED25519_SIG_RE.pattern == hostkeys.ED25519_SIG_RE.pattern
     assert auth.ED25519_SIG_RE.match(hostkeys.sign_ed25519(new_key(), 1764220500, b"{}"))
+
+
+def test_key_host__a_warm_preboot_costs_three_dynamodb_round_trips_and_no_kms(keyhost):
+    """The public key comes from the cached host item and is re-checked in the claim: no extra round trip."""
+    from collections import Counter
+
+    from vvolguard.adapters import aws
+
+    webhook, key = keyhost
+    assert send_key(webhook, key, "vm.preboot")[0] == 200  # cold: creates the volumes, caches the host
+    assert send_key(webhook, key, "vm.shutdown")[0] == 200
+    seen: Counter = Counter()
+
+    def count(model, **_):
+        seen[(model.service_model.service_name, model.name)] += 1
+
+    aws.add_hook("before-call", count)
+    try:
+        status, body = send_key(webhook, key, "vm.preboot")
+    finally:
+        aws.remove_hook("before-call", count)
+    assert status == 200 and body["decisions"][0]["outcome"] == "done", body
+    ddb = {op: n for (svc, op), n in seen.items() if svc == "dynamodb"}
+    assert sum(ddb.values()) == 3 and ddb == {"Query": 1, "TransactWriteItems": 2}, seen
+    assert not [op for (svc, op) in seen if svc == "kms"]
