@@ -287,3 +287,29 @@ def test_quarantine_from_the_cli_detaches_refuses_the_guest_and_release_restores
     assert "gvol-1" not in env.attached()
     recs = [json.loads(x) for x in stack.vvg("audit", "list", "--vm", "vm-ga", "--limit", "20").out.splitlines()]
     assert {"vm_quarantine", "vm_release"} <= {x["action"] for x in recs}
+
+
+def test_a_secret_host_agent_signs_with_its_secret_file(env, tmp_path):
+    r = env.stack.vvg("host", "enroll", "agent-s", "--mac", "02:00:00:00:0a:02", "--serial", "SN-AGENT-S")
+    assert r.code == 0, r
+    secret = r.json()["secret"]
+    sf = tmp_path / "host.secret"
+    sf.write_text(secret + "\n")
+    sf.chmod(0o644)
+    p = subprocess.run([sys.executable, str(AGENT), "--url", env.stack.api_url, "--host", "agent-s", "--secret-file",
+                        str(sf), "--socket", f"vm-none={tmp_path}/n.sock"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "chmod 600" in p.stderr and secret not in p.stderr
+    sf.chmod(0o600)
+    sock = str(tmp_path / "n.sock")
+    argv = [sys.executable, str(AGENT), "--url", env.stack.api_url, "--host", "agent-s", "--secret-file", str(sf),
+            "--socket", f"vm-none={sock}"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(sock) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (answer,) = env.raw("vm-none", b'{"type": "app.started", "app": "A1"}\n', path=sock)
+        assert answer.get("decisions") == [], answer  # accepted (a VM with no policy: nothing to do)
+    finally:
+        log = stop(proc)
+    assert secret not in log
