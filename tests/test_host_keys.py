@@ -154,24 +154,23 @@ def test_enroll__stores_only_the_public_key_and_answers_its_fingerprint(aws, vvg
     assert rec.detail["fingerprint"] == out["fingerprint"] and rec.detail["binding"] == item.key_binding
 
 
-@pytest.mark.parametrize("data, mode, message", [
-    (b"not a key", 0o644, "PEM"),
-    (None, 0o644, "private key"),
-    (b"x" * 17000, 0o644, "over"),
-])
-def test_enroll__a_bad_key_file_is_refused_and_enrolls_nothing(aws, vvg, tmp_path, data, mode, message):
+def test_enroll__a_bad_key_file_is_refused_and_enrolls_nothing(aws, vvg, tmp_path):
     from vvolguard.adapters.audit import AuditLog
     from vvolguard.adapters.models import HostItem
 
     key = new_key()
-    path = write(tmp_path, "bad", priv_pem(key) if data is None else data, mode)
-    r = vvg("host", "enroll", "key-1", "--mac", "02:00:00:00:07:01", "--serial", "SN-K1", "--public-key", path)
-    assert r.code != 0 and message in r.err and r.out == "", r
-    assert "PRIVATE" not in r.err
-    assert list(HostItem.scan()) == [] and list(AuditLog(aws).list(limit=5)) == []
+    for data, message in ((b"not a key", "PEM"), (priv_pem(key), "private key"), (b"x" * 17000, "over")):
+        path = write(tmp_path, "bad", data, 0o644)
+        r = vvg("host", "enroll", "key-1", "--mac", "02:00:00:00:07:01", "--serial", "SN-K1", "--public-key", path)
+        assert r.code != 0 and message in r.err and r.out == "", r
+        assert "PRIVATE" not in r.err
     r = vvg("host", "enroll", "key-1", "--mac", "02:00:00:00:07:01", "--serial", "SN-K1", "--public-key",
             str(tmp_path / "missing"))
-    assert r.code != 0 and "cannot read" in r.err and list(HostItem.scan()) == []
+    assert r.code != 0 and "cannot read" in r.err
+    r = vvg("host", "enroll", "key-1", "--mac", "not-a-mac", "--serial", "SN-K1", "--public-key",
+            write(tmp_path, "ok.pub", pub_ssh(key)))
+    assert r.code != 0 and "--mac" in r.err
+    assert list(HostItem.scan()) == [] and list(AuditLog(aws).list(limit=5)) == []
 
 
 def test_list__json_lines_with_auth_status_and_last_seen(keyhost, vvg):
