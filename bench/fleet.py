@@ -3,7 +3,8 @@
 Prints events/s, p50/p99 latency, DynamoDB and provider calls per event (counted with botocore's
 before-call hooks), and the floor: the bare boto3 round trips a warm single-volume preboot cannot avoid
 (Query, two TransactWriteItems, DescribeVolumes, AttachVolume) against the same server, measured
-alternately with the event path in the same run. Also p50 with 100 vs 100,000 policies in the table.
+alternately with the event path in the same run, for shared-secret (HMAC) hosts and for Ed25519 key
+hosts (docs/host-keys.md) side by side. Also p50 with 100 vs 100,000 policies in the table.
 The last line is one JSON object.
 
     make bench                      # defaults: 1,000 VMs, 16 hosts
@@ -104,6 +105,17 @@ class Fleet:
         for i in range(self.args.hosts):
             hid = f"host-{i:02d}"
             self.secrets[hid] = hosts.enroll(hid, f"02:00:00:00:{i // 256:02x}:{i % 256:02x}", f"SN-{i}")["secret"]
+        # Ed25519 key hosts (docs/host-keys.md): the server holds only their public keys.
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        self.keys = {}
+        for i in range(self.args.key_hosts):
+            hid = f"key-{i:02d}"
+            key = Ed25519PrivateKey.generate()
+            pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+            hosts.enroll(hid, f"02:00:00:01:{i // 256:02x}:{i % 256:02x}", f"SNK-{i}", public_key=pub)
+            self.keys[hid] = key
         self.counts = Counts()
         aws.add_hook("before-call", self.counts.hook)
 
@@ -148,15 +160,43 @@ class Fleet:
                                       host_id=host, storage_array="S1", policy_version=1, updated_at=now,
                                       updated_by="cli", max_attach_seconds=900, **p))
 
+    def add_key_vms(self, n: int) -> list[tuple[str, str]]:
+        """n VMs of the key hosts, each with one preboot/postboot volume, warmed once (created, attached,
+        detached); returns (vm, host) pairs."""
+        from vvolguard.adapters import aws
+        from vvolguard.adapters.models import PolicyItem
+
+        ec2 = aws.client("ec2", self.settings.region)
+        now = datetime.now(timezone.utc)
+        pairs = [(f"kvm-{i:05d}", f"key-{i % self.args.key_hosts:02d}") for i in range(n)]
+        for vm, host in pairs:
+            ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType="t3.micro",
+                              Placement={"AvailabilityZone": "us-east-1a"},
+                              TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "vvg:vm-id", "Value": vm}]}])
+            PolicyItem(pk=f"VM#{vm}", sk=f"POLICY#vvol-{vm}", volume_id=f"vvol-{vm}", vm_id=vm, host_id=host,
+                       storage_array="S1", policy_version=1, updated_at=now, updated_by="cli", max_attach_seconds=900,
+                       **PATTERNS[0]).save()
+        for vm, host in pairs:
+            self.send("vm.preboot", vm, host, f"kwarm-{vm}")
+            self.send("vm.booted", vm, host, f"kwarm-{vm}-b")
+        return pairs
+
     # ---- the event path
-    def send(self, type_: str, vm: str, host: str, event_id: str) -> tuple[float, Counter, dict]:
+    def _sign(self, host: str, t: int, raw: bytes) -> str:
+        from vvolguard.domain.hostkeys import sign_ed25519
         from vvolguard.domain.secrets import sign
+
+        if host in self.keys:
+            return sign_ed25519(self.keys[host], t, raw)
+        return sign(self.secrets[host], t, raw)
+
+    def send(self, type_: str, vm: str, host: str, event_id: str) -> tuple[float, Counter, dict]:
         from vvolguard.handlers import events
 
         raw = json.dumps({"event_id": event_id, "type": type_, "vm_id": vm}).encode()
         ev = {"version": "2.0", "routeKey": "POST /v1/events", "rawPath": "/v1/events", "isBase64Encoded": False,
               "headers": {"content-type": "application/json", "x-vvg-host": host,
-                          "x-vvg-signature": sign(self.secrets[host], int(time.time()), raw)},
+                          "x-vvg-signature": self._sign(host, int(time.time()), raw)},
               "body": raw.decode(), "requestContext": {"http": {"method": "POST", "path": "/v1/events"}}}
         self.counts.start()
         t0 = time.perf_counter()
@@ -166,7 +206,7 @@ class Fleet:
                 break
             self.retries += 1
             time.sleep(0.2)
-            ev["headers"]["x-vvg-signature"] = sign(self.secrets[host], int(time.time()), raw)
+            ev["headers"]["x-vvg-signature"] = self._sign(host, int(time.time()), raw)
             r = events.handler(ev, None)
         dt = time.perf_counter() - t0
         c = self.counts.stop()
@@ -250,15 +290,16 @@ class Fleet:
         self.raw_ec2.detach_volume(VolumeId=self.floor_vol, InstanceId=self.floor_inst)
         return dt
 
-    def warm(self, vms: list[int], pairs: int, with_floor: bool) -> dict:
-        """Warm single-volume preboots (volume exists, sessions cached), alternating with the floor."""
+    def warm(self, vms: list[int], pairs: int, with_floor: bool, pick=None) -> dict:
+        """Warm single-volume preboots (volume exists, sessions cached), alternating with the floor; ``pick(k)``
+        chooses the (vm, host) of the k-th instead (the key hosts' VMs)."""
         ev_lat, fl_lat = [], []
         calls = Counter()
         ddb_each: list[int] = []
         prov_each: list[int] = []
         singles = [i for i in vms if PATTERNS[i % len(PATTERNS)]["detach_on"] == "postboot"]
         for k in range(pairs):
-            vm, host = self.vm(singles[k % len(singles)])
+            vm, host = pick(k) if pick else self.vm(singles[k % len(singles)])
             dt, c, body = self.send("vm.preboot", vm, host, f"warm-{self.args.tag}-{k}")
             assert body["decisions"][0]["outcome"] == "done", body
             ev_lat.append(dt)
@@ -285,6 +326,8 @@ def main() -> int:
     ap.add_argument("--small", type=int, default=100)
     ap.add_argument("--big", type=int, default=100_000)
     ap.add_argument("--tag", default="a")
+    ap.add_argument("--key-hosts", dest="key_hosts", type=int, default=4, help="Ed25519 key hosts")
+    ap.add_argument("--key-vms", dest="key_vms", type=int, default=40, help="VMs of the key hosts")
     args = ap.parse_args()
     fleet = Fleet(args)
     t_start = time.perf_counter()
@@ -313,6 +356,14 @@ def main() -> int:
               f"(ratio {warm['floor_ratio']:.2f}); at most {warm['ddb_calls_per_event']} DynamoDB round trips and "
               f"{warm['provider_calls_per_event']} provider calls per event (mean {warm['ddb_calls_mean']:.2f} and "
               f"{warm['provider_calls_mean']:.2f})", flush=True)
+        # 3b. The same for Ed25519 key hosts, alternating with the same floor.
+        kv = fleet.add_key_vms(args.key_vms)
+        args.tag = "warm-ed25519"
+        warm_ed = fleet.warm([], args.pairs, with_floor=True, pick=lambda k: kv[k % len(kv)])
+        print(f"[warm preboot, Ed25519 host]  p50 {warm_ed['p50_ms']:.1f} ms vs floor {warm_ed['floor_p50_ms']:.1f} ms "
+              f"(ratio {warm_ed['floor_ratio']:.2f}, HMAC host {warm['floor_ratio']:.2f}); at most "
+              f"{warm_ed['ddb_calls_per_event']} DynamoDB round trips and {warm_ed['provider_calls_per_event']} "
+              f"provider calls per event", flush=True)
         # 4. 100,000 policies: fill the table, measure again. moto's Query walks the whole table, so the
         #    floor's Query slows down too; the event path's ratio to that floor is what shows no scan.
         fleet.load_policies(0, max(0, args.big - args.vms), prefix="filler")
@@ -332,6 +383,8 @@ def main() -> int:
         "p99_ms": round(storm["p99_ms"], 2), "ddb_calls_per_event": round(warm["ddb_calls_per_event"], 2),
         "provider_calls_per_event": round(warm["provider_calls_per_event"], 2),
         "floor_ratio": round(warm["floor_ratio"], 3), "warm_p50_ms": round(warm["p50_ms"], 2),
+        "floor_ratio_ed25519": round(warm_ed["floor_ratio"], 3), "warm_p50_ms_ed25519": round(warm_ed["p50_ms"], 2),
+        "ddb_calls_per_event_ed25519": round(warm_ed["ddb_calls_per_event"], 2),
         "floor_p50_ms": round(warm["floor_p50_ms"], 2), "storm_ddb_calls_per_event": round(storm["ddb_calls_per_event"], 2),
         "storm_provider_calls_per_event": round(storm["provider_calls_per_event"], 2),
         f"p50_ms_{args.small}_policies": round(small["p50_ms"], 2), f"p50_ms_{args.big}_policies": round(big["p50_ms"], 2),

@@ -1,5 +1,6 @@
-"""/hosts (admin): enroll a host (its secret is shown once, on that response only), rotate, revoke; when
-each host was last seen."""
+"""/hosts (admin): enroll a host (its secret is shown once, on that response only) or a key host by its
+pasted Ed25519 public key (docs/host-keys.md), rotate, revoke; when each host was last seen, and for a key
+host its fingerprint and the hardware it was enrolled with."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -9,7 +10,9 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from dashboard.auth import actor, role_required
 from vvolguard.domain.policy import ID_RE
 from vvolguard.errors import VvgError
-from vvolguard.services.hosts import HostService
+from vvolguard.services.hosts import HostService, auth_of
+
+MAX_PASTED_KEY = 16 * 1024
 
 bp = Blueprint("hosts", __name__)
 
@@ -21,7 +24,14 @@ def _service() -> HostService:
 def _page(form=None, error=None, status=200):
     now = datetime.now(timezone.utc)
     hosts = _service().list()
-    return render_template("hosts/list.html", hosts=hosts, form=form or {}, error=error, now=now), status
+    return render_template("hosts/list.html", hosts=hosts, form=form or {}, error=error, now=now,
+                           auth_of=auth_of), status
+
+
+def _pasted_key(text: str) -> str | None:
+    """The pasted public key, or None when the field was left empty (a secret host)."""
+    text = (text or "").strip()
+    return text or None
 
 
 @bp.get("/hosts")
@@ -36,11 +46,16 @@ def list_hosts():
 def enroll():
     """Enroll; the answer page shows the secret this once (never stored in clear, never flashed)."""
     form = {k: request.form.get(k, "")[:300] for k in ("host_id", "mac", "serial", "hardware")}
+    key = _pasted_key(request.form.get("public_key", "")[:MAX_PASTED_KEY + 1])
     try:
         out = _service().enroll(form["host_id"].strip(), form["mac"].strip(), form["serial"].strip(),
-                                form["hardware"].strip(), actor=actor())
+                                form["hardware"].strip(), actor=actor(), public_key=key)
     except VvgError as exc:
+        form["public_key"] = key if key and "PRIVATE" not in key and len(key) <= 2048 else ""
         return _page(form=form, error=exc.message.replace("--", ""), status=exc.status_code)
+    if key is not None:
+        return render_template("hosts/key.html", host_id=out["host_id"], fingerprint=out["fingerprint"],
+                               what="enrolled")
     return render_template("hosts/secret.html", host_id=out["host_id"], secret=out["secret"], what="enrolled")
 
 
@@ -50,11 +65,14 @@ def rotate(host_id: str):
     """A new secret, shown once; the old one stops working at once."""
     if not ID_RE.match(host_id):
         abort(404)
+    key = _pasted_key(request.form.get("public_key", "")[:MAX_PASTED_KEY + 1])
     try:
-        out = _service().rotate(host_id, actor=actor())
+        out = _service().rotate(host_id, actor=actor(), public_key=key)
     except VvgError as exc:
-        flash(f"Not rotated: {exc.message}", "error")
+        flash(f"Not rotated: {exc.message.replace('--public-key FILE', 'a new public key').replace('--', '')}", "error")
         return redirect(url_for("hosts.list_hosts"))
+    if key is not None:
+        return render_template("hosts/key.html", host_id=host_id, fingerprint=out["fingerprint"], what="rotated")
     return render_template("hosts/secret.html", host_id=host_id, secret=out["secret"], what="rotated")
 
 

@@ -286,7 +286,10 @@ def build() -> dict[str, Any]:
                 "Signature": {"type": "apiKey", "in": "header", "name": "X-VVG-Signature",
                               "description": (
                                   "`t=UNIX_SECONDS,v1=HEX`, where HEX is the lower-case hex "
-                                  "HMAC-SHA256(host secret, `\"{t}.\"` + the raw body bytes). A timestamp more than "
+                                  "HMAC-SHA256(host secret, `\"{t}.\"` + the raw body bytes); from a host enrolled "
+                                  "with a public key, `t=UNIX_SECONDS,ed25519=BASE64`, the standard base64 (with "
+                                  "padding) of its Ed25519 signature over the same bytes (docs/host-keys.md). Each "
+                                  "host uses only its own scheme. A timestamp more than "
                                   "300 s from the server's clock is refused (`stale_signature`).")},
             },
             "schemas": schemas,

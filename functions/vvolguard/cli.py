@@ -57,13 +57,60 @@ def _services():
 def cmd_host(args: argparse.Namespace) -> int:
     from vvolguard.services.hosts import HostService
 
+    key = _read_key_file(args.public_key, "--public-key") if getattr(args, "public_key", None) else None
+    if key is not None:
+        from vvolguard.services.hosts import parse_key
+
+        parse_key(key)  # refuse a bad key before touching AWS
     hosts = HostService(_services())
     if args.action == "enroll":
-        _out(hosts.enroll(args.host_id, args.mac, args.serial, args.hardware or ""))
+        _out(hosts.enroll(args.host_id, args.mac, args.serial, args.hardware or "", public_key=key))
     elif args.action == "rotate":
-        _out(hosts.rotate(args.host_id))
+        _out(hosts.rotate(args.host_id, public_key=key))
+    elif args.action == "list":
+        for row in hosts.rows():
+            _out(row)
     else:
         _out(hosts.revoke(args.host_id))
+    return 0
+
+
+MAX_KEY_FILE = 16 * 1024
+
+
+def _read_key_file(name: str, option: str, private: bool = False) -> bytes:
+    """A key file (docs/host-keys.md), bounded; a private key readable by others is refused, as ssh does."""
+    import os
+    import stat
+
+    try:
+        with open(name, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise CliError(f"{option}: {name} is not a regular file")
+            if private and st.st_mode & 0o077:
+                raise CliError(f"{option}: {name} must be readable by its owner only (chmod 600)")
+            data = fh.read(MAX_KEY_FILE + 1)
+    except OSError as exc:
+        raise CliError(f"{option}: cannot read {name}: {exc.strerror}") from None
+    if len(data) > MAX_KEY_FILE:
+        raise CliError(f"{option}: {name} is over {MAX_KEY_FILE} bytes; not a key file")
+    return data
+
+
+def cmd_vm(args: argparse.Namespace) -> int:
+    """Break-glass (docs/break-glass.md): quarantine / release a VM."""
+    from vvolguard.services.quarantine import QuarantineService, validate_reason, validate_vm
+
+    validate_vm(args.vm_id)
+    if args.action == "quarantine":
+        validate_reason(args.reason)
+    settings = _services()
+    service = QuarantineService(settings, provider=_provider(settings))
+    if args.action == "quarantine":
+        _out(service.quarantine(args.vm_id, args.reason, actor="cli"))
+    else:
+        _out(service.release(args.vm_id, actor="cli"))
     return 0
 
 
@@ -196,8 +243,19 @@ def cmd_event(args: argparse.Namespace) -> int:
     from vvolguard.domain.secrets import sign
 
     secret = args.secret or os.environ.get("VVG_HOST_SECRET")
+    if args.key:
+        from vvolguard.domain import hostkeys
+
+        if args.secret:
+            raise CliError("event send: give --key or --secret, not both", 2)
+        try:
+            private = hostkeys.load_private_key(_read_key_file(args.key, "--key", private=True))
+        except hostkeys.HostKeyError as exc:
+            raise CliError(f"event send: --key: {exc}", 2) from None
+        sign = lambda _secret, t, raw: hostkeys.sign_ed25519(private, t, raw)  # noqa: E731
+        secret = "(key)"
     if not secret:
-        raise CliError("event send: the host secret is needed: --secret or VVG_HOST_SECRET", 2)
+        raise CliError("event send: the host secret is needed: --secret or VVG_HOST_SECRET (or --key FILE)", 2)
     body: dict[str, Any] = {"event_id": args.event_id or f"cli-{uuid.uuid4()}", "type": args.type, "vm_id": args.vm}
     for key in ("app", "volume", "destination_host", "source_host"):
         value = getattr(args, key)
@@ -267,7 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--mac", required=True)
     e.add_argument("--serial", required=True)
     e.add_argument("--hardware", default="")
-    hs.add_parser("rotate", help="give a host a new secret").add_argument("host_id")
+    e.add_argument("--public-key", dest="public_key", help="an Ed25519 public key file (PEM or ssh-ed25519 line): "
+                   "the host signs with its key and gets no secret (docs/host-keys.md)")
+    ro = hs.add_parser("rotate", help="give a host a new secret (or a key host a new public key)")
+    ro.add_argument("host_id")
+    ro.add_argument("--public-key", dest="public_key", help="a key host's new Ed25519 public key file")
+    hs.add_parser("list", help="every host as JSON lines")
     hs.add_parser("revoke", help="refuse a host from now on").add_argument("host_id")
     host.set_defaults(func=cmd_host)
 
@@ -295,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     snd.add_argument("--vm", required=True)
     snd.add_argument("--host", required=True)
     snd.add_argument("--secret", help="the host secret (or VVG_HOST_SECRET)")
+    snd.add_argument("--key", help="sign as a key host: its Ed25519 private key file (PKCS#8 PEM or OpenSSH, mode 0600)")
     snd.add_argument("--url", default="http://127.0.0.1:3000", help="the API's base URL")
     snd.add_argument("--app")
     snd.add_argument("--volume")
@@ -305,6 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
     snd.add_argument("--occurred-at", dest="occurred_at", help="RFC 3339 time of the event at the host")
     snd.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     evt.set_defaults(func=cmd_event)
+
+    vm = sub.add_parser("vm", help="break-glass: quarantine or release a VM")
+    vs = vm.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    q = vs.add_parser("quarantine", help="detach every volume of the VM now and refuse its attaches")
+    q.add_argument("vm_id")
+    q.add_argument("--reason", default="")
+    vs.add_parser("release", help="end a VM's quarantine").add_argument("vm_id")
+    vm.set_defaults(func=cmd_vm)
 
     rec = sub.add_parser("reconcile", help="run one pass of the reconciler now")
     rec.set_defaults(func=cmd_reconcile)

@@ -131,6 +131,19 @@ class GrantItem(StateItem, discriminator="grant"):
     expiry_at = UnicodeAttribute()
 
 
+QUARANTINE_SK = "QUARANTINE"
+
+
+class QuarantineItem(StateItem, discriminator="quarantine"):
+    """Break-glass (sk = ``QUARANTINE``): while it exists every attach for the VM is refused
+    (docs/break-glass.md); read with the VM's partition, checked in every claim that attaches."""
+
+    vm_id = UnicodeAttribute()
+    reason = UnicodeAttribute(null=True)
+    actor = UnicodeAttribute()
+    since = UTCDateTimeAttribute()
+
+
 class ChainHead(StateItem, discriminator="head"):
     """The head of one audit chain (sk = ``~AUDIT``): the last sequence number and its MAC."""
 
@@ -143,7 +156,8 @@ class ChainHead(StateItem, discriminator="head"):
 
 
 class HostItem(Model):
-    """An enrolled host: hashed hardware credentials and its webhook secret, encrypted with KMS."""
+    """An enrolled host: hashed hardware credentials and its webhook secret, encrypted with KMS; or, for a
+    key host (docs/host-keys.md), only its Ed25519 public key, bound to the hardware it was enrolled with."""
 
     class Meta(_Meta):
         pass
@@ -151,12 +165,22 @@ class HostItem(Model):
     host_id = UnicodeAttribute(hash_key=True)
     cred_salt = UnicodeAttribute()
     cred_hash = UnicodeAttribute()
-    secret_enc = UnicodeAttribute()
-    secret_version = NumberAttribute(default=1)
+    secret_enc = UnicodeAttribute(null=True)  # secret hosts only
+    secret_version = NumberAttribute(default=1)  # the credential's version: a rotated secret or key moves it
     status = UnicodeAttribute(default="active")
     enrolled_at = UTCDateTimeAttribute()
     updated_at = UTCDateTimeAttribute()
     last_seen_at = UTCDateTimeAttribute(null=True)
+    # key hosts: auth == "ed25519", the public key (base64 of its 32 bytes), its SHA256 fingerprint, and the
+    # hardware credentials given with it (not secrets: shown so an operator sees which machine a key is),
+    # bound to the key by key_binding (domain/hostkeys.binding). Absent auth means "hmac".
+    auth = UnicodeAttribute(null=True)
+    public_key = UnicodeAttribute(null=True)
+    fingerprint = UnicodeAttribute(null=True)
+    hw_mac = UnicodeAttribute(null=True)
+    hw_serial = UnicodeAttribute(null=True)
+    hw_text = UnicodeAttribute(null=True)
+    key_binding = UnicodeAttribute(null=True)
 
 
 class UserItem(Model):
@@ -317,6 +341,7 @@ def configure(settings: Settings) -> None:
     PolicyItem._connection = None
     ChainHead._connection = None
     GrantItem._connection = None
+    QuarantineItem._connection = None
     _connections.clear()
     track_model_clients()
 
@@ -343,5 +368,5 @@ def track_model_clients() -> None:
 
     for model in MODELS_BY_SETTING.values():
         track(model._get_connection().connection.client)
-    for model in (PolicyItem, ChainHead, GrantItem, LimitItem):
+    for model in (PolicyItem, ChainHead, GrantItem, LimitItem, QuarantineItem):
         track(model._get_connection().connection.client)

@@ -167,6 +167,12 @@ def decide(event: Event, volumes: list[VolumeView], now: datetime) -> list[Decis
     return out
 
 
+def refuse_attaches(decisions: list[Decision], reason: str = "quarantined") -> list[Decision]:
+    """A quarantined VM (docs/break-glass.md): every attach is denied; detaches and the rest stand."""
+    return [Decision(d.volume_id, "attach", "denied", reason, d.policy_version) if d.action == "attach" else d
+            for d in decisions]
+
+
 def _request_attach(v: VolumeView, event: Event, now: datetime, vols: list[VolumeView]) -> Decision:
     base = Decision(v.volume_id, "attach", "denied", "", v.policy_version)
     if v.attach_on != "request":

@@ -17,6 +17,10 @@ from vvolguard.settings import Settings
 TOLERANCE_S = 300
 CACHE_S = 300.0  # safe: the claiming transaction re-checks the host (active, same secret version)
 SIG_RE = re.compile(r"^t=(\d{1,12}),v1=([0-9a-f]{64})\Z")
+ED25519_PREFIX = "ed25519="
+# A key host's header (docs/host-keys.md): standard base64 of 64 bytes, with padding. The same pattern as
+# domain/hostkeys.ED25519_SIG_RE, repeated so that a secret host's request never imports cryptography.
+ED25519_SIG_RE = re.compile(r"^t=(\d{1,12}),ed25519=([A-Za-z0-9+/]{86}==)\Z")
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class AuthenticatedHost:
     host_id: str
     secret_version: int
     cred_hash: str
+    fingerprint: str | None = None  # a key host's (docs/host-keys.md); re-checked in the claim
 
 
 class HostAuthenticator:
@@ -34,7 +39,7 @@ class HostAuthenticator:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._cache: dict[str, tuple[HostItem, str, float]] = {}
+        self._cache: dict[str, tuple[HostItem, object, float]] = {}
         self._lock = threading.Lock()
 
     def _load(self, host_id: str, fresh: bool = False) -> tuple[HostItem, str] | None:
@@ -49,8 +54,7 @@ class HostAuthenticator:
             with self._lock:
                 self._cache.pop(host_id, None)
             return None
-        secret = aws.decrypt_secret(self.settings, host.secret_enc,
-                                    {"vvg:host-id": host.host_id, "vvg:secret-version": str(int(host.secret_version))})
+        secret = self._credential(host)
         with self._lock:
             if len(self._cache) > 10000:
                 self._cache.clear()
@@ -69,7 +73,11 @@ class HostAuthenticator:
             raise UnknownHost("the host is not enrolled")
         m = SIG_RE.match(sig_header.strip())
         if not m:
-            raise BadSignature("X-VVG-Signature must be t=UNIX_SECONDS,v1=64 lower-case hex digits")
+            k = ED25519_SIG_RE.match(sig_header.strip())
+            if k:  # a key host's signature (docs/host-keys.md); which scheme the host uses is checked later
+                return host_header, int(k.group(1)), ED25519_PREFIX + k.group(2)
+            raise BadSignature("X-VVG-Signature must be t=UNIX_SECONDS,v1=64 lower-case hex digits "
+                               "(or ed25519=BASE64 from a key host)")
         return host_header, int(m.group(1)), m.group(2)
 
     def authenticate(self, host_id: str, timestamp: int, signature: str, body: bytes,
@@ -95,7 +103,8 @@ class HostAuthenticator:
             host, secret = loaded
             if not self._matches(secret, timestamp, body, signature):
                 raise BadSignature("the signature does not match")
-        return AuthenticatedHost(host.host_id, int(host.secret_version), host.cred_hash)
+        return AuthenticatedHost(host.host_id, int(host.secret_version), host.cred_hash,
+                                 host.fingerprint if getattr(host, "auth", None) == "ed25519" else None)
 
     def recheck(self, host_id: str, timestamp: int, signature: str, body: bytes) -> AuthError | None:
         """Authenticate again from a fresh read: the 401 a cached host would have got, or None if it holds."""
@@ -106,7 +115,26 @@ class HostAuthenticator:
             return BadSignature("the signature does not match")
         return None
 
+    def _credential(self, host: HostItem):
+        """What verifies the host's signatures: its decrypted secret, or a key host's public key."""
+        if getattr(host, "auth", None) == "ed25519":
+            from vvolguard.domain import hostkeys
+
+            return hostkeys.public_from_raw(host.public_key)
+        return aws.decrypt_secret(self.settings, host.secret_enc,
+                                  {"vvg:host-id": host.host_id, "vvg:secret-version": str(int(host.secret_version))})
+
     @staticmethod
-    def _matches(secret: str, timestamp: int, body: bytes, signature: str) -> bool:
+    def _matches(secret, timestamp: int, body: bytes, signature: str) -> bool:
+        # Each host uses exactly its own scheme: v1= from a key host, or ed25519= from a secret host, fails.
+        if not isinstance(secret, str):  # a key host's Ed25519PublicKey
+            from vvolguard.domain import hostkeys
+
+            if not signature.startswith(ED25519_PREFIX):
+                return False
+            sig = hostkeys.decode_signature(signature[len(ED25519_PREFIX):])
+            return sig is not None and hostkeys.verify(secret, timestamp, body, sig)
+        if signature.startswith(ED25519_PREFIX):
+            return False
         want = hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode("ascii") + body, hashlib.sha256).hexdigest()
         return hmac.compare_digest(want, signature)

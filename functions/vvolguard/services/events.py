@@ -25,6 +25,8 @@ from vvolguard.adapters.models import (
     GrantItem,
     HostItem,
     PolicyItem,
+    QUARANTINE_SK,
+    QuarantineItem,
     StateItem,
     connection,
     expiry_key,
@@ -32,7 +34,7 @@ from vvolguard.adapters.models import (
 )
 from vvolguard.adapters.tx import Tx
 from vvolguard.adapters.provider import EbsProvider, HostIdentity, Instance, ProviderRefused, StorageProvider
-from vvolguard.domain.engine import BUSY_SECONDS, Decision, VolumeView, decide
+from vvolguard.domain.engine import BUSY_SECONDS, Decision, VolumeView, decide, refuse_attaches
 from vvolguard.domain.events import MAX_BODY, Event, parse_event
 from vvolguard.domain.policy import ID_RE
 from vvolguard.errors import (
@@ -80,6 +82,7 @@ class Partition:
     policies: dict[str, PolicyItem]
     head: tuple[int, str]
     grants: dict[str, GrantItem] = field(default_factory=dict)
+    quarantine: QuarantineItem | None = None
 
     def live_grants(self, now: datetime) -> dict[str, GrantItem]:
         return {h: g for h, g in self.grants.items() if g.expires_at > now}
@@ -159,6 +162,7 @@ class EventService:
         policies: dict[str, PolicyItem] = {}
         grants: dict[str, GrantItem] = {}
         head = (0, "")
+        quarantine = None
         for item in StateItem.query(f"VM#{vm_id}", consistent_read=True):
             if isinstance(item, PolicyItem):
                 policies[item.volume_id] = item
@@ -166,7 +170,9 @@ class EventService:
                 grants[item.destination_host] = item
             elif isinstance(item, ChainHead) and item.sk == HEAD_SK:
                 head = (int(item.head_seq), item.head_mac)
-        return Partition(policies, head, grants)
+            elif isinstance(item, QuarantineItem):
+                quarantine = item
+        return Partition(policies, head, grants, quarantine)
 
     # ---- the event path
 
@@ -190,6 +196,8 @@ class EventService:
                              for p in sorted(mine, key=lambda p: p.volume_id)]
             else:
                 decisions = decide(event, [view_of(p, grants) for p in mine], now)
+            if part.quarantine is not None:
+                decisions = refuse_attaches(decisions)
             pending = [d for d in decisions if d.needs_provider]
             if not pending:
                 answer = self._answer(event, decisions)
@@ -285,6 +293,8 @@ class EventService:
         """The host is still active with the same secret; at most once a minute also its last_seen_at
         (a write on every event would make one host's concurrent events conflict on its item)."""
         cond = (HostItem.status == "active") & (HostItem.secret_version == host.secret_version)
+        if host.fingerprint:  # a key host: the very key it was verified with
+            cond = cond & (HostItem.fingerprint == host.fingerprint)
         last = self._touched.get(host.host_id, 0.0)
         if time.monotonic() - last > TOUCH_EVERY_S:
             self._touched[host.host_id] = time.monotonic()
@@ -292,6 +302,14 @@ class EventService:
                       label="host")
         else:
             tx.condition_check(HostItem, host.host_id, condition=cond, label="host")
+
+    @staticmethod
+    def _quarantine_check(tx: Tx, event: Event, decisions: list[Decision]) -> None:
+        """An attach also holds only while the VM is not quarantined: a quarantine written after this event
+        read the partition makes the claim lose, and the retry reads it (docs/break-glass.md)."""
+        if any(d.action == "attach" and d.outcome in ("pending", "skipped") for d in decisions):
+            tx.condition_check(QuarantineItem, f"VM#{event.vm_id}", QUARANTINE_SK,
+                               condition=QuarantineItem.sk.does_not_exist(), label="quarantine")
 
     def _on_cancel(self, tx: Tx, exc: TransactWriteError, host: AuthenticatedHost, key: str, body_hash: str) -> None:
         """Turn a lost claim into the contract's answer; return (to retry) when only the state moved."""
@@ -337,6 +355,7 @@ class EventService:
                 tx.save(self._event_item(host, key, body_hash, "done", now, answer),
                         condition=self._event_condition(body_hash, now), label="event")
                 self._host_check(tx, host, now)
+                self._quarantine_check(tx, event, decisions)
                 for d in decisions:
                     item = part.policies[d.volume_id]
                     acts = self._state_updates(d, item, event, now)
@@ -361,6 +380,7 @@ class EventService:
                 tx.save(self._event_item(host, key, body_hash, "in_progress", now),
                         condition=self._event_condition(body_hash, now), label="event")
                 self._host_check(tx, host, now)
+                self._quarantine_check(tx, event, decisions)
                 for d in decisions:
                     item = part.policies[d.volume_id]
                     acts = self._state_updates(d, item, event, now)

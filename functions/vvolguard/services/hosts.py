@@ -10,6 +10,7 @@ from vvolguard.adapters.tx import Tx
 from vvolguard.adapters import aws
 from vvolguard.adapters.audit import AuditLog, AuditRecord
 from vvolguard.adapters.models import HostItem
+from vvolguard.domain import hostkeys
 from vvolguard.domain.policy import ID_RE
 from vvolguard.domain.secrets import credential_digest, new_host_secret, normalize_mac
 from vvolguard.errors import AlreadyExists, InvalidInput, NotFound
@@ -60,25 +61,41 @@ class HostService:
         """All hosts (the fleet's host list is small next to its volumes)."""
         return sorted(HostItem.scan(page_size=500), key=lambda h: h.host_id)
 
+    def rows(self) -> list[dict[str, str | None]]:
+        """`vvg host list`: one row per host, revoked ones included."""
+        return [{"host_id": h.host_id, "status": h.status, "auth": auth_of(h),
+                 "last_seen": _iso(h.last_seen_at) if h.last_seen_at else None} for h in self.list()]
+
     def secret_of(self, host: HostItem) -> str:
         """The host's current webhook secret (decrypted; cached in a warm container)."""
         return aws.decrypt_secret(self.settings, host.secret_enc, _context(host.host_id, int(host.secret_version)))
 
-    def enroll(self, host_id: str, mac: str, serial: str, hardware: str = "", actor: str = "cli") -> dict[str, str]:
-        """Enroll a new host; returns its id and secret (the only time the secret is shown)."""
+    def enroll(self, host_id: str, mac: str, serial: str, hardware: str = "", actor: str = "cli",
+               public_key: bytes | str | None = None) -> dict[str, str]:
+        """Enroll a new host; returns its id and secret (the only time the secret is shown). With
+        ``public_key`` (docs/host-keys.md) the host signs with its Ed25519 key and no secret exists."""
         validate_host_id(host_id)
         validate_credentials(mac, serial, hardware)
+        key = parse_key(public_key) if public_key is not None else None
         if HostItem.count(host_id, consistent_read=True):
             raise AlreadyExists(f"host {host_id} is already enrolled (use 'vvg host rotate' for a new secret)")
-        secret = new_host_secret()
         now = datetime.now(timezone.utc)
         salt = _secrets.token_hex(16)
         item = HostItem(
             host_id=host_id, cred_salt=salt, cred_hash=credential_digest(salt, normalize_mac(mac), serial, hardware),
-            secret_enc=aws.encrypt_secret(self.settings, secret, _context(host_id, 1)), secret_version=1,
-            status="active", enrolled_at=now, updated_at=now,
+            secret_version=1, status="active", enrolled_at=now, updated_at=now,
         )
-        rec = AuditRecord(actor=actor, action="host_enroll", outcome="done", host_id=host_id, reason="enrolled")
+        if key is None:
+            secret = new_host_secret()
+            item.secret_enc = aws.encrypt_secret(self.settings, secret, _context(host_id, 1))
+            rec = AuditRecord(actor=actor, action="host_enroll", outcome="done", host_id=host_id, reason="enrolled")
+        else:
+            fp = hostkeys.fingerprint(key)
+            item.auth, item.public_key, item.fingerprint = "ed25519", _raw_b64(key), fp
+            item.hw_mac, item.hw_serial, item.hw_text = normalize_mac(mac), serial, hardware
+            item.key_binding = hostkeys.binding(fp, normalize_mac(mac), serial, hardware)
+            rec = AuditRecord(actor=actor, action="host_enroll", outcome="done", host_id=host_id, reason="enrolled",
+                              detail=_key_detail(item))
 
         def write(tx: Tx) -> int:
             tx.save(item, condition=HostItem.host_id.does_not_exist())
@@ -91,14 +108,25 @@ class HostService:
             if isinstance(exc, ConcurrentModification):
                 raise AlreadyExists(f"host {host_id} is already enrolled") from None
             raise
+        if key is not None:
+            return {"host_id": host_id, "auth": "ed25519", "fingerprint": item.fingerprint}
         return {"host_id": host_id, "secret": secret}
 
-    def rotate(self, host_id: str, actor: str = "cli") -> dict[str, str]:
-        """A new secret; the old one stops working at once (the version in the KMS context moves)."""
+    def rotate(self, host_id: str, actor: str = "cli", public_key: bytes | str | None = None) -> dict[str, str]:
+        """A new secret; the old one stops working at once (the version in the KMS context moves). A key
+        host is rotated to a new public key instead (and only that way)."""
+        key = parse_key(public_key) if public_key is not None else None
         host = self.get(host_id)
         if host.status != "active":
             raise InvalidInput(f"host {host_id} is revoked; enroll it again under a new id")
+        if auth_of(host) == "ed25519" and key is None:
+            raise InvalidInput(f"host {host_id} signs with a key: rotate it with --public-key FILE (it has no secret)")
+        if auth_of(host) != "ed25519" and key is not None:
+            raise InvalidInput(f"host {host_id} signs with a secret: rotate it without --public-key, or enroll the key "
+                               "under a new host id")
         version = int(host.secret_version) + 1
+        if key is not None:
+            return self._rotate_key(host, key, version, actor)
         secret = new_host_secret()
         enc = aws.encrypt_secret(self.settings, secret, _context(host_id, version))
         rec = AuditRecord(actor=actor, action="host_rotate", outcome="done", host_id=host_id, reason="secret rotated")
@@ -111,6 +139,27 @@ class HostService:
 
         self.audit.append([rec], extra=write)
         return {"host_id": host_id, "secret": secret, "secret_version": str(version)}
+
+    def _rotate_key(self, host: HostItem, key, version: int, actor: str) -> dict[str, str]:
+        fp = hostkeys.fingerprint(key)
+        if fp == host.fingerprint:
+            raise InvalidInput(f"host {host.host_id} already uses the key {fp}")
+        bound = hostkeys.binding(fp, host.hw_mac or "", host.hw_serial or "", host.hw_text or "")
+        old_fp = host.fingerprint
+        host.public_key, host.fingerprint, host.key_binding = _raw_b64(key), fp, bound
+        rec = AuditRecord(actor=actor, action="host_rotate", outcome="done", host_id=host.host_id, reason="key rotated",
+                          detail={**_key_detail(host), "previous_fingerprint": old_fp or ""})
+
+        def write(tx: Tx) -> int:
+            tx.update(host, actions=[HostItem.public_key.set(host.public_key), HostItem.fingerprint.set(fp),
+                                     HostItem.key_binding.set(bound), HostItem.secret_version.set(version),
+                                     HostItem.updated_at.set(datetime.now(timezone.utc))],
+                      condition=(HostItem.secret_version == version - 1) & (HostItem.status == "active")
+                      & (HostItem.auth == "ed25519"))
+            return 1
+
+        self.audit.append([rec], extra=write)
+        return {"host_id": host.host_id, "auth": "ed25519", "fingerprint": fp}
 
     def revoke(self, host_id: str, actor: str = "cli") -> dict[str, str]:
         """Refuse the host's requests from now on."""
@@ -126,3 +175,33 @@ class HostService:
 
         self.audit.append([rec], extra=write)
         return {"host_id": host_id, "status": "revoked", "changed": "true"}
+
+
+def auth_of(host: HostItem) -> str:
+    """``hmac`` (a shared secret) or ``ed25519`` (a key host)."""
+    return "ed25519" if getattr(host, "auth", None) == "ed25519" else "hmac"
+
+
+def parse_key(public_key: bytes | str):
+    """The Ed25519 public key of ``--public-key`` / the dashboard's pasted key, or InvalidInput."""
+    try:
+        return hostkeys.parse_public_key(public_key)
+    except hostkeys.HostKeyError as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+def _raw_b64(key) -> str:
+    import base64
+
+    return base64.b64encode(hostkeys.public_raw(key)).decode("ascii")
+
+
+def _key_detail(item: HostItem) -> dict[str, str]:
+    """What the audit chain keeps of a key enrolment: the key and the machine it was bound to."""
+    return {"auth": "ed25519", "fingerprint": item.fingerprint or "", "public_key": item.public_key or "",
+            "mac": item.hw_mac or "", "serial": item.hw_serial or "", "hardware": item.hw_text or "",
+            "binding": item.key_binding or ""}
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,73 @@
+"""/vms/<vm_id>: one VM's policies and attachments, its quarantine and its recent audit; admins quarantine
+and release it there (break-glass, docs/break-glass.md)."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+
+from dashboard.auth import actor, role_required
+from vvolguard.adapters.audit import AuditLog
+from vvolguard.domain.policy import ID_RE
+from vvolguard.errors import VvgError
+from vvolguard.services.policies import PolicyService
+from vvolguard.services.quarantine import MAX_REASON, QuarantineService
+
+bp = Blueprint("vms", __name__)
+
+
+def _service() -> QuarantineService:
+    from vvolguard.adapters.provider import EbsProvider
+
+    settings = current_app.config["VVG_SETTINGS"]
+    return QuarantineService(settings, provider=EbsProvider(settings))
+
+
+def _vm(vm_id: str) -> str:
+    if not ID_RE.match(vm_id):
+        abort(404)
+    return vm_id
+
+
+@bp.get("/vms/<vm_id>")
+@role_required("viewer")
+def vm_page(vm_id: str):
+    """The VM's policies with their attachment state, its quarantine and its last audit records."""
+    _vm(vm_id)
+    settings = current_app.config["VVG_SETTINGS"]
+    policies = sorted(PolicyService(settings).for_vm(vm_id), key=lambda p: p.volume_id)
+    quarantine = QuarantineService(settings, provider=object()).state(vm_id)
+    if not policies and quarantine is None:
+        abort(404)
+    audit = list(AuditLog(settings).list(vm_id=vm_id, limit=20))
+    return render_template("vms/page.html", vm_id=vm_id, policies=policies, quarantine=quarantine, audit=audit,
+                           now=datetime.now(timezone.utc), max_reason=MAX_REASON)
+
+
+@bp.post("/vms/<vm_id>/quarantine")
+@role_required("admin")
+def quarantine(vm_id: str):
+    """Detach every volume of the VM now and refuse its attaches until released."""
+    _vm(vm_id)
+    reason = request.form.get("reason", "")[:MAX_REASON + 1]
+    try:
+        out = _service().quarantine(vm_id, reason, actor=actor())
+    except VvgError as exc:
+        flash(f"Not quarantined: {exc.message.replace('--reason', 'the reason')}", "error")
+        return redirect(url_for("vms.vm_page", vm_id=vm_id))
+    flash(f"{vm_id} is quarantined: {out['detached']} volume(s) detached, every attach refused until released.", "ok")
+    return redirect(url_for("vms.vm_page", vm_id=vm_id))
+
+
+@bp.post("/vms/<vm_id>/release")
+@role_required("admin")
+def release(vm_id: str):
+    """End the quarantine: the VM's policies decide again."""
+    _vm(vm_id)
+    try:
+        _service().release(vm_id, actor=actor())
+    except VvgError as exc:
+        flash(f"Not released: {exc.message}", "error")
+        return redirect(url_for("vms.vm_page", vm_id=vm_id))
+    flash(f"{vm_id} is released: its policies decide its attaches again.", "ok")
+    return redirect(url_for("vms.vm_page", vm_id=vm_id))

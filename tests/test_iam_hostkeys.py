@@ -1,0 +1,67 @@
+"""Least privilege for this area's calls (as tests/test_deploy_template.py does for the rest): the CLI's
+key-host and break-glass commands under OperatorPolicy, a key host's events and a quarantined VM's
+refusals under EventsRole, the VM page's quarantine and release under the dashboard's role."""
+from __future__ import annotations
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from tests.test_deploy_template import assert_granted, calls  # noqa: F401 - the fixture
+from tests.test_host_keys import KEY_POLICY, send_key
+
+
+def _pub(tmp_path, name, key):
+    p = tmp_path / name
+    p.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
+    return str(p)
+
+
+def test_iam_calls__operator_policy_covers_key_hosts_and_quarantine(webhook, calls, vvg, tmp_path):  # noqa: F811
+    assert webhook.send("vm.preboot", "vm-2")[0] == 200
+    with calls:
+        for argv in (("host", "enroll", "key-8", "--mac", "02:00:00:00:00:08", "--serial", "SN-8", "--public-key",
+                      _pub(tmp_path, "a.pub", Ed25519PrivateKey.generate())),
+                     ("host", "rotate", "key-8", "--public-key", _pub(tmp_path, "b.pub", Ed25519PrivateKey.generate())),
+                     ("host", "list"), ("vm", "quarantine", "vm-2", "--reason", "iam"), ("vm", "release", "vm-2")):
+            r = vvg(*argv)
+            assert r.code == 0, (argv, r)
+    assert_granted(calls, "OperatorPolicy", {"dynamodb:Query", "dynamodb:Scan", "dynamodb:TransactWriteItems",
+                                             "sts:AssumeRole", "ec2:DetachVolume"})
+
+
+def test_iam_calls__events_role_covers_a_key_host_and_a_quarantined_vm(webhook, calls, vvg, tmp_path):  # noqa: F811
+    from infra.bootstrap import ensure_instance
+
+    key = Ed25519PrivateKey.generate()
+    ensure_instance(webhook.settings, "vm-k")
+    (tmp_path / "k.yaml").write_text(KEY_POLICY)
+    assert vvg("policy", "apply", str(tmp_path / "k.yaml")).code == 0
+    assert vvg("host", "enroll", "key-1", "--mac", "02:00:00:00:07:01", "--serial", "SN-K1", "--public-key",
+               _pub(tmp_path, "k.pub", key)).code == 0
+    assert vvg("vm", "quarantine", "vm-1").code == 0
+    with calls:
+        assert send_key(webhook, key, "vm.preboot")[0] == 200
+        assert send_key(webhook, key, "vm.shutdown")[0] == 200
+        assert webhook.send("vm.preboot", "vm-1")[1]["decisions"][0]["reason"] == "quarantined"
+    assert_granted(calls, "EventsRole", {"dynamodb:Query", "dynamodb:GetItem", "dynamodb:TransactWriteItems",
+                                         "ec2:AttachVolume", "ec2:DetachVolume"})
+    kms = [op for service, op, _, _ in calls.items if service == "kms"]
+    assert kms == ["Decrypt"]  # the secret host's only: a key host needs no KMS call at all
+
+
+def test_iam_calls__dashboard_role_covers_the_vm_page_and_key_enrolment(webhook, calls, tmp_path):  # noqa: F811
+    from dashboard import create_app
+    from tests.dashboard_support import TEST_CONFIG, csrf_token, sign_in
+
+    webhook.send("vm.preboot", "vm-2")
+    client = sign_in(create_app(dict(TEST_CONFIG)).test_client(), "admin")
+    pub = Ed25519PrivateKey.generate().public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                                 serialization.PublicFormat.OpenSSH).decode()
+    with calls:
+        assert client.get("/vms/vm-2").status_code == 200
+        assert client.post("/vms/vm-2/quarantine", data={"reason": "x", "csrf_token": csrf_token(client, "/vms/vm-2")}
+                           ).status_code == 302
+        assert client.post("/vms/vm-2/release", data={"csrf_token": csrf_token(client, "/vms/vm-2")}).status_code == 302
+        assert client.post("/hosts", data={"host_id": "hv-k", "mac": "02:00:00:00:0b:01", "serial": "S", "hardware": "",
+                                           "public_key": pub, "csrf_token": csrf_token(client, "/hosts")}).status_code == 200
+    assert_granted(calls, "DashboardRole", {"dynamodb:Query", "dynamodb:TransactWriteItems", "ec2:DetachVolume"})
