@@ -245,7 +245,11 @@ def r_event_in_progress(w, ctx):
 
     raw = json.dumps({"event_id": "oa-busy", "type": "vm.preboot", "vm_id": "vm-1"}).encode()
     now = int(time.time())
-    EventItem(event_id=f"{w.host_id}/oa-busy", body_sha256=hashlib.sha256(raw).hexdigest(), host_id=w.host_id,
+    from vvolguard.adapters import aws as aws_adapter
+    from vvolguard.domain.fingerprint import body_key, body_mac
+
+    key = body_key(aws_adapter.audit_key(w.settings.region, w.settings.audit_key_secret_id))
+    EventItem(event_id=f"{w.host_id}/oa-busy", body_mac=body_mac(key, raw, json.loads(raw)), host_id=w.host_id,
               status="in_progress", lease_until=now + 60, expires_at=now + 3600).save()  # another worker's claim
     ctx["before"] = snapshot()
     return _signed(w, raw)
