@@ -327,3 +327,10 @@ def test_migrate_complete_with_a_grant_whose_source_was_revoked__403_even_if_the
     assert_error(webhook.send("vm.migrate.complete", "vm-1", host_id="host-2", secret=secret2, source_host="host-1"),
                  403, "forbidden")
     assert snapshot() == before
+
+
+def test_occurred_at_out_of_datetimes_range_in_utc__400_invalid_event_not_500(webhook):
+    before = snapshot()
+    for when in ("9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+05:00"):
+        assert_error(webhook.send("vm.preboot", "vm-1", occurred_at=when), 400, "invalid_event")
+        assert snapshot() == before

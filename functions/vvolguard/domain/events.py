@@ -174,7 +174,7 @@ def parse_time(value: Any) -> datetime:
         text = text.replace(frac.group(0), "." + frac.group(1)[:6])
     try:
         return datetime.fromisoformat(text).astimezone(timezone.utc)
-    except ValueError:
+    except (ValueError, OverflowError):  # 9999-12-31T23:59:59-05:00 is past datetime's range in UTC
         raise InvalidEvent("occurred_at must be an RFC 3339 time, e.g. 2026-11-27T05:00:00Z") from None
 
 
