@@ -230,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--serial", required=True)
     e.add_argument("--hardware", default="")
     hs.add_parser("rotate", help="give a host a new secret").add_argument("host_id")
-    hs.add_parser("revoke", help="refuse a host from now on").add_argument("host_id")
+    hs.add_parser("revoke", help="refuse a host from now on; detach, untag and end the grants of what it holds"
+                  ).add_argument("host_id")
     host.set_defaults(func=cmd_host)
 
     pol = sub.add_parser("policy", help="apply, export or delete policies")
