@@ -18,9 +18,9 @@ class SettingsError(VvgError):
     code = "configuration_error"
 
 
-def _int_setting(env, name: str, default: int) -> int:
-    """``env[name]`` as a whole number inside RANGES[name], or a one-line SettingsError naming it."""
-    raw = env.get(name)
+def _int_setting(name: str, raw: str | None, default: int) -> int:
+    """``raw`` (the environment's value of ``name``) as a whole number inside RANGES[name], or a one-line
+    SettingsError naming it; ``default`` when unset."""
     if raw is None:
         return default
     lo, hi = RANGES[name]
@@ -62,6 +62,7 @@ class Settings:
             audit_table=e.get("VVG_AUDIT_TABLE", d.audit_table),
             host_secrets_key_id=e.get("VVG_HOST_SECRETS_KEY_ID", d.host_secrets_key_id),
             audit_key_secret_id=e.get("VVG_AUDIT_KEY_SECRET_ID", d.audit_key_secret_id),
-            migration_grant_seconds=_int_setting(e, "VVG_MIGRATION_GRANT_SECONDS", d.migration_grant_seconds),
+            migration_grant_seconds=_int_setting("VVG_MIGRATION_GRANT_SECONDS", e.get("VVG_MIGRATION_GRANT_SECONDS"),
+                                                 d.migration_grant_seconds),
             provider_role_arn=e.get("VVG_PROVIDER_ROLE_ARN", d.provider_role_arn),
         )
