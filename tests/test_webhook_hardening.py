@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
