@@ -265,7 +265,7 @@ class Fleet:
             {"ConditionCheck": {"TableName": s.hosts_table, "Key": {"host_id": {"S": host}},
                                 "ConditionExpression": "attribute_exists(host_id)"}},
             {"Put": {"TableName": s.events_table, "Item": {"event_id": {"S": f"floor/{n}"}, "status": {"S": "in_progress"},
-                                                               "body_sha256": {"S": "0" * 64}, "host_id": {"S": host}},
+                                                               "body_mac": {"S": "r1:" + "0" * 64}, "host_id": {"S": host}},
                      "ConditionExpression": "attribute_not_exists(event_id)"}},
             {"Update": {"TableName": s.state_table, "Key": {"pk": {"S": "FLOOR"}, "sk": {"S": "POLICY#floor"}},
                         "UpdateExpression": "SET busy_event = :e ADD state_version :one",

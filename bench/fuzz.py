@@ -36,6 +36,7 @@ import re
 import socket
 import subprocess
 import sys
+from datetime import datetime, timezone
 import threading
 import time
 from collections import Counter, deque
@@ -173,7 +174,9 @@ class Document:
             doc = strict_json(raw)
         except (ValueError, RecursionError):
             return "invalid"
-        return "valid" if self.validator("/components/schemas/Event").is_valid(doc) else "invalid"
+        if not self.validator("/components/schemas/Event").is_valid(doc):
+            return "invalid"
+        return "invalid" if too_far_ahead(doc) else "valid"
 
     def type_names(self) -> list[str]:
         return list(self.doc["components"]["schemas"]["Event"]["discriminator"]["mapping"])
@@ -208,6 +211,25 @@ def python_patterns(node: Any) -> Any:
     if isinstance(node, list):
         return [python_patterns(v) for v in node]
     return node
+
+
+MAX_AHEAD_S = 300  # the contract: an occurred_at more than 300 s ahead of the server's clock is invalid_event
+
+
+def too_far_ahead(doc: Any) -> bool:
+    """Whether ``doc``'s occurred_at is more than MAX_AHEAD_S ahead of now (less 2 s for the trip to the server;
+    the fuzzer's own times stay 60 s inside the line, so only a generated time within 2 s of it could differ)."""
+    text = doc.get("occurred_at") if isinstance(doc, dict) else None
+    if not isinstance(text, str):
+        return False
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
+    try:
+        when = datetime.fromisoformat(text.upper().replace("Z", "+00:00").replace(" ", "T"))
+    except ValueError:
+        return False
+    if when.tzinfo is None:
+        return False
+    return (when - datetime.now(timezone.utc)).total_seconds() > MAX_AHEAD_S - 2
 
 
 def known_disagreement(raw: bytes) -> str | None:
@@ -608,7 +630,8 @@ class Fuzzer:
         if when < 70:
             b.pop("occurred_at", None)
         elif when < 90:
-            self.clock += 1
+            # Increasing, but never more than 240 s ahead of now (the server refuses more than 300 s).
+            self.clock = min(self.clock + 1, int(time.time()) + 240)
             b["occurred_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock))
         return b
 

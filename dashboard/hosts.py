@@ -79,7 +79,8 @@ def rotate(host_id: str):
 @bp.post("/hosts/<host_id>/revoke")
 @role_required("admin")
 def revoke(host_id: str):
-    """Refuse the host's requests from now on (needs the confirmation box)."""
+    """Refuse the host's requests from now on, detach and untag what it held (needs the confirmation box);
+    the message says what it detached."""
     if not ID_RE.match(host_id):
         abort(404)
     if not request.form.get("confirm"):
@@ -90,6 +91,8 @@ def revoke(host_id: str):
     except VvgError as exc:
         flash(f"Not revoked: {exc.message}", "error")
         return redirect(url_for("hosts.list_hosts"))
-    flash(f"Revoked {host_id}: its requests are refused from now on." if out["changed"] == "true"
-          else f"{host_id} was already revoked.", "ok")
+    flash(f"Revoked {host_id}: its requests are refused from now on; detached {out['detached']} "
+          f"volume{'s' if out['detached'] != 1 else ''} attached for its VMs and removed it from "
+          f"{out['untagged']} volume{'s' if out['untagged'] != 1 else ''}' vvg:hosts; its migration grants ended.",
+          "ok")
     return redirect(url_for("hosts.list_hosts"))

@@ -88,3 +88,17 @@ def test_no_hosts__empty_state_says_what_to_do(client, login, seeded):
     HostItem.get("host-1").delete()
     login("admin")
     assert "No host is enrolled yet. Enroll the first one below" in client.get("/hosts").get_data(as_text=True)
+
+
+def test_revoke__detaches_and_untags_what_the_host_held_and_says_so(client, login, seeded_vms):
+    from tests.conftest import attached_volume_ids, managed_volumes
+
+    login("admin")
+    assert seeded_vms.send("vm.preboot", "vm-1")[0] == 200 and seeded_vms.send("vm.preboot", "vm-2")[0] == 200
+    assert attached_volume_ids() == {"vvol-1", "vvol-2"}
+    r = client.post("/hosts/host-1/revoke", data={"confirm": "1", "csrf_token": csrf_token(client, "/hosts")})
+    assert r.status_code == 302
+    page = client.get("/hosts").get_data(as_text=True)
+    assert "detached 2 volumes attached for its VMs" in page and "removed it from 2 volumes" in page, page[:3000]
+    assert attached_volume_ids() == set()
+    assert all("host-1" not in v["TagMap"].get("vvg:hosts", "").split(",") for v in managed_volumes().values())

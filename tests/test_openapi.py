@@ -10,9 +10,9 @@ handler.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
+from datetime import datetime, timezone
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -178,7 +178,7 @@ def test_bodies_the_document_forbids_are_refused_by_parse_event(case):
     if DOC.verdict(raw) == "valid":
         return  # Schemathesis made a header or another part negative; the body itself is fine
     with pytest.raises((InvalidEvent, InvalidJson)):
-        parse_event(raw)
+        parse_event(raw, datetime.now(timezone.utc))  # the server's clock: an occurred_at >300 s ahead is refused
 
 
 def test_an_integral_float_key_bits_which_the_document_allows_is_accepted():
@@ -245,7 +245,11 @@ def r_event_in_progress(w, ctx):
 
     raw = json.dumps({"event_id": "oa-busy", "type": "vm.preboot", "vm_id": "vm-1"}).encode()
     now = int(time.time())
-    EventItem(event_id=f"{w.host_id}/oa-busy", body_sha256=hashlib.sha256(raw).hexdigest(), host_id=w.host_id,
+    from vvolguard.adapters import aws as aws_adapter
+    from vvolguard.domain.fingerprint import body_key, body_mac
+
+    key = body_key(aws_adapter.audit_key(w.settings.region, w.settings.audit_key_secret_id))
+    EventItem(event_id=f"{w.host_id}/oa-busy", body_mac=body_mac(key, raw, json.loads(raw)), host_id=w.host_id,
               status="in_progress", lease_until=now + 60, expires_at=now + 3600).save()  # another worker's claim
     ctx["before"] = snapshot()
     return _signed(w, raw)

@@ -331,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("host_id")
     ro.add_argument("--public-key", dest="public_key", help="a key host's new Ed25519 public key file")
     hs.add_parser("list", help="every host as JSON lines")
-    hs.add_parser("revoke", help="refuse a host from now on").add_argument("host_id")
+    hs.add_parser("revoke", help="refuse a host from now on; detach, untag and end the grants of what it holds"
+                  ).add_argument("host_id")
     host.set_defaults(func=cmd_host)
 
     pol = sub.add_parser("policy", help="apply, export or delete policies")

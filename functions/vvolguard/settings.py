@@ -2,7 +2,35 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
+
+from vvolguard.errors import VvgError
+
+# Whole-number settings and the range each may take (docs/webhook-hardening.md): a grant lives at most an hour.
+RANGES = {"VVG_MIGRATION_GRANT_SECONDS": (1, 3600)}
+
+
+class SettingsError(VvgError):
+    """A setting in the environment is malformed or out of range; nothing starts with it."""
+
+    status_code = 500
+    code = "configuration_error"
+
+
+def _int_setting(name: str, raw: str | None, default: int) -> int:
+    """``raw`` (the environment's value of ``name``) as a whole number inside RANGES[name], or a one-line
+    SettingsError naming it; ``default`` when unset."""
+    if raw is None:
+        return default
+    lo, hi = RANGES[name]
+    text = str(raw).strip()
+    if not re.fullmatch(r"-?[0-9]{1,12}", text):
+        raise SettingsError(f"{name}={str(raw)[:40]!r} is not a whole number; set it from {lo} to {hi}")
+    value = int(text)
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name}={value} is out of range; set it from {lo} to {hi}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -22,7 +50,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
-        """Build settings from ``env`` (default ``os.environ``)."""
+        """Build settings from ``env`` (default ``os.environ``); an out-of-range number is a SettingsError."""
         e = os.environ if env is None else env
         d = cls()
         return cls(
@@ -34,6 +62,7 @@ class Settings:
             audit_table=e.get("VVG_AUDIT_TABLE", d.audit_table),
             host_secrets_key_id=e.get("VVG_HOST_SECRETS_KEY_ID", d.host_secrets_key_id),
             audit_key_secret_id=e.get("VVG_AUDIT_KEY_SECRET_ID", d.audit_key_secret_id),
-            migration_grant_seconds=int(e.get("VVG_MIGRATION_GRANT_SECONDS", d.migration_grant_seconds)),
+            migration_grant_seconds=_int_setting("VVG_MIGRATION_GRANT_SECONDS", e.get("VVG_MIGRATION_GRANT_SECONDS"),
+                                                 d.migration_grant_seconds),
             provider_role_arn=e.get("VVG_PROVIDER_ROLE_ARN", d.provider_role_arn),
         )

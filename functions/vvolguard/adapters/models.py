@@ -11,6 +11,7 @@ from pynamodb.attributes import (
     MapAttribute,
     NumberAttribute,
     UnicodeAttribute,
+    UnicodeSetAttribute,
     UTCDateTimeAttribute,
 )
 from pynamodb.connection import Connection
@@ -50,6 +51,16 @@ class ExpiryIndex(GlobalSecondaryIndex):
     expiry_at = UnicodeAttribute(range_key=True)
 
 
+class HostPolicyIndex(GlobalSecondaryIndex):
+    """Find a host's policies by host_id (revocation: docs/webhook-hardening.md); only policy items carry host_id."""
+
+    class Meta:
+        index_name = "by-host"
+        projection = AllProjection()
+
+    host_id = UnicodeAttribute(hash_key=True)
+
+
 EXPIRY_SHARDS = 8
 
 
@@ -81,6 +92,7 @@ class PolicyItem(StateItem, discriminator="policy"):
 
     by_volume = VolumeIndex()
     by_expiry = ExpiryIndex()
+    by_host = HostPolicyIndex()
 
     volume_id = UnicodeAttribute()
     vm_id = UnicodeAttribute()
@@ -142,6 +154,21 @@ class QuarantineItem(StateItem, discriminator="quarantine"):
     reason = UnicodeAttribute(null=True)
     actor = UnicodeAttribute()
     since = UTCDateTimeAttribute()
+
+
+class RefusalItem(StateItem, discriminator="refusals"):
+    """Webhook requests refused before they authenticated, counted per named (enrolled) host and minute
+    (pk ``HOST#<id>``, sk ``REFUSED#<minute>``, moved by atomic ADDs); the reconciler folds each closed window
+    into one audit record and deletes the item. ``named_host``, not ``host_id``: it stays out of by-host."""
+
+    by_expiry = ExpiryIndex()
+
+    named_host = UnicodeAttribute()
+    window = UnicodeAttribute()
+    refusals = NumberAttribute(default=0)
+    codes = UnicodeSetAttribute(null=True)
+    expiry_shard = UnicodeAttribute()  # R#n, expiry_at = the end of the window
+    expiry_at = UnicodeAttribute()
 
 
 class ChainHead(StateItem, discriminator="head"):
@@ -218,13 +245,15 @@ class LimitItem(Model):
 
 
 class EventItem(Model):
-    """An event's idempotency record: the body's digest, its status and its stored answer."""
+    """An event's idempotency record: a keyed MAC of the body (and, for a body with a password, a salted
+    scrypt tag of it: vvolguard.domain.fingerprint), its status and its stored answer."""
 
     class Meta(_Meta):
         pass
 
     event_id = UnicodeAttribute(hash_key=True)
-    body_sha256 = UnicodeAttribute()
+    body_mac = UnicodeAttribute()
+    password_tag = UnicodeAttribute(null=True)
     host_id = UnicodeAttribute()
     status = UnicodeAttribute()
     response = UnicodeAttribute(null=True)
@@ -342,6 +371,7 @@ def configure(settings: Settings) -> None:
     ChainHead._connection = None
     GrantItem._connection = None
     QuarantineItem._connection = None
+    RefusalItem._connection = None
     _connections.clear()
     track_model_clients()
 
@@ -368,5 +398,5 @@ def track_model_clients() -> None:
 
     for model in MODELS_BY_SETTING.values():
         track(model._get_connection().connection.client)
-    for model in (PolicyItem, ChainHead, GrantItem, LimitItem, QuarantineItem):
+    for model in (PolicyItem, ChainHead, GrantItem, LimitItem, QuarantineItem, RefusalItem):
         track(model._get_connection().connection.client)

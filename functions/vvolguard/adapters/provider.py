@@ -84,6 +84,8 @@ class StorageProvider(Protocol):
     def delete(self, who: HostIdentity, provider_volume_id: str) -> None: ...
     def is_attached(self, who: HostIdentity, provider_volume_id: str, instance_id: str | None) -> bool: ...
     def set_hosts(self, who: HostIdentity, provider_volume_id: str, hosts: tuple[str, ...]) -> None: ...
+    def hosts(self, who: HostIdentity, provider_volume_id: str) -> tuple[str, ...]: ...
+    def volumes_for_host(self, who: HostIdentity, host_id: str) -> list[str]: ...
     def attachments(self) -> Iterator[Attachment]: ...
 
 
@@ -300,6 +302,30 @@ class EbsProvider:
         ec2 = self.ec2(who)
         if tuple(self._hosts(self._volume(ec2, provider_volume_id))) != tuple(hosts):
             self._set_hosts(ec2, provider_volume_id, tuple(hosts))
+
+    def hosts(self, who: HostIdentity, provider_volume_id: str) -> tuple[str, ...]:
+        """The volume's vvg:hosts now (empty for a volume that is gone)."""
+        try:
+            return self._hosts(self._volume(self.ec2(who), provider_volume_id))
+        except ProviderRefused:
+            return ()
+
+    def volumes_for_host(self, who: HostIdentity, host_id: str) -> list[str]:
+        """Every volume whose vvg:hosts names ``host_id`` (DescribeTags on the tag, paged; no volume listing)."""
+        ec2 = self.ec2(who)
+        out: list[str] = []
+        token = None
+        while True:
+            kw: dict[str, Any] = {"Filters": [{"Name": "resource-type", "Values": ["volume"]},
+                                              {"Name": "key", "Values": [TAG_HOSTS]},
+                                              {"Name": "value", "Values": [f"*{host_id}*"]}], "MaxResults": 1000}
+            if token:
+                kw["NextToken"] = token
+            resp = self._call(lambda: ec2.describe_tags(**kw))
+            out += [t["ResourceId"] for t in resp.get("Tags", []) if host_id in t.get("Value", "").split(",")]
+            token = resp.get("NextToken")
+            if not token:
+                return out
 
     def attachments(self, who: HostIdentity | None = None) -> Iterator[Attachment]:
         """Every managed volume attached at the provider, page by page."""

@@ -16,6 +16,7 @@ RFC3339_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([
 MAX_APPS = 64
 PASSWORD_LEN = (1, 256)  # characters (code points), inclusive
 KEY_BITS = (1, 65536)  # guest.inventory apps[].key_bits, inclusive
+MAX_AHEAD_S = 300  # an occurred_at further ahead of the server's clock is refused (it would make later events stale)
 
 # type -> (required fields beyond the common ones, optional fields)
 TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -173,7 +174,7 @@ def parse_time(value: Any) -> datetime:
         text = text.replace(frac.group(0), "." + frac.group(1)[:6])
     try:
         return datetime.fromisoformat(text).astimezone(timezone.utc)
-    except ValueError:
+    except (ValueError, OverflowError):  # 9999-12-31T23:59:59-05:00 is past datetime's range in UTC
         raise InvalidEvent("occurred_at must be an RFC 3339 time, e.g. 2026-11-27T05:00:00Z") from None
 
 
@@ -184,9 +185,14 @@ def _id(doc: dict[str, Any], key: str, pattern: re.Pattern[str] = ID_RE) -> str:
     return v
 
 
-def parse_event(body: bytes) -> Event:
-    """Parse and validate one event body; unknown or out-of-place fields are refused."""
-    doc = loads(body)
+def parse_event(body: bytes, now: datetime | None = None) -> Event:
+    """Parse and validate one event body; unknown or out-of-place fields are refused. Given ``now`` (the
+    server's clock), an ``occurred_at`` more than MAX_AHEAD_S seconds ahead of it is refused too."""
+    return parse_doc(loads(body), now)
+
+
+def parse_doc(doc: Any, now: datetime | None = None) -> Event:
+    """:func:`parse_event` of an already decoded body."""
     if not isinstance(doc, dict):
         raise InvalidEvent("the body must be a JSON object")
     etype = doc.get("type")
@@ -205,6 +211,8 @@ def parse_event(body: bytes) -> Event:
     kwargs: dict[str, Any] = {}
     if "occurred_at" in doc:
         kwargs["occurred_at"] = parse_time(doc["occurred_at"])
+        if now is not None and (kwargs["occurred_at"] - now).total_seconds() > MAX_AHEAD_S:
+            raise InvalidEvent(f"occurred_at is more than {MAX_AHEAD_S} s ahead of the server's clock")
     for key in ("app", "volume_id", "destination_host", "source_host"):
         if key in doc:
             kwargs[key] = _id(doc, key)

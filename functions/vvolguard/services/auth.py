@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from vvolguard.settings import Settings
 
 TOLERANCE_S = 300
 CACHE_S = 300.0  # safe: the claiming transaction re-checks the host (active, same secret version)
+UNKNOWN_MESSAGE = "the host is not enrolled or was revoked"
+_DECOY_SECRET = secrets.token_urlsafe(32)  # never any host's: the decoy check of an unknown host
 SIG_RE = re.compile(r"^t=(\d{1,12}),v1=([0-9a-f]{64})\Z")
 ED25519_PREFIX = "ed25519="
 # A key host's header (docs/host-keys.md): standard base64 of 64 bytes, with padding. The same pattern as
@@ -43,6 +46,8 @@ class HostAuthenticator:
         self._lock = threading.Lock()
 
     def _load(self, host_id: str, fresh: bool = False) -> tuple[HostItem, str] | None:
+        """The active host and its secret, or None for a host never enrolled *and* for a revoked one: both
+        cost one consistent read and no decryption, so the answer's timing does not tell them apart."""
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(host_id)
@@ -51,6 +56,8 @@ class HostAuthenticator:
         try:
             host = HostItem.get(host_id, consistent_read=True)
         except HostItem.DoesNotExist:
+            host = None
+        if host is None or host.status != "active":
             with self._lock:
                 self._cache.pop(host_id, None)
             return None
@@ -70,7 +77,7 @@ class HostAuthenticator:
         if not host_header or not sig_header:
             raise MissingSignature("X-VVG-Host and X-VVG-Signature are required")
         if not ID_RE.match(host_header):
-            raise UnknownHost("the host is not enrolled")
+            raise UnknownHost(UNKNOWN_MESSAGE)
         m = SIG_RE.match(sig_header.strip())
         if not m:
             k = ED25519_SIG_RE.match(sig_header.strip())
@@ -82,35 +89,38 @@ class HostAuthenticator:
 
     def authenticate(self, host_id: str, timestamp: int, signature: str, body: bytes,
                      now: float | None = None) -> AuthenticatedHost:
-        """The host, if enrolled, active, in time and correctly signed; else the matching AuthError."""
+        """The host, if enrolled, active, in time and correctly signed; else the matching AuthError.
+
+        A host never enrolled and a revoked one take the same path (one read, one decoy signature check)
+        and get the same answer, so neither the code, the message nor the timing tells them apart."""
         loaded = self._load(host_id)
         if loaded is None:
-            raise UnknownHost("the host is not enrolled")
+            raise self._unknown(timestamp, body, signature)
         host, secret = loaded
-        if host.status != "active":
-            loaded = self._load(host_id, fresh=True)
-            if loaded is None or loaded[0].status != "active":
-                raise UnknownHost("the host is not enrolled or was revoked")
-            host, secret = loaded
         now = time.time() if now is None else now
         if abs(now - timestamp) > TOLERANCE_S:
             raise StaleSignature(f"the signature's timestamp is more than {TOLERANCE_S} s from the server's clock")
         if not self._matches(secret, timestamp, body, signature):
-            # The secret may have been rotated since it was cached: check once against a fresh read.
+            # The secret may have been rotated, or the host revoked, since it was cached: check a fresh read.
             loaded = self._load(host_id, fresh=True)
-            if loaded is None or loaded[0].status != "active":
-                raise UnknownHost("the host is not enrolled or was revoked")
+            if loaded is None:
+                raise self._unknown(timestamp, body, signature)
             host, secret = loaded
             if not self._matches(secret, timestamp, body, signature):
                 raise BadSignature("the signature does not match")
         return AuthenticatedHost(host.host_id, int(host.secret_version), host.cred_hash,
                                  host.fingerprint if getattr(host, "auth", None) == "ed25519" else None)
 
+    def _unknown(self, timestamp: int, body: bytes, signature: str) -> UnknownHost:
+        """The one answer to a host that is not enrolled or was revoked, after the same work as a real check."""
+        self._matches(_DECOY_SECRET, timestamp, body, signature)
+        return UnknownHost(UNKNOWN_MESSAGE)
+
     def recheck(self, host_id: str, timestamp: int, signature: str, body: bytes) -> AuthError | None:
         """Authenticate again from a fresh read: the 401 a cached host would have got, or None if it holds."""
         loaded = self._load(host_id, fresh=True)
-        if loaded is None or loaded[0].status != "active":
-            return UnknownHost("the host is not enrolled or was revoked")
+        if loaded is None:
+            return self._unknown(timestamp, body, signature)
         if not self._matches(loaded[1], timestamp, body, signature):
             return BadSignature("the signature does not match")
         return None

@@ -7,7 +7,6 @@ outcome, the audit records and the event's answer. Events that need no provider 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -27,6 +26,7 @@ from vvolguard.adapters.models import (
     PolicyItem,
     QUARANTINE_SK,
     QuarantineItem,
+    RefusalItem,
     StateItem,
     connection,
     expiry_key,
@@ -35,7 +35,8 @@ from vvolguard.adapters.models import (
 from vvolguard.adapters.tx import Tx
 from vvolguard.adapters.provider import EbsProvider, HostIdentity, Instance, ProviderRefused, StorageProvider
 from vvolguard.domain.engine import BUSY_SECONDS, Decision, VolumeView, decide, refuse_attaches
-from vvolguard.domain.events import MAX_BODY, Event, parse_event
+from vvolguard.domain.events import MAX_BODY, Event, loads, parse_doc
+from vvolguard.domain.fingerprint import body_key, body_mac, password_tag, same_body
 from vvolguard.domain.policy import ID_RE
 from vvolguard.errors import (
     AuthError,
@@ -48,6 +49,7 @@ from vvolguard.errors import (
     UnknownHost,
     VvgError,
 )
+from vvolguard.adapters import aws
 from vvolguard.services.auth import AuthenticatedHost, HostAuthenticator
 from vvolguard.settings import Settings
 
@@ -55,6 +57,7 @@ log = logging.getLogger("vvg.events")
 EVENT_TTL_S = 7 * 86400
 ATTEMPTS = 12
 TOUCH_EVERY_S = 60.0
+REFUSAL_WINDOW_S = 60  # unauthenticated refusals naming one host are counted per minute (docs/webhook-hardening.md)
 
 
 def _iso(dt: datetime) -> str:
@@ -88,6 +91,15 @@ class Partition:
         return {h: g for h, g in self.grants.items() if g.expires_at > now}
 
 
+@dataclass(frozen=True)
+class BodyPrint:
+    """What the events table keeps of a body (vvolguard.domain.fingerprint), and the raw body to compare."""
+
+    mac: str
+    tag: str | None
+    raw: bytes = field(repr=False)
+
+
 @dataclass
 class Outcome:
     """What the provider phase did to one decision."""
@@ -113,7 +125,10 @@ class EventService:
     def handle(self, headers: dict[str, str], body: bytes, now: datetime | None = None) -> dict[str, Any]:
         """The answer to one request, or a VvgError carrying the contract's status and code.
 
-        Every refusal of a request naming an enrolled host is audited; nothing else is written."""
+        The sender is authenticated before anything else, a repeated event_id included (a replay with a
+        rotated-away secret or from a revoked host gets its 401, never the stored answer). A refusal of an
+        authenticated host is one audit record; refusals of requests that did not authenticate are counted
+        per named host and minute (the reconciler writes one audit record per window); nothing else is written."""
         now = now or datetime.now(timezone.utc)
         named = headers.get("x-vvg-host")
         event: Event | None = None
@@ -124,28 +139,29 @@ class EventService:
                 raise PayloadTooLarge(f"the body is over {MAX_BODY} bytes")
             host_id, ts, sig = self.auth.identify(named, headers.get("x-vvg-signature"))
             host = self.auth.authenticate(host_id, ts, sig, body, now.timestamp())
-            event = parse_event(body)
+            doc = loads(body)
+            event = parse_doc(doc, now)
             try:
-                return self._process(host, event, hashlib.sha256(body).hexdigest(), now)
+                return self._process(host, event, self._print(body, doc), now)
             except _HostChanged:
                 raise self.auth.recheck(host_id, ts, sig, body) or UnknownHost("the host changed; retry") from None
         except VvgError as exc:
             if host is not None and not isinstance(exc, AuthError):
                 # Authenticated from a warm cache: a revoked host or a rotated secret still gets its 401 first.
                 exc = self.auth.recheck(host.host_id, ts, sig, body) or exc
-            if named and ID_RE.match(named) and not isinstance(exc, ProviderUnavailable) and self._exists(named):
-                self._audit_refusal(named, event, exc)
+            if named and ID_RE.match(named) and not isinstance(exc, ProviderUnavailable):
+                if host is None or isinstance(exc, AuthError):
+                    self._count_unauthenticated(named, exc, now)
+                else:
+                    self._audit_refusal(host.host_id, event, exc)
             raise exc from None
 
-    @staticmethod
-    def _exists(host_id: str) -> bool:
-        try:
-            HostItem.get(host_id)
-            return True
-        except HostItem.DoesNotExist:
-            return False
+    def _print(self, raw: bytes, doc: dict[str, Any]) -> BodyPrint:
+        key = body_key(aws.audit_key(self.settings.region, self.settings.audit_key_secret_id))
+        return BodyPrint(body_mac(key, raw, doc), password_tag(raw) if "password" in doc else None, raw)
 
     def _audit_refusal(self, host_id: str, event: Event | None, exc: VvgError) -> None:
+        """One record for a refusal of an authenticated host."""
         try:
             self.audit.append([AuditRecord(
                 actor=f"host:{host_id}", action="refuse", outcome="denied", reason=exc.code, host_id=host_id,
@@ -154,6 +170,33 @@ class EventService:
                 event_type=event.type if event else None)])
         except Exception:  # the refusal itself must still be answered
             log.exception("could not audit a refusal")
+
+    def _count_unauthenticated(self, host_id: str, exc: VvgError, now: datetime) -> None:
+        """Add one to the named host's refusal count of this minute, in one transaction that holds only if
+        the host is enrolled (revoked included): a name never enrolled writes nothing, after the same work.
+        The sender did not prove it is the host, so nothing here speaks as ``host:ID``."""
+        start = now.replace(second=0, microsecond=0)
+        end = start + timedelta(seconds=REFUSAL_WINDOW_S)
+        window = start.strftime("%Y-%m-%dT%H:%MZ")
+        item = RefusalItem(pk=f"HOST#{host_id}", sk=f"REFUSED#{window}")
+        actions = [RefusalItem.kind.set(RefusalItem), RefusalItem.named_host.set(host_id),
+                   RefusalItem.window.set(window), RefusalItem.refusals.add(1), RefusalItem.codes.add({exc.code}),
+                   RefusalItem.expiry_shard.set(expiry_shard("R", host_id)), RefusalItem.expiry_at.set(expiry_key(end))]
+        for attempt in range(3):
+            tx = Tx(connection=connection(self.settings))
+            try:
+                with tx:
+                    tx.condition_check(HostItem, host_id, condition=HostItem.host_id.exists(), label="host")
+                    tx.update(item, actions=actions, label="count")
+                return
+            except TransactWriteError as exc_tx:
+                failed, conflict = tx.failed(exc_tx)
+                if "host" in failed or not conflict:
+                    return  # never enrolled: nothing to count, nothing written
+                _backoff(attempt + 1)
+            except Exception:  # the refusal itself must still be answered
+                log.exception("could not count a refusal")
+                return
 
     # ---- reads
 
@@ -176,13 +219,13 @@ class EventService:
 
     # ---- the event path
 
-    def _process(self, host: AuthenticatedHost, event: Event, body_hash: str, now: datetime) -> dict[str, Any]:
+    def _process(self, host: AuthenticatedHost, event: Event, fp: BodyPrint, now: datetime) -> dict[str, Any]:
         try:
-            return self._attempt(host, event, body_hash, now)
+            return self._attempt(host, event, fp, now)
         except _Duplicate as dup:
             return dup.answer
 
-    def _attempt(self, host: AuthenticatedHost, event: Event, body_hash: str, now: datetime) -> dict[str, Any]:
+    def _attempt(self, host: AuthenticatedHost, event: Event, fp: BodyPrint, now: datetime) -> dict[str, Any]:
         key = f"{host.host_id}/{event.event_id}"
         for attempt in range(ATTEMPTS):
             if attempt:
@@ -201,10 +244,10 @@ class EventService:
             pending = [d for d in decisions if d.needs_provider]
             if not pending:
                 answer = self._answer(event, decisions)
-                if self._claim_and_record(host, event, key, body_hash, part, decisions, answer, now):
+                if self._claim_and_record(host, event, key, fp, part, decisions, answer, now):
                     return answer
                 continue
-            if not self._claim(host, event, key, body_hash, part, decisions, now):
+            if not self._claim(host, event, key, fp, part, decisions, now):
                 continue
             outcomes = self._act(host, event, part, decisions, now, key)
             answer = self._answer(event, decisions)
@@ -238,7 +281,7 @@ class EventService:
             if grant.source_host != event.source_host:
                 raise Forbidden(f"{event.source_host} is not the host {event.vm_id} is moving from")
             if not self._active_host(grant.source_host):
-                pass  # a revoked source is still revoked at the provider below
+                raise Forbidden(f"the grant of {event.vm_id} died with its revoked source host")
             return [p for p in policies if p.host_id == grant.source_host]
         if policies and not mine:
             raise Forbidden(f"host {host.host_id} is not the host of {event.vm_id}")
@@ -275,17 +318,17 @@ class EventService:
     def _answer(event: Event, decisions: list[Decision]) -> dict[str, Any]:
         return {"event_id": event.event_id, "duplicate": False, "decisions": [d.answer() for d in decisions]}
 
-    def _event_item(self, host: AuthenticatedHost, key: str, body_hash: str, status: str, now: datetime,
+    def _event_item(self, host: AuthenticatedHost, key: str, fp: BodyPrint, status: str, now: datetime,
                     answer: dict | None = None) -> EventItem:
-        return EventItem(event_id=key, body_sha256=body_hash, host_id=host.host_id, status=status,
+        return EventItem(event_id=key, body_mac=fp.mac, password_tag=fp.tag, host_id=host.host_id, status=status,
                          response=json.dumps(answer) if answer is not None else None,
                          lease_until=int(now.timestamp()) + BUSY_SECONDS,
                          expires_at=int(now.timestamp()) + EVENT_TTL_S)
 
-    def _event_condition(self, body_hash: str, now: datetime):
+    def _event_condition(self, fp: BodyPrint, now: datetime):
         # New, or a failed attempt (any body: a refused request does not use up its id), or the same body
         # whose worker died past its lease.
-        same = EventItem.body_sha256 == body_hash
+        same = EventItem.body_mac == fp.mac
         return (EventItem.event_id.does_not_exist() | (EventItem.status == "failed")
                 | (same & (EventItem.status == "in_progress") & (EventItem.lease_until < int(now.timestamp()))))
 
@@ -311,23 +354,23 @@ class EventService:
             tx.condition_check(QuarantineItem, f"VM#{event.vm_id}", QUARANTINE_SK,
                                condition=QuarantineItem.sk.does_not_exist(), label="quarantine")
 
-    def _on_cancel(self, tx: Tx, exc: TransactWriteError, host: AuthenticatedHost, key: str, body_hash: str) -> None:
+    def _on_cancel(self, tx: Tx, exc: TransactWriteError, host: AuthenticatedHost, key: str, fp: BodyPrint) -> None:
         """Turn a lost claim into the contract's answer; return (to retry) when only the state moved."""
         failed, conflict = tx.failed(exc)
-        if "event" in failed:
-            raise _Duplicate(self._existing(key, body_hash))
-        if "host" in failed:
+        if "host" in failed:  # first: a revoked host or an old secret never gets a stored answer
             self.auth.forget(host.host_id)
             raise _HostChanged()
+        if "event" in failed:
+            raise _Duplicate(self._existing(key, fp))
         if not failed and not conflict:
             raise exc
 
-    def _existing(self, key: str, body_hash: str) -> dict[str, Any]:
+    def _existing(self, key: str, fp: BodyPrint) -> dict[str, Any]:
         try:
             ev = EventItem.get(key, consistent_read=True)
         except EventItem.DoesNotExist:
             raise EventInProgress("the event is being processed right now") from None
-        if ev.body_sha256 != body_hash:
+        if ev.body_mac != fp.mac or not same_body(fp.raw, ev.password_tag):
             raise EventConflict("this event_id was already used with another body")
         if ev.status != "done" or not ev.response:
             raise EventInProgress("the event is being processed right now")
@@ -345,15 +388,15 @@ class EventService:
             acts.append(PolicyItem.locked_until.remove())
         return acts
 
-    def _claim_and_record(self, host, event, key, body_hash, part, decisions, answer, now) -> bool:
+    def _claim_and_record(self, host, event, key, fp, part, decisions, answer, now) -> bool:
         """No provider call needed: claim, state and record in one transaction."""
         records = self._records(host, event, decisions, {})
         items, new_head = self.audit.build(f"VM#{event.vm_id}", part.head, records) if records else ([], None)
         tx = Tx(connection=connection(self.settings))
         try:
             with tx:
-                tx.save(self._event_item(host, key, body_hash, "done", now, answer),
-                        condition=self._event_condition(body_hash, now), label="event")
+                tx.save(self._event_item(host, key, fp, "done", now, answer),
+                        condition=self._event_condition(fp, now), label="event")
                 self._host_check(tx, host, now)
                 self._quarantine_check(tx, event, decisions)
                 for d in decisions:
@@ -367,18 +410,18 @@ class EventService:
                 if event.type.startswith("vm.migrate."):
                     self._migration_writes(tx, host, event, part, decisions, now, set())
         except TransactWriteError as exc:
-            self._on_cancel(tx, exc, host, key, body_hash)
+            self._on_cancel(tx, exc, host, key, fp)
             return False
         return True
 
-    def _claim(self, host, event, key, body_hash, part, decisions, now) -> bool:
+    def _claim(self, host, event, key, fp, part, decisions, now) -> bool:
         """Claim the event and mark the volumes it will change busy (conditional on their version)."""
         busy_until = now + timedelta(seconds=BUSY_SECONDS)
         tx = Tx(connection=connection(self.settings))
         try:
             with tx:
-                tx.save(self._event_item(host, key, body_hash, "in_progress", now),
-                        condition=self._event_condition(body_hash, now), label="event")
+                tx.save(self._event_item(host, key, fp, "in_progress", now),
+                        condition=self._event_condition(fp, now), label="event")
                 self._host_check(tx, host, now)
                 self._quarantine_check(tx, event, decisions)
                 for d in decisions:
@@ -390,7 +433,7 @@ class EventService:
                         tx.update(item, actions=acts + [PolicyItem.state_version.add(1)],
                                   condition=PolicyItem.state_version == item.state_version, label="state")
         except TransactWriteError as exc:
-            self._on_cancel(tx, exc, host, key, body_hash)
+            self._on_cancel(tx, exc, host, key, fp)
             return False
         return True
 

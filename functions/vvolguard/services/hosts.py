@@ -4,16 +4,18 @@ from __future__ import annotations
 import re
 import secrets as _secrets
 from datetime import datetime, timezone
+from typing import Any
 
 from vvolguard.adapters.tx import Tx
 
 from vvolguard.adapters import aws
 from vvolguard.adapters.audit import AuditLog, AuditRecord
-from vvolguard.adapters.models import HostItem
+from vvolguard.adapters.models import EXPIRY_SHARDS, GrantItem, HostItem, PolicyItem
 from vvolguard.domain import hostkeys
 from vvolguard.domain.policy import ID_RE
 from vvolguard.domain.secrets import credential_digest, new_host_secret, normalize_mac
-from vvolguard.errors import AlreadyExists, InvalidInput, NotFound
+from vvolguard.errors import AlreadyExists, ConcurrentModification, InvalidInput, NotFound
+from vvolguard.services.policies import PolicyService
 from vvolguard.settings import Settings
 
 MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}\Z")
@@ -45,9 +47,10 @@ def _context(host_id: str, version: int) -> dict[str, str]:
 class HostService:
     """The host registry."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, provider: Any = None) -> None:
         self.settings = settings
         self.audit = AuditLog(settings)
+        self.provider = provider  # built on first revocation (tests inject their own)
 
     def get(self, host_id: str) -> HostItem:
         """The host's record, or NotFound."""
@@ -161,20 +164,140 @@ class HostService:
         self.audit.append([rec], extra=write)
         return {"host_id": host.host_id, "auth": "ed25519", "fingerprint": fp}
 
-    def revoke(self, host_id: str, actor: str = "cli") -> dict[str, str]:
-        """Refuse the host's requests from now on."""
+    def revoke(self, host_id: str, actor: str = "cli") -> dict[str, Any]:
+        """Refuse the host's requests from now on, and take back what it holds (docs/webhook-hardening.md):
+        every volume attached for its VMs is detached, it leaves every volume's vvg:hosts, and every
+        migration grant it gave or received dies. Each step is audited. Running it again finishes what an
+        interrupted run left (a provider outage midway), and answers the same shape."""
         host = self.get(host_id)
-        if host.status == "revoked":
-            return {"host_id": host_id, "status": "revoked", "changed": "false"}
-        rec = AuditRecord(actor=actor, action="host_revoke", outcome="done", host_id=host_id, reason="revoked")
+        if host.status != "revoked":
+            rec = AuditRecord(actor=actor, action="host_revoke", outcome="done", host_id=host_id, reason="revoked")
 
-        def write(tx: Tx) -> int:
-            tx.update(host, actions=[HostItem.status.set("revoked"), HostItem.updated_at.set(datetime.now(timezone.utc))],
-                      condition=HostItem.status == "active")
-            return 1
+            def write(tx: Tx) -> int:
+                tx.update(host, actions=[HostItem.status.set("revoked"),
+                                         HostItem.updated_at.set(datetime.now(timezone.utc))],
+                          condition=HostItem.status == "active")
+                return 1
 
-        self.audit.append([rec], extra=write)
-        return {"host_id": host_id, "status": "revoked", "changed": "true"}
+            try:
+                self.audit.append([rec], extra=write)
+            except ConcurrentModification:
+                host = self.get(host_id)  # revoked meanwhile by another admin: go on taking back
+                if host.status != "revoked":
+                    raise
+        detached, untagged = HostRevocation(self.settings, host, actor, self.provider).run()
+        return {"host_id": host_id, "revoked": True, "detached": detached, "untagged": untagged}
+
+
+class HostRevocation:
+    """What revoking one host takes back at the provider and in the tables. It acts with the revoked
+    host's own enrolled identity (its record keeps the credential digest), as every provider call does."""
+
+    def __init__(self, settings: Settings, host: HostItem, actor: str, provider: Any = None) -> None:
+        from vvolguard.adapters.provider import EbsProvider, HostIdentity
+
+        self.settings, self.host, self.actor = settings, host, actor
+        self.provider = provider or EbsProvider(settings)
+        self.who = HostIdentity(host.host_id, host.cred_hash)
+
+    def run(self) -> tuple[int, int]:
+        """(volumes detached, volumes whose vvg:hosts lost the host)."""
+        hid = self.host.host_id
+        if hasattr(self.provider, "forget"):
+            self.provider.forget(hid)
+        drop: dict[str, set[str]] = {}  # vm id -> hosts to take off its volumes' vvg:hosts
+        for grant in self._grants():
+            drop.setdefault(grant.vm_id, set()).add(grant.destination_host)
+            self._kill_grant(grant)
+        own = list(PolicyItem.by_host.query(hid, page_size=100))  # the index: never a scan
+        vms = {p.vm_id for p in own} | set(drop)
+        detached = untagged = 0
+        seen: set[str] = set()
+        for vm_id in sorted(vms):
+            for p in PolicyService(self.settings).for_vm(vm_id):
+                if p.host_id == hid and p.attached and self._detach(p):
+                    detached += 1
+                if p.provider_volume_id:
+                    seen.add(p.provider_volume_id)
+                    if self._untag(p.provider_volume_id, drop.get(vm_id, set()) | {hid}, p):
+                        untagged += 1
+        # Any other volume still naming the host (the provider's tag lookup, not a listing).
+        for vol in self.provider.volumes_for_host(self.who, hid):
+            if vol not in seen and self._untag(vol, {hid}, None):
+                untagged += 1
+        return detached, untagged
+
+    def _grants(self) -> list[GrantItem]:
+        """Every migration grant the host gave or received (the expiry index holds each live grant)."""
+        hid = self.host.host_id
+        out = []
+        for shard in range(EXPIRY_SHARDS):
+            for g in GrantItem.by_expiry.query(f"G#{shard}", page_size=100):
+                if hid in (g.source_host, g.destination_host):
+                    out.append(g)
+        return out
+
+    def _kill_grant(self, grant: GrantItem) -> None:
+        rec = AuditRecord(actor=self.actor, action="revoke", outcome="done", reason="host_revoked", vm_id=grant.vm_id,
+                          host_id=grant.destination_host,
+                          detail={"source_host": grant.source_host, "destination_host": grant.destination_host,
+                                  "revoked_host": self.host.host_id})
+
+        def write(tx: Tx) -> None:
+            tx.delete(grant, condition=GrantItem.sk.exists())
+
+        try:
+            AuditLog(self.settings).append([rec], extra=write)
+        except ConcurrentModification:
+            pass  # completed or expired meanwhile: gone either way
+
+    def _detach(self, item: PolicyItem) -> bool:
+        """Detach at the provider, then record it (clearing any claim of an event in flight, whose own
+        record then fails and leaves any late attach to the reconciler's orphan sweep)."""
+        if item.provider_volume_id:
+            self.provider.detach(self.who, item.provider_volume_id, item.instance_id)
+        for _ in range(5):
+            rec = AuditRecord(actor=self.actor, action="detach", outcome="done", reason="host_revoked",
+                              vm_id=item.vm_id, volume_id=item.volume_id, host_id=item.host_id,
+                              policy_version=int(item.policy_version),
+                              detail={"instance": item.instance_id or "", "device": item.device or ""})
+
+            def write(tx: Tx, it=item) -> None:
+                tx.update(it, actions=[PolicyItem.attached.set(False), PolicyItem.device.remove(),
+                                       PolicyItem.attached_at.remove(), PolicyItem.lease_expires_at.remove(),
+                                       PolicyItem.expiry_shard.remove(), PolicyItem.expiry_at.remove(),
+                                       PolicyItem.busy_event.remove(), PolicyItem.busy_until.remove(),
+                                       PolicyItem.state_version.add(1)],
+                          condition=PolicyItem.state_version == it.state_version)
+
+            try:
+                AuditLog(self.settings).append([rec], extra=write)
+                return True
+            except ConcurrentModification:
+                try:
+                    item = PolicyItem.get(item.pk, item.sk, consistent_read=True)
+                except PolicyItem.DoesNotExist:
+                    return False
+                if not item.attached:
+                    return False
+                if item.provider_volume_id:
+                    self.provider.detach(self.who, item.provider_volume_id, item.instance_id)
+        raise ConcurrentModification(f"volume {item.volume_id} kept changing; run the revocation again")
+
+    def _untag(self, provider_volume_id: str, hosts: set[str], item: PolicyItem | None) -> bool:
+        """Take ``hosts`` off the volume's vvg:hosts; True when the revoked host was on it."""
+        current = self.provider.hosts(self.who, provider_volume_id)
+        keep = tuple(h for h in current if h not in hosts)
+        if keep == tuple(current):
+            return False
+        self.provider.set_hosts(self.who, provider_volume_id, keep)
+        AuditLog(self.settings).append([AuditRecord(
+            actor=self.actor, action="revoke", outcome="done", reason="host_revoked",
+            vm_id=item.vm_id if item else None, volume_id=item.volume_id if item else None, host_id=self.host.host_id,
+            policy_version=int(item.policy_version) if item else None,
+            detail={"provider_volume": provider_volume_id, "removed_hosts": ",".join(sorted(set(current) - set(keep))),
+                    "hosts": ",".join(keep)})])
+        return self.host.host_id in current
 
 
 def auth_of(host: HostItem) -> str:

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from vvolguard.adapters.audit import AuditLog, AuditRecord
-from vvolguard.adapters.models import EXPIRY_SHARDS, GrantItem, HostItem, PolicyItem, expiry_key
+from vvolguard.adapters.models import EXPIRY_SHARDS, GrantItem, HostItem, PolicyItem, RefusalItem, expiry_key
 from vvolguard.adapters.provider import EbsProvider, HostIdentity, ProviderRefused, StorageProvider
 from vvolguard.adapters.tx import Tx
 from vvolguard.errors import ConcurrentModification, ProviderUnavailable, VvgError
@@ -33,17 +33,20 @@ class Summary:
     states_corrected: int = 0
     skipped_busy: int = 0
     attachments_seen: int = 0
+    refusal_windows: int = 0
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"expired_leases": self.expired_leases, "grants_expired": self.grants_expired,
                 "orphans_detached": self.orphans_detached, "states_corrected": self.states_corrected,
                 "skipped_busy": self.skipped_busy, "attachments_seen": self.attachments_seen,
+                "refusal_windows": self.refusal_windows,
                 "errors": self.errors[:20], "ok": not self.errors}
 
 
 class Reconciler:
-    """One pass of (a) lease expiry, (b) grant expiry, (c) orphan detach, (d) state correction."""
+    """One pass of (a) lease expiry, (b) grant expiry, (c) orphan detach, (d) state correction, (e) one audit
+    record per closed window of unauthenticated webhook refusals."""
 
     def __init__(self, settings: Settings, provider: StorageProvider | None = None) -> None:
         self.settings = settings
@@ -66,7 +69,8 @@ class Reconciler:
     def run(self, now: datetime | None = None) -> dict[str, Any]:
         now = now or datetime.now(timezone.utc)
         s = Summary()
-        for step in (self._expire_leases, self._expire_grants, self._detach_orphans_and_correct):
+        for step in (self._expire_leases, self._expire_grants, self._detach_orphans_and_correct,
+                     self._fold_refusals):
             try:
                 step(now, s)
             except Exception as exc:  # one broken step must not stop the others
@@ -78,7 +82,7 @@ class Reconciler:
 
     def _expired(self, kind: str, now: datetime):
         cutoff = expiry_key(now)
-        model = PolicyItem if kind == "L" else GrantItem
+        model = {"L": PolicyItem, "G": GrantItem, "R": RefusalItem}[kind]
         for shard in range(EXPIRY_SHARDS):
             yield from model.by_expiry.query(f"{kind}#{shard}", model.expiry_at <= cutoff, page_size=PAGE)
 
@@ -210,6 +214,32 @@ class Reconciler:
                 continue
             if not still and self._mark_detached(item, "not_attached_at_provider", "state_corrected"):
                 s.states_corrected += 1
+
+    # ---- (e) unauthenticated refusals
+
+    def _fold_refusals(self, now: datetime, s: Summary) -> None:
+        """Each closed minute of refused, unauthenticated requests naming an enrolled host becomes one audit
+        record (actor ``reconciler``: the senders proved nothing, so none is recorded as ``host:ID``); the
+        counter goes in the same transaction, conditional on the count it was read with."""
+        for hit in self._expired("R", now):
+            try:
+                item = RefusalItem.get(hit.pk, hit.sk, consistent_read=True)
+            except RefusalItem.DoesNotExist:
+                continue
+            n = int(item.refusals or 0)
+            rec = AuditRecord(actor=ACTOR, action="refuse", outcome="denied", reason="unauthenticated",
+                              host_id=item.named_host,
+                              detail={"count": str(n), "window": item.window, "window_seconds": "60",
+                                      "codes": ",".join(sorted(item.codes or ())), "authenticated": "false"})
+
+            def write(tx: Tx, it=item, count=n) -> None:
+                tx.delete(it, condition=RefusalItem.refusals == count)
+
+            try:
+                self.audit.append([rec], extra=write)
+                s.refusal_windows += 1
+            except ConcurrentModification:
+                pass  # counted meanwhile, or folded by another pass: the next pass sees it
 
     def _all_attached_records(self):
         for shard in range(EXPIRY_SHARDS):
