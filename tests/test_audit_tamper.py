@@ -263,7 +263,7 @@ def test_finding_the_latest_checkpoint__lists_one_bounded_page(history, vvg):
     """Many checkpoints: the reader asks S3 for one page of versions, newest first (never the whole bucket)."""
     store = CheckpointStore(history)
     log = AuditLog(history)
-    for _ in range(60):
+    for _ in range(51):  # more than one page of 50
         log.checkpoint(store)
     calls = []
     from vvolguard.adapters import aws as aws_adapter
@@ -326,11 +326,11 @@ def test_the_local_stacks_reconciler_loop__writes_checkpoints(history, monkeypat
     t = threading.Thread(target=stack._reconcile_loop, args=(history,), daemon=True)
     t.start()
     deadline = time.time() + 20
-    while len(objects(history)) < 2 and time.time() < deadline:
+    while not objects(history) and time.time() < deadline:
         time.sleep(0.05)
     stack._stopping.set()
     t.join(10)
-    assert not t.is_alive() and len(objects(history)) >= 2
+    assert not t.is_alive() and objects(history)
 
 
 @pytest.mark.parametrize("value", ["abc", "-1", "1e9", "nan"])
