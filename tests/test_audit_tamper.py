@@ -341,3 +341,39 @@ def test_the_local_stack__refuses_a_bad_reconcile_interval(monkeypatch, value):
     with pytest.raises(SystemExit) as exc:
         LocalStack(1, 2, 3)
     assert "VVG_RECONCILE_SECONDS" in str(exc.value)
+
+
+# ---------------------------------------------------------------- the template declares them
+
+
+def test_template__checkpoint_key_and_locked_bucket_are_declared_with_least_privilege():
+    from infra.template import Template, load
+
+    res = load()["Resources"]
+    key = res["AuditCheckpointKey"]["Properties"]
+    assert (key["KeySpec"], key["KeyUsage"]) == ("ECC_NIST_P256", "SIGN_VERIFY")
+    actions = [a for st in key["KeyPolicy"]["Statement"] for a in (st["Action"] if isinstance(st["Action"], list) else [st["Action"]])]
+    assert not {"kms:ScheduleKeyDeletion", "kms:DisableKey", "kms:Encrypt", "kms:Decrypt"} & set(actions)
+    assert Template().ref("AuditCheckpointKeyAlias") == "alias/vvg-audit-checkpoint"
+    b = res["AuditCheckpointBucket"]
+    p = b["Properties"]
+    assert b["DeletionPolicy"] == b["UpdateReplacePolicy"] == "Retain"
+    assert p["ObjectLockEnabled"] is True and p["ObjectLockConfiguration"]["Rule"]["DefaultRetention"]["Mode"] == "COMPLIANCE"
+    assert p["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert p["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    assert set(p["PublicAccessBlockConfiguration"].values()) == {True} and len(p["PublicAccessBlockConfiguration"]) == 4
+    env = Template().environment()
+    assert env["VVG_AUDIT_CHECKPOINT_KEY_ID"] == "alias/vvg-audit-checkpoint"
+    assert env["VVG_AUDIT_CHECKPOINT_BUCKET"] == Template().ref("AuditCheckpointBucket")
+    # Only the reconciler and operators sign; the dashboard verifies; the webhook has nothing to do with it.
+    t = Template()
+
+    def acts(role: str) -> set[str]:
+        props = t.resources[role]["Properties"]
+        docs = [props["PolicyDocument"]] if "PolicyDocument" in props else [x["PolicyDocument"] for x in props["Policies"]]
+        return {a for d in docs for st in d["Statement"] for a in (st["Action"] if isinstance(st["Action"], list) else [st["Action"]])}
+    assert "kms:Sign" in acts("ReconcileRole") and "kms:Sign" in acts("OperatorPolicy")
+    assert "kms:Sign" not in acts("DashboardRole") and "kms:Verify" in acts("DashboardRole")
+    assert not {a for a in acts("EventsRole") if a.startswith("s3:") or a in ("kms:Sign", "kms:Verify")}
+    assert not {a for r in ("ReconcileRole", "DashboardRole", "OperatorPolicy") for a in acts(r)
+                if a.startswith("s3:Delete") or a.startswith("s3:PutObjectRetention") or a == "s3:BypassGovernanceRetention"}
