@@ -24,14 +24,27 @@ def write(settings, vm: str, n: int, at: str | None = None) -> None:
                                 event_id=f"{vm}-{i}", policy_version=2, detail={"i": str(i)}, at=at or "")])
 
 
-@pytest.fixture
-def history(aws):
-    old = (datetime.now(timezone.utc) - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    write(aws, "vm-1", 3, at=old)  # three days ago
-    write(aws, "vm-1", 3)
-    write(aws, "vm-2", 2)
-    AuditLog(aws).append([AuditRecord(actor="user:admin", action="host_enroll", outcome="done", host_id="host-5")])
-    return aws
+@pytest.fixture(scope="module")
+def history():
+    """One emulation for the module (the tests read it; the two that add to it run last): vm-1 has 3 records
+    from three days ago and 3 from now, vm-2 has 2, host-5 one."""
+    from moto import mock_aws
+
+    from infra.bootstrap import bootstrap
+    from vvolguard.adapters import aws as aws_adapter
+    from vvolguard.settings import Settings
+
+    with mock_aws():
+        aws_adapter.reset_clients()
+        settings = Settings.from_env()
+        bootstrap(settings)
+        old = (datetime.now(timezone.utc) - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        write(settings, "vm-1", 3, at=old)
+        write(settings, "vm-1", 3)
+        write(settings, "vm-2", 2)
+        AuditLog(settings).append([AuditRecord(actor="user:admin", action="host_enroll", outcome="done", host_id="host-5")])
+        yield settings
+        aws_adapter.reset_clients()
 
 
 def export(vvg, tmp_path, *args, name="e.json") -> tuple[list, str]:
@@ -68,27 +81,6 @@ def test_export__one_vm_and_since__are_partial_chains_that_still_verify(history,
     assert r.code == 0 and r.json()["chains_starting_after_record_1"] == 1, r
     both, path = export(vvg, tmp_path, "--vm", "vm-1", "--since", "2d", name="b.json")
     assert [d["seq"] for d in both] == [4, 5, 6] and vvg("audit", "verify", "--file", path).code == 0
-
-
-def test_dashboard_json_export__verifies_offline(history, vvg, tmp_path):
-    from tests.dashboard_support import _make_app, sign_in, seed
-
-    seed(history)
-    app = _make_app(history)
-    client = app.test_client()
-    sign_in(client, "viewer")
-    data = json.loads(client.get("/audit/export.json").get_data(as_text=True))
-    assert data and all({"chain", "seq", "mac", "prev"} <= set(d) for d in data)
-    r = check(vvg, tmp_path, data)
-    assert r.code == 0, r
-    text = client.get("/audit/export.csv").get_data(as_text=True)
-    assert {"chain", "seq", "prev", "mac"} <= set(next(csv.reader(io.StringIO(text))))
-    # Filtered by type: records are missing between present ones, which only --allow-gaps accepts.
-    AuditLog(history).append([AuditRecord(actor="cli", action="detach", outcome="done", vm_id="vm-1")])
-    write(history, "vm-1", 1)
-    attaches = json.loads(client.get("/audit/export.json?vm=vm-1&type=attach").get_data(as_text=True))
-    assert check(vvg, tmp_path, attaches).code == 1
-    assert check(vvg, tmp_path, attaches, "--allow-gaps").code == 0
 
 
 @pytest.mark.parametrize("field,value", [("reason", "edited"), ("at", "2020-01-01T00:00:00.000Z"), ("actor", "reconciler"),
@@ -133,17 +125,6 @@ def test_verify_file__a_duplicated_record_fails(history, vvg, tmp_path):
 def test_verify_file__the_newest_first_order_verifies_too(history, vvg, tmp_path):
     data, _ = export(vvg, tmp_path, "--vm", "vm-1")
     assert check(vvg, tmp_path, list(reversed(data))).code == 0
-
-
-def test_verify_file__another_audit_key_fails_every_record(history, vvg, tmp_path):
-    data, _ = export(vvg, tmp_path, "--vm", "vm-2")
-    boto3.client("secretsmanager", region_name="us-east-1").put_secret_value(
-        SecretId=history.audit_key_secret_id, SecretString="another-key")
-    from vvolguard.adapters import aws as aws_adapter
-
-    aws_adapter.audit_key.cache_clear()
-    r = check(vvg, tmp_path, data)
-    assert r.code == 1 and "entry 1 " in r.err, r
 
 
 HOSTILE = [
@@ -200,3 +181,41 @@ def test_export__nothing_secret_in_it(history, vvg, tmp_path):
     key = aws_adapter.audit_key(history.region, history.audit_key_secret_id).decode()
     _, path = export(vvg, tmp_path)
     assert key not in open(path).read()
+
+
+# ---- these two add to the shared history: they run last
+
+
+def test_dashboard_json_export__verifies_offline(history, vvg, tmp_path):
+    from tests.dashboard_support import _make_app, sign_in, seed
+
+    seed(history)
+    app = _make_app(history)
+    client = app.test_client()
+    sign_in(client, "viewer")
+    data = json.loads(client.get("/audit/export.json").get_data(as_text=True))
+    assert data and all({"chain", "seq", "mac", "prev"} <= set(d) for d in data)
+    r = check(vvg, tmp_path, data)
+    assert r.code == 0, r
+    text = client.get("/audit/export.csv").get_data(as_text=True)
+    assert {"chain", "seq", "prev", "mac"} <= set(next(csv.reader(io.StringIO(text))))
+    # Filtered by type: records are missing between present ones, which only --allow-gaps accepts.
+    AuditLog(history).append([AuditRecord(actor="cli", action="detach", outcome="done", vm_id="vm-1")])
+    write(history, "vm-1", 1)
+    attaches = json.loads(client.get("/audit/export.json?vm=vm-1&type=attach").get_data(as_text=True))
+    assert check(vvg, tmp_path, attaches).code == 1
+    assert check(vvg, tmp_path, attaches, "--allow-gaps").code == 0
+
+
+def test_verify_file__another_audit_key_fails_every_record(history, vvg, tmp_path):
+    data, _ = export(vvg, tmp_path, "--vm", "vm-2")
+    boto3.client("secretsmanager", region_name="us-east-1").put_secret_value(
+        SecretId=history.audit_key_secret_id, SecretString="another-key")
+    from vvolguard.adapters import aws as aws_adapter
+
+    aws_adapter.audit_key.cache_clear()
+    try:
+        r = check(vvg, tmp_path, data)
+        assert r.code == 1 and "entry 1 " in r.err, r
+    finally:
+        aws_adapter.audit_key.cache_clear()
