@@ -139,7 +139,13 @@ def test_tamper_check__result_shown_and_an_altered_record_is_named(app, client, 
 
     login("viewer")
     page = client.get("/audit").get_data(as_text=True)
-    assert "Tamper check passed" in page and "intact" in page
+    assert "Tamper check passed" in page and "intact" in page and "no signed checkpoint yet" in page
+    from vvolguard.adapters.audit import AuditLog
+
+    at = AuditLog(seeded[0]).checkpoint()["at"]
+    app.extensions["vvg_tamper"].checked_at -= 60
+    page = client.get("/audit").get_data(as_text=True)
+    assert f"against the signed checkpoint of <span class=\"mono\">{at}</span>" in page
     rec = next(iter(AuditItem.query("ACTOR#cli")))
     rec.update(actions=[AuditItem.reason.set("edited afterwards")])
     r = client.post("/audit/verify", data={"csrf_token": csrf_token(client, "/audit")})
