@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import boto3
 from botocore.exceptions import ClientError
@@ -151,10 +152,15 @@ def test_cli__reports_an_unreachable_stack_in_one_line():
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal__stops_every_part_cleanly(sig):
-    s = start_stack({"VVG_SEED": "0"})
+    # The reconciler's loop runs too (every 0.3 s here) and must stop with the rest.
+    s = start_stack({"VVG_SEED": "0", "VVG_RECONCILE_SECONDS": "0.3"})
     r = s.vvg("policy", "export")
     assert r.code == 0 and r.json() == {"volumes": []}, r  # VVG_SEED=0 starts empty
     assert "demo data             none" in s.banner
+    deadline = time.time() + 30
+    while (s.vvg("audit", "verify").json().get("checkpoint") is None) and time.time() < deadline:
+        time.sleep(0.3)  # each pass ends with a signed checkpoint
+    assert s.vvg("audit", "verify").json()["checkpoint"] is not None
     code = stop_stack(s, sig)
     assert code == 0, "".join(s.output)
     assert "stopped." in "".join(s.output)
