@@ -281,6 +281,18 @@ def test_finding_the_latest_checkpoint__lists_one_bounded_page(history, vvg):
     assert cp.key == min(k for k, _ in objects(history))
 
 
+def test_a_flood_of_forged_checkpoints__fails_verify_instead_of_hiding_the_real_ones(history, vvg, monkeypatch):
+    from vvolguard.adapters import checkpoints
+
+    assert vvg("audit", "checkpoint").code == 0
+    monkeypatch.setattr(checkpoints, "MAX_EXAMINED", 3)
+    for i in range(3):
+        _forge(history, f"{PREFIX}000000000000{i}-20990101T000000000Z-0000000{i}.json", {})
+    s3().put_object(Bucket=history.audit_checkpoint_bucket, Key=f"{PREFIX}junk", Body=b"x")  # skipped unread
+    r = vvg("audit", "verify")
+    assert r.code == 1 and r.out == "" and "no checkpoint with a valid signature among the newest 3" in r.err, r
+
+
 def test_without_any_checkpoint__verify_reports_none(history, vvg):
     r = vvg("audit", "verify")
     assert r.code == 0 and r.json()["checkpoint"] is None
