@@ -23,6 +23,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/cfn-lint template.yaml
+	$(BIN)/checkov -f template.yaml --framework cloudformation --skip-download --compact --quiet
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -13,7 +13,7 @@ from flask import Blueprint, Response, current_app, flash, redirect, render_temp
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from dashboard.auth import role_required
-from vvolguard.adapters.audit import AuditLog
+from vvolguard.adapters.audit import AuditLog, export_row
 from vvolguard.domain.events import TYPES
 from vvolguard.errors import InvalidInput
 from vvolguard.services.audit_queries import OUTCOMES, AuditQuery, iterate, parse_bound, read_page, record_dict
@@ -23,8 +23,10 @@ PER_PAGE, MAX_PER_PAGE = 50, 200
 EXPORT_MAX = 10_000
 ACTIONS = ("attach", "detach", "create", "grant", "revoke", "select", "refuse", "state_corrected",
            "policy_create", "policy_update", "policy_delete", "host_enroll", "host_rotate", "host_revoke", "user_add")
+# Each record's chain position and MACs too, so that `vvg audit verify --file` can check a JSON export offline
+# (docs/audit-export.md); a MAC reveals nothing and cannot be made without the audit key.
 EXPORT_FIELDS = ("at", "actor", "vm_id", "volume_id", "host_id", "event_id", "event_type", "action", "outcome",
-                 "reason", "policy_version", "detail", "chain", "seq")
+                 "reason", "policy_version", "detail", "chain", "seq", "prev", "mac")
 FILTER_ARGS = ("vm", "host", "volume", "type", "outcome", "from", "to")
 
 
@@ -163,7 +165,7 @@ def _csv_cell(value: Any) -> str:
 
 def _rows(q: AuditQuery) -> Iterator[dict[str, Any]]:
     for item in iterate(q, EXPORT_MAX):
-        row = record_dict(item)
+        row = export_row(item)
         yield {k: row.get(k) for k in EXPORT_FIELDS}
 
 

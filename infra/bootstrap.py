@@ -57,6 +57,52 @@ def create_resources(template: Template, settings: Settings) -> None:
         sm.describe_secret(SecretId=settings.audit_key_secret_id)
     except ClientError:
         sm.create_secret(Name=settings.audit_key_secret_id, SecretString=secrets.token_hex(32))
+    create_keys(template, settings)
+    create_buckets(template, settings)
+
+
+def create_keys(template: Template, settings: Settings) -> None:
+    """Every KMS alias of the template whose key is missing: a key of the template's spec and usage
+    (the audit checkpoints' ECDSA P-256 signing key among them)."""
+    kms = aws.client("kms", settings.region)
+    for name, res in template.of_type("AWS::KMS::Alias").items():
+        alias = template.ref(name)
+        try:
+            kms.describe_key(KeyId=alias)
+            continue
+        except ClientError:
+            pass
+        target = res["Properties"]["TargetKeyId"]
+        props = template.resources.get(target.get("Ref", ""), {}).get("Properties", {}) if isinstance(target, dict) else {}
+        key_id = kms.create_key(Description=str(props.get("Description", alias)),
+                                KeySpec=props.get("KeySpec", "SYMMETRIC_DEFAULT"),
+                                KeyUsage=props.get("KeyUsage", "ENCRYPT_DECRYPT"))["KeyMetadata"]["KeyId"]
+        kms.create_alias(AliasName=alias, TargetKeyId=key_id)
+
+
+def create_buckets(template: Template, settings: Settings) -> None:
+    """The template's S3 buckets with their versioning, Object Lock retention and public access block
+    (the emulation's encryption at rest would prove nothing, so the bucket keys are not set locally)."""
+    s3 = aws.client("s3", settings.region)
+    for name, res in template.of_type("AWS::S3::Bucket").items():
+        p = template.resolve(res["Properties"])
+        bucket = p["BucketName"]
+        try:
+            s3.head_bucket(Bucket=bucket)
+            continue
+        except ClientError:
+            pass
+        s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=bool(p.get("ObjectLockEnabled")))
+        if p.get("VersioningConfiguration"):
+            s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration=p["VersioningConfiguration"])
+        lock = p.get("ObjectLockConfiguration")
+        if lock:
+            rule = lock["Rule"]["DefaultRetention"]
+            s3.put_object_lock_configuration(Bucket=bucket, ObjectLockConfiguration={
+                "ObjectLockEnabled": "Enabled",
+                "Rule": {"DefaultRetention": {"Mode": rule["Mode"], "Days": int(rule["Days"])}}})
+        if p.get("PublicAccessBlockConfiguration"):
+            s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=p["PublicAccessBlockConfiguration"])
 
 
 def ensure_instance(settings: Settings, vm_id: str) -> str:

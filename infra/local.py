@@ -53,6 +53,17 @@ def _wait_http(url: str, timeout: float) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
 
 
+def _reconcile_seconds() -> float:
+    raw = os.environ.get("VVG_RECONCILE_SECONDS", "60")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"vvg: error: VVG_RECONCILE_SECONDS={raw[:20]!r} is not a number of seconds") from None
+    if not 0 <= value <= 86400 or value != value:
+        raise SystemExit(f"vvg: error: VVG_RECONCILE_SECONDS={raw[:20]!r} must be from 0 (off) to 86400")
+    return value
+
+
 class LocalStack:
     """Start, seed and stop the parts; usable from `make run` and from end-to-end tests."""
 
@@ -67,6 +78,8 @@ class LocalStack:
         self.servers: list[Any] = []
         self.threads: list[threading.Thread] = []
         self.seeded: dict[str, Any] = {}
+        self.reconcile_seconds = _reconcile_seconds()
+        self._stopping = threading.Event()
 
     @property
     def aws_url(self) -> str:
@@ -129,6 +142,23 @@ class LocalStack:
             self.threads.append(t)
         _wait_http(f"http://{HOST}:{self.api_port}/v1/health", 30)
         _wait_http(f"http://{HOST}:{self.dashboard_port}/healthz", 30)
+        if self.reconcile_seconds:
+            t = threading.Thread(target=self._reconcile_loop, args=(settings,), name="vvg-reconcile", daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _reconcile_loop(self, settings: Any) -> None:
+        """The schedule of the template (every VVG_RECONCILE_SECONDS): a reconciler pass, which ends with the
+        signed audit checkpoint (docs/threat-model.md)."""
+        from vvolguard.services.reconcile import Reconciler
+
+        while not self._stopping.wait(self.reconcile_seconds):
+            try:
+                summary = Reconciler(settings).run()
+                if not summary["ok"]:
+                    log.warning("reconcile: %s", summary["errors"][:3])
+            except Exception:  # the next pass tries again, as the schedule would
+                log.exception("reconcile pass failed")
 
     def banner(self) -> str:
         lines = [
@@ -158,6 +188,7 @@ class LocalStack:
         return "\n".join(lines)
 
     def stop(self) -> None:
+        self._stopping.set()
         for srv in self.servers:
             try:
                 srv.shutdown()

@@ -119,6 +119,7 @@ class Template:
             "AWS::DynamoDB::Table": f"arn:aws:dynamodb:{region}:{account}:table/{{}}",
             "AWS::KMS::Key": f"arn:aws:kms:{region}:{account}:key/{{}}",
             "AWS::Logs::LogGroup": f"arn:aws:logs:{region}:{account}:log-group:{{}}:*",
+            "AWS::S3::Bucket": "arn:aws:s3:::{}",
         }
         return shapes.get(kind, "arn:aws:local:::{}").format(self.ref(name))
 
@@ -150,7 +151,7 @@ class Template:
             raise KeyError(f"template has no parameter or resource {name!r}")
         props = res.get("Properties", {})
         for key in ("TableName", "AliasName", "Name", "FunctionName", "RoleName", "LogGroupName", "TopicName",
-                    "LayerName"):
+                    "LayerName", "BucketName"):
             if key in props:
                 return self.resolve(props[key])
         return name

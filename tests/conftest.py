@@ -109,7 +109,10 @@ def start_stack(extra_env: dict[str, str] | None = None, timeout: float = 120) -
     ports = [free_port() for _ in range(3)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(VVG_AWS_PORT=str(ports[0]), VVG_API_PORT=str(ports[1]), VVG_DASHBOARD_PORT=str(ports[2]),
-               VVG_ADMIN_PASSWORD="admin-pass-123", PYTHONUNBUFFERED="1")
+               VVG_ADMIN_PASSWORD="admin-pass-123", PYTHONUNBUFFERED="1",
+               # No background reconciler passes racing the tests' own `vvg reconcile` (its loop has its own
+               # test, tests/test_audit_tamper.py); a test that wants it passes VVG_RECONCILE_SECONDS.
+               VVG_RECONCILE_SECONDS="0")
     env.update(extra_env or {})
     proc = subprocess.Popen([sys.executable, "-m", "infra.local"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

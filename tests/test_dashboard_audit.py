@@ -117,10 +117,10 @@ def test_export__csv_and_json_hold_the_filtered_set_and_nothing_secret(app, clie
     assert [d["event_id"] for d in data] == ["vm-7-ev-6", "vm-7-ev-3", "vm-7-ev-0"]
     everything = client.get("/audit/export.json").get_data(as_text=True) + client.get("/audit/export.csv").get_data(as_text=True)
     assert "host_enroll" in everything and "user:admin" in everything
-    for forbidden in (secret, "pw-secret-1", pw_hash, "02:00:00:00:00:99", "SER-99", "scrypt$", '"mac"', "prev"):
+    for forbidden in (secret, "pw-secret-1", pw_hash, "02:00:00:00:00:99", "SER-99", "scrypt$"):
         assert forbidden not in everything, forbidden
     assert all(set(d) == {"at", "actor", "vm_id", "volume_id", "host_id", "event_id", "event_type", "action",
-                          "outcome", "reason", "policy_version", "detail", "chain", "seq"} for d in json.loads(
+                          "outcome", "reason", "policy_version", "detail", "chain", "seq", "prev", "mac"} for d in json.loads(
         client.get("/audit/export.json").get_data(as_text=True)))
 
 
@@ -139,7 +139,13 @@ def test_tamper_check__result_shown_and_an_altered_record_is_named(app, client, 
 
     login("viewer")
     page = client.get("/audit").get_data(as_text=True)
-    assert "Tamper check passed" in page and "intact" in page
+    assert "Tamper check passed" in page and "intact" in page and "no signed checkpoint yet" in page
+    from vvolguard.adapters.audit import AuditLog
+
+    at = AuditLog(seeded[0]).checkpoint()["at"]
+    app.extensions["vvg_tamper"].checked_at -= 60
+    page = client.get("/audit").get_data(as_text=True)
+    assert f"against the signed checkpoint of <span class=\"mono\">{at}</span>" in page
     rec = next(iter(AuditItem.query("ACTOR#cli")))
     rec.update(actions=[AuditItem.reason.set("edited afterwards")])
     r = client.post("/audit/verify", data={"csrf_token": csrf_token(client, "/audit")})

@@ -293,7 +293,8 @@ def test_tables__every_one_has_pitr_sse_and_deletion_protection_from_the_paramet
     for name, res in tables(resources).items():
         p = res["Properties"]
         assert p["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}, name
-        assert p["SSESpecification"] == {"SSEEnabled": True}, name
+        # Encrypted under the stack's own key, not an AWS-owned one (checkov CKV_AWS_119).
+        assert p["SSESpecification"] == {"SSEEnabled": True, "SSEType": "KMS", "KMSMasterKeyId": {"Ref": "DataKey"}}, name
         assert p["DeletionProtectionEnabled"] == {"Fn::If": ["Protect", True, False]}, name
         assert p["BillingMode"] == "PAY_PER_REQUEST", name
 
@@ -649,7 +650,16 @@ def needed(service: str, op: str, params: dict) -> list[tuple[str, str]]:
         if op == "TransactGetItems":
             return [("dynamodb:GetItem", table(i["Get"]["TableName"])) for i in params["TransactItems"]]
         return [(f"dynamodb:{op}", table(params["TableName"], params.get("IndexName")))]
-    if service == "kms":  # the only key the code calls directly: the host secrets' key
+    if service == "kms" and op in ("Sign", "Verify"):  # the audit checkpoints' signing key
+        return [(f"kms:{op}", f"arn:aws:kms:{REGION}:{ACCOUNT}:key/AuditCheckpointKey")]
+    if service == "s3":  # the audit checkpoints (S3 encrypts under DataKey server-side, as the caller)
+        bucket = f"arn:aws:s3:::{params['Bucket']}"
+        if op == "ListObjectVersions":
+            return [("s3:ListBucketVersions", bucket)]
+        if op == "GetObject":
+            return [("s3:GetObjectVersion" if params.get("VersionId") else "s3:GetObject", f"{bucket}/{params['Key']}")]
+        return [(f"s3:{op}", f"{bucket}/{params['Key']}")]
+    if service == "kms":  # otherwise the host secrets' key
         assert "vvg:host-id" in params.get("EncryptionContext", {}), "a host secret is bound to its host id"
         return [(f"kms:{op}", f"arn:aws:kms:{REGION}:{ACCOUNT}:key/HostSecretsKey")]
     if service == "secretsmanager":
@@ -755,7 +765,8 @@ def test_iam_calls__the_reconcile_function_role_covers_a_pass_that_does_everythi
     assert summary["expired_leases"] >= 1 and summary["grants_expired"] == 1 and summary["orphans_detached"] == 1, summary
     assert_granted(calls, "ReconcileRole", {
         "dynamodb:Query", "dynamodb:GetItem", "dynamodb:TransactWriteItems", "secretsmanager:GetSecretValue",
-        "sts:AssumeRole", "ec2:DescribeVolumes", "ec2:DetachVolume", "ec2:CreateTags"})
+        "sts:AssumeRole", "ec2:DescribeVolumes", "ec2:DetachVolume", "ec2:CreateTags", "dynamodb:Scan",
+        "kms:Sign", "s3:ListObjectVersions", "s3:PutObject"})
 
 
 def test_iam_calls__the_dashboard_function_role_covers_its_pages_and_changes(webhook, calls):
@@ -764,6 +775,9 @@ def test_iam_calls__the_dashboard_function_role_covers_its_pages_and_changes(web
     from vvolguard.services.policies import PolicyService
 
     assert webhook.send("vm.preboot", "vm-1")[0] == 200
+    from vvolguard.adapters.audit import AuditLog
+
+    AuditLog(webhook.settings).checkpoint()  # the tamper check reads and verifies it
     app = create_app({"TESTING": True, "WTF_CSRF_ENABLED": False, "SECRET_KEY": "t", "SESSION_COOKIE_SECURE": False,
                       "VVG_LOGIN_FAIL_DELAY": 0, "VVG_TAMPER_SYNC": True})
     client = app.test_client()
@@ -783,7 +797,8 @@ def test_iam_calls__the_dashboard_function_role_covers_its_pages_and_changes(web
         assert out["detached"]
     assert_granted(calls, "DashboardRole", {
         "dynamodb:Query", "dynamodb:GetItem", "dynamodb:Scan", "dynamodb:TransactWriteItems", "kms:Encrypt",
-        "secretsmanager:GetSecretValue", "sts:AssumeRole", "ec2:DetachVolume"})
+        "secretsmanager:GetSecretValue", "sts:AssumeRole", "ec2:DetachVolume", "s3:ListObjectVersions",
+        "s3:GetObject", "kms:Verify"})
 
 
 def test_iam_calls__the_operator_policy_covers_the_vvg_cli(webhook, calls, vvg, tmp_path):
@@ -798,9 +813,13 @@ def test_iam_calls__the_operator_policy_covers_the_vvg_cli(webhook, calls, vvg, 
                             (("policy", "delete", "vvol-1"), ""), (("audit", "list", "--limit", "5"), ""),
                             (("audit", "list", "--volume", "vvol-1"), ""), (("audit", "verify"), ""),
                             (("reconcile",), ""), (("user", "add", "olga", "--role", "viewer", "--password-stdin"),
-                                                   "olga-pass-123\n")):
+                                                   "olga-pass-123\n"),
+                            (("audit", "checkpoint"), ""), (("audit", "verify"), ""),
+                            (("audit", "export", "--out", str(tmp_path / "e.json")), ""),
+                            (("audit", "verify", "--file", str(tmp_path / "e.json")), "")):
             r = vvg(*argv, stdin=stdin)
             assert r.code == 0, (argv, r)
     assert_granted(calls, "OperatorPolicy", {
         "dynamodb:Query", "dynamodb:GetItem", "dynamodb:Scan", "dynamodb:TransactWriteItems", "kms:Encrypt",
-        "secretsmanager:GetSecretValue", "sts:AssumeRole", "ec2:DetachVolume", "ec2:DescribeVolumes"})
+        "secretsmanager:GetSecretValue", "sts:AssumeRole", "ec2:DetachVolume", "ec2:DescribeVolumes",
+        "kms:Sign", "kms:Verify", "s3:PutObject", "s3:GetObject", "s3:ListObjectVersions"})

@@ -8,8 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import boto3
+from botocore.exceptions import ClientError
 import pytest
 import requests
 
@@ -91,6 +93,24 @@ def test_audit__seeding_is_audited_and_verifies(stack):
     assert stack.host_secret not in "\n".join(lines)
 
 
+def test_audit__checkpoints_are_signed_and_locked_in_the_emulation(stack):
+    """The local stack creates the checkpoint key and the Object Lock bucket from the template
+    (docs/threat-model.md): `vvg audit checkpoint` writes one there and `vvg audit verify` checks against it."""
+    cp = stack.vvg("audit", "checkpoint")
+    assert cp.code == 0, cp
+    location = cp.json()["location"]
+    assert location.startswith("s3://vvg-audit-ckpt-")
+    r = stack.vvg("audit", "verify")
+    assert r.code == 0, r
+    assert r.json()["checkpoint"]["chains"] >= cp.json()["chains"]
+    s3 = boto3.client("s3", endpoint_url=stack.aws_url, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    bucket, key = location[5:].split("/", 1)
+    (version,) = [v["VersionId"] for v in s3.list_object_versions(Bucket=bucket, Prefix=key)["Versions"]]
+    with pytest.raises(ClientError):
+        s3.delete_object(Bucket=bucket, Key=key, VersionId=version)
+
+
 def test_gateway__unknown_route_is_404_like_api_gateway(stack):
     r = requests.get(f"{stack.api_url}/v1/nope", timeout=5)
     assert r.status_code == 404 and r.json() == {"message": "Not Found"}
@@ -132,10 +152,15 @@ def test_cli__reports_an_unreachable_stack_in_one_line():
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal__stops_every_part_cleanly(sig):
-    s = start_stack({"VVG_SEED": "0"})
+    # The reconciler's loop runs too (every 0.3 s here) and must stop with the rest.
+    s = start_stack({"VVG_SEED": "0", "VVG_RECONCILE_SECONDS": "0.3"})
     r = s.vvg("policy", "export")
     assert r.code == 0 and r.json() == {"volumes": []}, r  # VVG_SEED=0 starts empty
     assert "demo data             none" in s.banner
+    deadline = time.time() + 30
+    while (s.vvg("audit", "verify").json().get("checkpoint") is None) and time.time() < deadline:
+        time.sleep(0.3)  # each pass ends with a signed checkpoint
+    assert s.vvg("audit", "verify").json()["checkpoint"] is not None
     code = stop_stack(s, sig)
     assert code == 0, "".join(s.output)
     assert "stopped." in "".join(s.output)

@@ -223,11 +223,89 @@ def cmd_audit(args: argparse.Namespace) -> int:
             row["chain"], row["seq"] = rec.chain, int(rec.seq)
             _out(row)
         return 0
+    if args.action == "checkpoint":
+        cp = log.checkpoint()
+        _out(cp)
+        if cp["held_back"]:
+            sys.stderr.write(f"vvg: warning: {cp['held_back']} chain(s) are behind the previous checkpoint or have a "
+                             f"head that does not verify (kept at their checkpointed record): run 'vvg audit verify'\n")
+        return 0
+    if args.action == "export":
+        return _audit_export(args)
+    if args.file is not None:
+        return _audit_verify_file(log, args.file, args.allow_gaps)
+    if args.allow_gaps:
+        raise CliError("audit verify: --allow-gaps goes with --file", 2)
     summary = log.verify()
     _out(summary)
     if not summary["ok"]:
         p = summary["first_problem"]
         sys.stderr.write(f"vvg: error: audit history not intact: record {p['seq']} of chain {p['chain']}: {p['problem']}\n")
+        return 1
+    return 0
+
+
+MAX_EXPORT_FILE = 512 * 1024 * 1024
+
+
+def _audit_export(args: argparse.Namespace) -> int:
+    """`vvg audit export [--vm VM] [--since DURATION] --out FILE`: a JSON array, written only when complete."""
+    import os
+    import tempfile
+    from datetime import datetime, timezone
+
+    from vvolguard.adapters.audit import export_row
+    from vvolguard.services.audit_queries import export_items, parse_duration
+
+    since = None
+    if args.since is not None:
+        since = (datetime.now(timezone.utc) - parse_duration(args.since)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    out = os.path.abspath(args.out)
+    if os.path.isdir(out):
+        raise CliError(f"audit export: {args.out} is a directory")
+    folder = os.path.dirname(out)
+    if not os.path.isdir(folder):
+        raise CliError(f"audit export: the folder of {args.out} does not exist")
+    items = export_items(args.vm, since)
+    rows = [export_row(i) for i in items]
+    fd, tmp = tempfile.mkstemp(prefix=".vvg-export-", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("[")
+            for n, row in enumerate(rows):
+                fh.write(("\n" if n == 0 else ",\n") + json.dumps(row, sort_keys=False))
+            fh.write("\n]\n")
+        os.replace(tmp, out)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    _out({"records": len(rows), "chains": len({r["chain"] for r in rows}), "out": args.out})
+    return 0
+
+
+def _audit_verify_file(log, name: str, allow_gaps: bool) -> int:
+    """`vvg audit verify --file EXPORT.json`: the export's records checked offline with the audit key."""
+    from vvolguard.adapters.audit import verify_export
+
+    try:
+        with open(name, "rb") as fh:
+            data = fh.read(MAX_EXPORT_FILE + 1)
+    except OSError as exc:
+        raise CliError(f"audit verify: cannot read {name}: {exc.strerror}") from None
+    if len(data) > MAX_EXPORT_FILE:
+        raise CliError(f"audit verify: {name} is larger than {MAX_EXPORT_FILE // (1024 * 1024)} MiB")
+    try:
+        records = json.loads(data)
+    except (ValueError, RecursionError):
+        raise CliError(f"audit verify: {name} is not JSON (an export is a JSON array of records)") from None
+    if not isinstance(records, list):
+        raise CliError(f"audit verify: {name} is not a JSON array of audit records")
+    summary = verify_export(log._key(), records, allow_gaps=allow_gaps)
+    _out(summary)
+    if not summary["ok"]:
+        p = summary["first_problem"]
+        sys.stderr.write(f"vvg: error: export not intact: entry {p['index'] + 1} (record {p['seq']} of chain "
+                         f"{p['chain']}): {p['problem']}\n")
         return 1
     return 0
 
@@ -349,7 +427,15 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--vm")
     li.add_argument("--volume")
     li.add_argument("--limit", type=_limit, default=100)
-    au.add_parser("verify", help="check the hash chains")
+    ve = au.add_parser("verify", help="check the hash chains against the latest signed checkpoint, or an export")
+    ve.add_argument("--file", help="check this JSON export offline (with the audit key) instead of the tables")
+    ve.add_argument("--allow-gaps", action="store_true",
+                    help="with --file: the export was filtered by more than VM and time; missing records are not errors")
+    au.add_parser("checkpoint", help="sign the head of every audit chain now")
+    xp = au.add_parser("export", help="write the records as a JSON array (docs/audit-export.md)")
+    xp.add_argument("--vm")
+    xp.add_argument("--since", help="30m, 12h, 7d")
+    xp.add_argument("--out", required=True)
     aud.set_defaults(func=cmd_audit)
 
     evt = sub.add_parser("event", help="send a signed host event")

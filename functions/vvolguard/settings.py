@@ -45,6 +45,8 @@ class Settings:
     audit_table: str = "vvg-audit"
     host_secrets_key_id: str = "alias/vvg-host-secrets"
     audit_key_secret_id: str = "vvg/audit-key"
+    audit_checkpoint_key_id: str = "alias/vvg-audit-checkpoint"
+    audit_checkpoint_bucket: str = "vvg-audit-ckpt-123456789012-us-east-1"
     migration_grant_seconds: int = 3600
     provider_role_arn: str = "arn:aws:iam::123456789012:role/vvg-provider"
 
@@ -62,6 +64,8 @@ class Settings:
             audit_table=e.get("VVG_AUDIT_TABLE", d.audit_table),
             host_secrets_key_id=e.get("VVG_HOST_SECRETS_KEY_ID", d.host_secrets_key_id),
             audit_key_secret_id=e.get("VVG_AUDIT_KEY_SECRET_ID", d.audit_key_secret_id),
+            audit_checkpoint_key_id=e.get("VVG_AUDIT_CHECKPOINT_KEY_ID", d.audit_checkpoint_key_id),
+            audit_checkpoint_bucket=e.get("VVG_AUDIT_CHECKPOINT_BUCKET", d.audit_checkpoint_bucket),
             migration_grant_seconds=_int_setting("VVG_MIGRATION_GRANT_SECONDS", e.get("VVG_MIGRATION_GRANT_SECONDS"),
                                                  d.migration_grant_seconds),
             provider_role_arn=e.get("VVG_PROVIDER_ROLE_ARN", d.provider_role_arn),

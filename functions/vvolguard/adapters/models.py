@@ -313,6 +313,7 @@ class AuditItem(Model):
     detail = MapAttribute(null=True)
     prev = UnicodeAttribute()
     mac = UnicodeAttribute()
+    v = NumberAttribute(null=True)  # MAC format: 2 covers every stored attribute; absent: the first format
 
 
 MODELS_BY_SETTING = {

@@ -255,3 +255,49 @@ def policy_history(volume_id: str, limit: int = 50) -> list[AuditItem]:
         if len(out) >= limit or not start:
             break
     return out[:limit]
+
+
+_DURATION_RE = re.compile(r"^(\d{1,6})([mhd])\Z")
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30m``, ``12h``, ``7d`` (at most 3660 days)."""
+    m = _DURATION_RE.match(text or "")
+    if not m:
+        raise InvalidInput(f"a duration is a number and a unit m, h or d (30m, 12h, 7d), got {text[:20]!r}")
+    delta = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1)}[m[2]] * int(m[1])
+    if delta > timedelta(days=3660):
+        raise InvalidInput("a duration is at most 3660d")
+    return delta
+
+
+def export_items(vm_id: str | None = None, since: str | None = None) -> list[AuditItem]:
+    """The records of an export (docs/audit-export.md), chain by chain, each chain in sequence order.
+
+    Each chain's records form one unbroken run that ends at the chain's newest record: with ``since``,
+    from its first record at or after ``since``. So a missing record inside a run is always a removal."""
+    if vm_id is not None and not ID_RE.match(vm_id):
+        raise InvalidInput("vm_id must match [A-Za-z0-9._-]{1,64}")
+    if vm_id:
+        chains = [f"VM#{vm_id}"]
+        starts: dict[str, int] = {}
+    elif since:
+        starts = {}
+        for month in AuditQuery(since=since).months():
+            for item in AuditItem.by_time.query(month, AuditItem.at_key >= since):
+                s = int(item.seq)
+                starts[item.chain] = min(starts.get(item.chain, s), s)
+        chains = sorted(starts)
+    else:
+
+        chains = sorted({i.chain for i in AuditItem.scan(attributes_to_get=["chain", "seq"])})
+        starts = {}
+    out: list[AuditItem] = []
+    for chain in chains:
+        rng = AuditItem.seq >= starts[chain] if chain in starts else None
+        run = list(AuditItem.query(chain, rng, consistent_read=True, scan_index_forward=True))
+        if since and vm_id:
+            first = next((n for n, i in enumerate(run) if i.at >= since), len(run))
+            run = run[first:]
+        out.extend(run)
+    return out

@@ -34,6 +34,7 @@ class Summary:
     skipped_busy: int = 0
     attachments_seen: int = 0
     refusal_windows: int = 0
+    checkpoint: dict[str, Any] | None = None
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -41,12 +42,13 @@ class Summary:
                 "orphans_detached": self.orphans_detached, "states_corrected": self.states_corrected,
                 "skipped_busy": self.skipped_busy, "attachments_seen": self.attachments_seen,
                 "refusal_windows": self.refusal_windows,
-                "errors": self.errors[:20], "ok": not self.errors}
+                "checkpoint": self.checkpoint, "errors": self.errors[:20], "ok": not self.errors}
 
 
 class Reconciler:
     """One pass of (a) lease expiry, (b) grant expiry, (c) orphan detach, (d) state correction, (e) one audit
-    record per closed window of unauthenticated webhook refusals."""
+    record per closed window of unauthenticated webhook refusals, (f) the audit checkpoint (last, so it signs
+    what this pass wrote)."""
 
     def __init__(self, settings: Settings, provider: StorageProvider | None = None) -> None:
         self.settings = settings
@@ -70,13 +72,22 @@ class Reconciler:
         now = now or datetime.now(timezone.utc)
         s = Summary()
         for step in (self._expire_leases, self._expire_grants, self._detach_orphans_and_correct,
-                     self._fold_refusals):
+                     self._fold_refusals, self._checkpoint):
             try:
                 step(now, s)
             except Exception as exc:  # one broken step must not stop the others
                 log.exception("reconcile step %s failed", step.__name__)
                 s.errors.append(f"{step.__name__}: {type(exc).__name__}")
         return s.as_dict()
+
+    # ---- (e) the signed checkpoint of the audit chains' heads, after this pass's own records
+
+    def _checkpoint(self, now: datetime, s: Summary) -> None:
+        cp = self.audit.checkpoint()
+        s.checkpoint = {k: cp[k] for k in ("at", "chains", "location")}
+        if cp["held_back"]:
+            s.errors.append(f"audit checkpoint: {cp['held_back']} chain(s) behind the previous checkpoint "
+                            f"(tampered with? run 'vvg audit verify'): {', '.join(cp['held_back_chains'][:5])}")
 
     # ---- (a) leases
 
