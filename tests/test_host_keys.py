@@ -240,8 +240,6 @@ def test_rotate__old_key_gets_401_at_once_even_replayed_and_warm(keyhost, vvg, t
     assert int(HostItem.get("key-1").secret_version) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="a replay is answered from the idempotency record before the host re-check; "
-                   "the webhook branch moves authentication before the duplicate answer (secret hosts alike)")
 def test_rotate__a_replay_with_the_old_key_gets_401_not_the_stored_answer(keyhost, vvg, tmp_path):
     webhook, key = keyhost
     assert send_key(webhook, key, "vm.created", event_id="e-rot")[0] == 200
