@@ -43,6 +43,15 @@ def create_resources(template: Template, settings: Settings) -> None:
     except ClientError:
         key_id = kms.create_key(Description="vvolguard host secrets")["KeyMetadata"]["KeyId"]
         kms.create_alias(AliasName=settings.host_secrets_key_id, TargetKeyId=key_id)
+    # The key volumes' own key (template: KeyVolumesKey / KeyVolumesKeyAlias), never the default EBS key.
+    key_volumes = template.ref("KeyVolumesKeyAlias") if "KeyVolumesKeyAlias" in template.resources else None
+    if key_volumes:
+        try:
+            kms.describe_key(KeyId=key_volumes)
+        except ClientError:
+            desc = template.resolve(template.resources["KeyVolumesKey"]["Properties"].get("Description", ""))
+            key_id = kms.create_key(Description=desc)["KeyMetadata"]["KeyId"]
+            kms.create_alias(AliasName=key_volumes, TargetKeyId=key_id)
     iam = aws.client("iam", settings.region)
     for name, props in template.roles().items():
         try:

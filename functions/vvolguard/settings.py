@@ -16,6 +16,7 @@ class Settings:
     events_table: str = "vvg-events"
     audit_table: str = "vvg-audit"
     host_secrets_key_id: str = "alias/vvg-host-secrets"
+    key_volumes_key_id: str = "alias/vvg-key-volumes"
     audit_key_secret_id: str = "vvg/audit-key"
     migration_grant_seconds: int = 3600
     provider_role_arn: str = "arn:aws:iam::123456789012:role/vvg-provider"
@@ -33,6 +34,7 @@ class Settings:
             events_table=e.get("VVG_EVENTS_TABLE", d.events_table),
             audit_table=e.get("VVG_AUDIT_TABLE", d.audit_table),
             host_secrets_key_id=e.get("VVG_HOST_SECRETS_KEY_ID", d.host_secrets_key_id),
+            key_volumes_key_id=e.get("VVG_KEY_VOLUMES_KEY_ID", d.key_volumes_key_id),
             audit_key_secret_id=e.get("VVG_AUDIT_KEY_SECRET_ID", d.audit_key_secret_id),
             migration_grant_seconds=int(e.get("VVG_MIGRATION_GRANT_SECONDS", d.migration_grant_seconds)),
             provider_role_arn=e.get("VVG_PROVIDER_ROLE_ARN", d.provider_role_arn),
