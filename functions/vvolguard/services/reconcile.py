@@ -33,12 +33,14 @@ class Summary:
     states_corrected: int = 0
     skipped_busy: int = 0
     attachments_seen: int = 0
+    provisioning_leftovers: int = 0
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"expired_leases": self.expired_leases, "grants_expired": self.grants_expired,
                 "orphans_detached": self.orphans_detached, "states_corrected": self.states_corrected,
                 "skipped_busy": self.skipped_busy, "attachments_seen": self.attachments_seen,
+                "provisioning_leftovers": self.provisioning_leftovers,
                 "errors": self.errors[:20], "ok": not self.errors}
 
 
@@ -66,13 +68,27 @@ class Reconciler:
     def run(self, now: datetime | None = None) -> dict[str, Any]:
         now = now or datetime.now(timezone.utc)
         s = Summary()
-        for step in (self._expire_leases, self._expire_grants, self._detach_orphans_and_correct):
+        for step in (self._expire_leases, self._expire_grants, self._detach_orphans_and_correct,
+                     self._remove_provisioning_leftovers):
             try:
                 step(now, s)
             except Exception as exc:  # one broken step must not stop the others
                 log.exception("reconcile step %s failed", step.__name__)
                 s.errors.append(f"{step.__name__}: {type(exc).__name__}")
         return s.as_dict()
+
+    # ---- (e) what a key volume provisioning that died halfway left (docs/key-volume.md)
+
+    def _remove_provisioning_leftovers(self, now: datetime, s: Summary) -> None:
+        from vvolguard.services.keys import KeyService
+
+        provider = self.provider if isinstance(self.provider, EbsProvider) else EbsProvider(self.settings)
+        done, errors = KeyService(self.settings, provider).remove_leftovers(now.timestamp())
+        s.provisioning_leftovers += done
+        s.errors.extend(errors)
+        if done:
+            self.audit.append([AuditRecord(actor=ACTOR, action="key_cleanup", outcome="done",
+                                           reason="provisioning_leftover", detail={"removed": str(done)})])
 
     # ---- (a) leases
 
