@@ -199,8 +199,8 @@ class KeyService:
             self.writer.mark(who, new_id, "done")
             if old_id and old_id != new_id:
                 self.writer.delete_volume(who, old_id)
-        except VvgError as exc:  # the reconciler finishes it (both are tagged)
-            log.warning("key provision of %s: cleanup left to the reconciler (%s)", volume_id, exc.code)
+        except Exception as exc:  # noqa: BLE001 - the switch is done; the reconciler finishes (both are tagged)
+            log.warning("key provision of %s: cleanup left to the reconciler (%s)", volume_id, type(exc).__name__)
         return {"volume_id": volume_id, "provider_volume_id": new_id, "entries": kv.public_entries(header)}
 
     def _undo(self, who: HostIdentity, snapshot_id: str | None, new_id: str | None, old_id: str | None,
