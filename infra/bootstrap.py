@@ -102,6 +102,21 @@ def seed_demo(settings: Settings, admin_password: str) -> dict[str, Any]:
     return {"policies": applied, "host_id": DEMO_HOST["host_id"], "host_secret": secret}
 
 
+def provision_demo_keys(settings: Settings) -> list[str]:
+    """The demo's preboot volumes (OS disk encryption on) get a key volume with a random 64-byte luks entry,
+    written at the provider as `vvg key provision` writes it (docs/key-volume.md). Idempotent."""
+    from vvolguard.adapters.provider import EbsProvider
+    from vvolguard.services.keys import KeyService
+
+    keys = KeyService(settings, EbsProvider(settings))
+    done = []
+    for spec in parse_policy_text(DEMO_POLICIES.read_bytes(), DEMO_POLICIES.name):
+        if spec.attach_on == "preboot" and spec.os_disk_encryption and keys.record(spec.volume_id) is None:
+            keys.provision(spec.volume_id, actor="cli")
+            done.append(spec.volume_id)
+    return done
+
+
 def bootstrap(settings: Settings, template: Template | None = None) -> None:
     """Create the template's resources and point the models at them."""
     configure(settings)

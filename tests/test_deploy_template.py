@@ -677,6 +677,8 @@ def needed(service: str, op: str, params: dict) -> list[tuple[str, str]]:
         if op == "TransactWriteItems":
             kinds = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem", "ConditionCheck": "ConditionCheckItem"}
             return [(f"dynamodb:{kinds[k]}", table(v["TableName"])) for item in params["TransactItems"] for k, v in item.items()]
+        if op == "BatchGetItem":
+            return [("dynamodb:BatchGetItem", table(name)) for name in params["RequestItems"]]
         if op == "TransactGetItems":
             return [("dynamodb:GetItem", table(i["Get"]["TableName"])) for i in params["TransactItems"]]
         return [(f"dynamodb:{op}", table(params["TableName"], params.get("IndexName")))]
@@ -820,7 +822,7 @@ def test_iam_calls__the_dashboard_function_role_covers_its_pages_and_changes(web
     client = app.test_client()
     with calls:
         assert client.post("/login", data={"username": "admin", "password": "admin-pass-123"}).status_code == 302
-        for path in ("/policies", "/policies/vvol-1", "/attachments", "/audit", "/audit/export.csv",
+        for path in ("/policies", "/policies/vvol-1", "/policies/vvol-2", "/attachments", "/audit", "/audit/export.csv",
                      "/audit/export.json", "/hosts", "/simulate"):
             assert client.get(path).status_code == 200, path
         assert client.post("/simulate", data={"vm_id": "vm-1", "type": "vm.preboot"}).status_code == 200

@@ -315,3 +315,23 @@ def test_provision__a_failure_between_any_two_provider_calls_leaves_no_snapshot_
     assert vvg("key", "provision", "vvol-1", "--file", f"luks={K}").code == 0
     assert Reconciler(webhook.settings, provider).run(now=later)["provisioning_leftovers"] == 0
     _check_clean(vvg, "final")
+
+
+def test_dashboard__shows_provisioned_entries_and_escrow_never_bytes(webhook, vvg, K):
+    from tests.dashboard_support import PASSWORD, ROLE_USERS, TEST_CONFIG, sign_in
+    from dashboard import create_app
+    from vvolguard.services.users import UserService
+
+    UserService(webhook.settings).add(ROLE_USERS["viewer"], "viewer", PASSWORD, actor="cli")
+    assert vvg("key", "provision", "vvol-1", "--file", f"luks={K}", "--generate", "lic:100", "--escrow").code == 0
+    client = sign_in(create_app(dict(TEST_CONFIG)).test_client(), "viewer")
+    page = client.get("/policies").get_data(as_text=True)
+    assert "provisioned</span> luks, lic · escrowed" in page
+    assert page.count("not provisioned") == 4  # vvol-2..5; the preboot ones are flagged
+    one = client.get("/policies/vvol-1").get_data(as_text=True)
+    assert hashlib.sha256(K.read_bytes()).hexdigest() in one and "luks-key" in one and ">64 B<" in one
+    assert "escrowed" in one
+    two = client.get("/policies/vvol-2").get_data(as_text=True)
+    assert "never provisioned" in two and "vvg key provision vvol-2" in two
+    for text in (page, one, two):
+        assert K.read_bytes().hex() not in text and K.read_bytes().hex()[:16] not in text

@@ -91,6 +91,17 @@ def _iso(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def key_states(volume_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Key volume state of a page of volumes (the dashboard): one BatchGet per 100, never a scan; volumes
+    never provisioned are absent. Names, kinds, sizes and digests only."""
+    out: dict[str, dict[str, Any]] = {}
+    keys = [(keyvol_pk(v), KEYVOL_SK) for v in dict.fromkeys(volume_ids)]
+    if keys:
+        for item in KeyVolumeItem.batch_get(keys):
+            out[item.kv_volume_id] = KeyService.summary(item.kv_volume_id, None, item)
+    return out
+
+
 class KeyService:
     """``vvg key provision | describe | recover``."""
 
@@ -125,12 +136,7 @@ class KeyService:
         return self.summary(volume_id, policy, self.record(volume_id))
 
     def describe_many(self, volume_ids: list[str]) -> dict[str, dict[str, Any]]:
-        """Key volume state of a page of volumes: one BatchGet per 100 (the dashboard's lists)."""
-        out: dict[str, dict[str, Any]] = {}
-        keys = [(keyvol_pk(v), KEYVOL_SK) for v in dict.fromkeys(volume_ids)]
-        for item in KeyVolumeItem.batch_get(keys):
-            out[item.kv_volume_id] = self.summary(item.kv_volume_id, None, item)
-        return out
+        return key_states(volume_ids)
 
     # ---- provision
 
