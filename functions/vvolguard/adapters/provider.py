@@ -366,6 +366,7 @@ class KeyVolumeWriter:
 
     def __init__(self, provider: EbsProvider) -> None:
         self.p = provider
+        self._key_arn: str | None = None
 
     def _tags(self, who: HostIdentity, volume_id: str, vm_id: str, expires: int) -> list[dict[str, str]]:
         return [{"Key": TAG_VOLUME, "Value": volume_id}, {"Key": TAG_HOSTS, "Value": who.host_id},
@@ -377,8 +378,10 @@ class KeyVolumeWriter:
 
     def key_arn(self, who: HostIdentity) -> str:
         """The ARN of vvolguard's key-volume key (the EBS direct APIs want an ARN, not an alias)."""
-        kms = self.p.client(who, "kms")
-        return self.p._call(lambda: kms.describe_key(KeyId=self.p.settings.key_volumes_key_id))["KeyMetadata"]["Arn"]
+        if self._key_arn is None:  # an alias's target changes only by an operator's UpdateAlias: once per process
+            kms = self.p.client(who, "kms")
+            self._key_arn = self.p._call(lambda: kms.describe_key(KeyId=self.p.settings.key_volumes_key_id))["KeyMetadata"]["Arn"]
+        return self._key_arn
 
     def start(self, who: HostIdentity, volume_id: str, vm_id: str, size_mb: int, expires: int, key_arn: str) -> str:
         """StartSnapshot: an empty encrypted snapshot of the volume's size; returns its id."""
@@ -411,8 +414,11 @@ class KeyVolumeWriter:
     def complete(self, who: HostIdentity, snapshot_id: str, blocks: int, checksum: str) -> None:
         """CompleteSnapshot, then wait (briefly) until the snapshot can make a volume."""
         ebs = self.p.client(who, "ebs")
-        self.p._call(lambda: ebs.complete_snapshot(SnapshotId=snapshot_id, ChangedBlocksCount=blocks, Checksum=checksum,
-                                                   ChecksumAlgorithm="SHA256", ChecksumAggregationMethod="LINEAR"))
+        resp = self.p._call(lambda: ebs.complete_snapshot(SnapshotId=snapshot_id, ChangedBlocksCount=blocks,
+                                                          Checksum=checksum, ChecksumAlgorithm="SHA256",
+                                                          ChecksumAggregationMethod="LINEAR"))
+        if resp.get("Status") == "completed":
+            return
         ec2 = self.p.ec2(who)
         for _ in range(60):
             snap = self.p._call(lambda: ec2.describe_snapshots(SnapshotIds=[snapshot_id]))["Snapshots"][0]
