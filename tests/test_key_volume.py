@@ -351,3 +351,12 @@ def test_reader__is_posix_sh_without_bashisms():
     assert text.startswith("#!/bin/sh\n")
     for bashism in ("[[", "function ", "<<<", "local ", "pipefail", "python"):
         assert bashism not in text, bashism
+
+
+def test_cli_build__a_file_over_the_image_limit_is_refused_not_truncated(vvg, tmp_path, monkeypatch):
+    from vvolguard.services import keys
+
+    monkeypatch.setattr(keys, "MAX_IMAGE_FILE", 1000)
+    (tmp_path / "F").write_bytes(b"f" * 1001)
+    r = vvg("key", "build", "--vm", "vm-1", "--volume", "vvol-1", "--file", f"x={tmp_path}/F", "--out", str(tmp_path / "i"))
+    assert r.code == 1 and "over the image's limit of 1000 bytes" in r.err and not (tmp_path / "i").exists()

@@ -36,6 +36,7 @@ log = logging.getLogger("vvg.keys")
 KEYVOL_SK = "KEYVOL"
 LEFTOVER_SECONDS = 900  # a provisioning's snapshot and volume are leftovers once this old (the reconciler removes them)
 MAX_ESCROW_ENTRY = 4096  # KMS Encrypt's plaintext limit
+MAX_IMAGE_FILE = 64 * 1024 * 1024  # `vvg key build` without --size-mb: no entry file over 64 MiB
 
 
 def keyvol_pk(volume_id: str) -> str:
@@ -64,14 +65,15 @@ def collect_entries(generate: Iterable[str], files: Iterable[str], capacity: int
         entries.append(kv.Entry(name, kv.default_kind(name), secrets.token_bytes(count)))
     for spec in files:
         name, path, kind = kv.parse_file(spec)
-        limit = (capacity if capacity is not None else 64 * 1024 * 1024) + 1
+        limit = capacity if capacity is not None else MAX_IMAGE_FILE
         try:
             with open(path, "rb") as fh:
-                data = fh.read(limit)
+                data = fh.read(limit + 1)
         except OSError as exc:
             raise InvalidInput(f"--file {name}: cannot read {path}: {exc.strerror}") from None
-        if capacity is not None and len(data) > capacity:
-            raise kv.KeyVolumeError(f"--file {name}: {path} is over the volume's {capacity} bytes")
+        if len(data) > limit:
+            what = "the volume's" if capacity is not None else "the image's limit of"
+            raise kv.KeyVolumeError(f"--file {name}: {path} is over {what} {limit} bytes")
         entries.append(kv.Entry(name, kind, data))
     if not any(e.name == kv.LUKS for e in entries):
         entries.append(kv.Entry(kv.LUKS, "luks-key", secrets.token_bytes(kv.LUKS_DEFAULT_BYTES)))
