@@ -93,7 +93,7 @@ def K(tmp_path):
 
 
 def test_provision__whole_path_new_encrypted_volume_no_snapshot_preboot_attaches_it_recover_gives_K(
-        webhook, vvg, K, tmp_path, caplog):
+        webhook, vvg, provider_calls, K, tmp_path, caplog):
     import base64
     import logging
 
@@ -102,8 +102,14 @@ def test_provision__whole_path_new_encrypted_volume_no_snapshot_preboot_attaches
     old = recorded("vvol-1")
     assert old and encrypted_with_our_key(volumes_of("vvol-1")[old])  # the event path's create uses the key too
 
+    provider_calls.ops.clear()
     r = vvg("key", "provision", "vvol-1", "--file", f"luks={K}", "--escrow")
     assert r.code == 0, r
+    ops = provider_calls.ops  # no attach, never ec2:CreateSnapshot; the snapshot is gone before the old volume
+    assert {"ebs:StartSnapshot", "ebs:PutSnapshotBlock", "ebs:CompleteSnapshot", "ec2:CreateVolume",
+            "ec2:DeleteSnapshot", "ec2:DeleteVolume"} <= set(ops)
+    assert not {"ec2:AttachVolume", "ec2:CreateSnapshot", "ec2:CreateSnapshots", "ec2:CopySnapshot"} & set(ops)
+    assert ops.index("ec2:DeleteSnapshot") < ops.index("ec2:DeleteVolume")
     body = r.json()
     new = body["provider_volume_id"]
     assert list(body) == ["volume_id", "provider_volume_id", "entries"] and body["volume_id"] == "vvol-1"
@@ -140,18 +146,6 @@ def test_provision__whole_path_new_encrypted_volume_no_snapshot_preboot_attaches
     everything = r.out + r.err + audit.out + json.dumps(d) + json.dumps(body) + caplog.text
     for form in (K.read_bytes().hex(), K.read_bytes().hex()[:32], base64.b64encode(K.read_bytes()).decode()[:40]):
         assert form not in everything
-
-
-def test_provision__what_it_calls_at_the_provider(webhook, vvg, provider_calls, K):
-    """No attach, never ec2:CreateSnapshot; the snapshot is deleted before the old volume."""
-    assert webhook.send("vm.created", "vm-1")[0] == 200
-    provider_calls.ops.clear()
-    assert vvg("key", "provision", "vvol-1", "--file", f"luks={K}").code == 0
-    ops = provider_calls.ops
-    assert {"ebs:StartSnapshot", "ebs:PutSnapshotBlock", "ebs:CompleteSnapshot", "ec2:CreateVolume",
-            "ec2:DeleteSnapshot", "ec2:DeleteVolume"} <= set(ops)
-    assert not {"ec2:AttachVolume", "ec2:CreateSnapshot", "ec2:CreateSnapshots", "ec2:CopySnapshot"} & set(ops)
-    assert ops.index("ec2:DeleteSnapshot") < ops.index("ec2:DeleteVolume")
 
 
 def test_provision__a_volume_never_created_is_made_in_the_instances_zone(webhook, vvg):
