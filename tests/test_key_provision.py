@@ -258,6 +258,14 @@ def test_recover__refusals_and_the_escrow_is_bound_to_the_volume_id(webhook, vvg
     r = vvg("key", "recover", "vvol-2", "luks", "--out", str(tmp_path / "never"))
     assert r.code == 1 and r.err.count("\n") == 1 and not (tmp_path / "never").exists()
 
+    # Break-glass still works once the volume's host is revoked (a KMS decrypt, nothing at the provider).
+    assert vvg("host", "revoke", "host-1").code == 0
+    r = vvg("key", "recover", "vvol-1", "luks", "--out", str(tmp_path / "after-revoke"))
+    assert r.code == 0, r
+    assert (tmp_path / "after-revoke").read_bytes() == K.read_bytes()
+    r = vvg("key", "provision", "vvol-1", "--file", f"luks={K}")  # but nothing is written for a revoked host
+    assert r.code == 1 and "revoked" in r.err
+
 
 def _backend_volumes(volume_id: str) -> list[str]:
     """Volumes tagged vvg:volume-id = volume_id, from the emulation's own state (fast; see provisioning_snapshots)."""

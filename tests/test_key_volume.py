@@ -360,3 +360,11 @@ def test_cli_build__a_file_over_the_image_limit_is_refused_not_truncated(vvg, tm
     (tmp_path / "F").write_bytes(b"f" * 1001)
     r = vvg("key", "build", "--vm", "vm-1", "--volume", "vvol-1", "--file", f"x={tmp_path}/F", "--out", str(tmp_path / "i"))
     assert r.code == 1 and "over the image's limit of 1000 bytes" in r.err and not (tmp_path / "i").exists()
+
+
+@needs_busybox
+@pytest.mark.parametrize("script", ["vvg-keyread", "vvg-luks-enroll", "initramfs-hook"])
+def test_guest_scripts__parse_under_busybox_sh(script):
+    p = subprocess.run([BUSYBOX, "sh", "-n", str(ROOT / "infra" / "guest" / script)], capture_output=True, timeout=10)
+    assert p.returncode == 0, p.stderr
+    assert os.access(ROOT / "infra" / "guest" / script, os.X_OK)

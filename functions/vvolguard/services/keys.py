@@ -142,12 +142,12 @@ class KeyService:
 
     # ---- provision
 
-    def _who(self, host_id: str) -> HostIdentity:
+    def _who(self, host_id: str, revoked_ok: bool = False) -> HostIdentity:
         try:
             host = HostItem.get(host_id)
         except HostItem.DoesNotExist:
             raise KeyVolumeRefused(f"host {host_id} is not enrolled; vvolguard cannot act for it") from None
-        if host.status != "active":
+        if host.status != "active" and not revoked_ok:
             raise KeyVolumeRefused(f"host {host_id} is revoked; vvolguard does not act for it")
         return HostIdentity(host.host_id, host.cred_hash)
 
@@ -259,7 +259,7 @@ class KeyService:
             raise NotEscrowed(f"nothing was escrowed for {volume_id} (provision it with --escrow)")
         if name not in blobs:
             raise NotEscrowed(f"entry {name} of {volume_id} was not escrowed")
-        who = self._who(policy.host_id)
+        who = self._who(policy.host_id, revoked_ok=True)  # break-glass: a revoked host's volume too (no provider write)
         data = self.writer.unescrow(who, volume_id, name, blobs[name])
         self.audit.append([AuditRecord(actor=actor, action="key_recover", outcome="done", vm_id=policy.vm_id,
                                        volume_id=volume_id, host_id=policy.host_id, reason="break_glass",
@@ -274,7 +274,7 @@ class KeyService:
         done, errors = 0, []
         for kind, rid, volume_id, host_id in list(self.writer.leftovers(now or time.time())):
             try:
-                who = self._who(host_id)
+                who = self._who(host_id, revoked_ok=True)  # cleaning up after a host revoked meanwhile
                 if kind == "snapshot":
                     self.writer.delete_snapshot(who, rid)
                     done += 1
