@@ -4,7 +4,8 @@ Prints events/s, p50/p99 latency, DynamoDB and provider calls per event (counted
 before-call hooks), and the floor: the bare boto3 round trips a warm single-volume preboot cannot avoid
 (Query, two TransactWriteItems, DescribeVolumes, AttachVolume) against the same server, measured
 alternately with the event path in the same run, for shared-secret (HMAC) hosts and for Ed25519 key
-hosts (docs/host-keys.md) side by side. Also p50 with 100 vs 100,000 policies in the table.
+hosts (docs/host-keys.md) side by side. Also p50 with 100 vs 100,000 policies in the table, and
+one `vvg key provision` against the floor of its own round trips (bench/keyprovision.py).
 The last line is one JSON object.
 
     make bench                      # defaults: 1,000 VMs, 16 hosts
@@ -328,6 +329,8 @@ def main() -> int:
     ap.add_argument("--tag", default="a")
     ap.add_argument("--key-hosts", dest="key_hosts", type=int, default=4, help="Ed25519 key hosts")
     ap.add_argument("--key-vms", dest="key_vms", type=int, default=40, help="VMs of the key hosts")
+    ap.add_argument("--key-pairs", dest="key_pairs", type=int, default=20,
+                    help="key provisionings measured against their floor")
     args = ap.parse_args()
     fleet = Fleet(args)
     t_start = time.perf_counter()
@@ -375,6 +378,11 @@ def main() -> int:
               f"floor {big['floor_p50_ms']:.1f} ms (x{big['floor_p50_ms'] / small['floor_p50_ms']:.2f}); "
               f"event path over floor x{big['floor_ratio']:.2f} vs x{small['floor_ratio']:.2f} -> {normalized:.2f}",
               flush=True)
+        # 5. One `vvg key provision` against the floor of its own round trips (bench/keyprovision.py).
+        from bench import keyprovision
+
+        keyprov = keyprovision.measure(fleet.settings, args.key_pairs)
+        print(keyprovision.line(keyprov), flush=True)
     finally:
         fleet.stop()
     print(f"[total]         {time.perf_counter() - t_start:.0f} s; {fleet.retries} events retried after a 503", flush=True)
@@ -389,6 +397,7 @@ def main() -> int:
         "storm_provider_calls_per_event": round(storm["provider_calls_per_event"], 2),
         f"p50_ms_{args.small}_policies": round(small["p50_ms"], 2), f"p50_ms_{args.big}_policies": round(big["p50_ms"], 2),
         "policies_p50_ratio": round(ratio, 3), "retried_503": fleet.retries, "policies_floor_normalized_ratio": round(normalized, 3),
+        **keyprov,
     }))
     return 0
 

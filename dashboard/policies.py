@@ -12,6 +12,7 @@ from dashboard.auth import actor, can, role_required
 from vvolguard.domain.policy import ATTACH_ON, DETACH_ON, ID_RE, KEYS, MAX_PASSWORD_LEN, REQUIRED, validate_entry
 from vvolguard.errors import ConcurrentModification, Conflict, NotFound, VvgError
 from vvolguard.services.audit_queries import policy_history
+from vvolguard.services.keys import key_states
 from vvolguard.services.policies import PolicyService
 
 bp = Blueprint("policies", __name__)
@@ -50,7 +51,14 @@ def list_policies():
     rows.sort(key=lambda p: (p.vm_id, p.volume_id))
     active = bool(state) or any(filters.values())
     return render_template("policies/list.html", rows=rows, filters=filters, state=state, states=STATES,
-                           active=active)
+                           active=active, keyvols=key_states(p.volume_id for p in rows))
+
+
+@bp.app_template_global("key_volume")
+def key_volume(volume_id: str) -> dict[str, Any] | None:
+    """A volume's key volume state for its page (docs/key-volume.md): entries' names, kinds, sizes and
+    digests, never their bytes; None when it was never provisioned."""
+    return key_states([volume_id]).get(volume_id) if ID_RE.match(volume_id or "") else None
 
 
 def form_entry(form: MultiDict) -> tuple[dict[str, Any], int | None]:

@@ -43,6 +43,15 @@ def create_resources(template: Template, settings: Settings) -> None:
     except ClientError:
         key_id = kms.create_key(Description="vvolguard host secrets")["KeyMetadata"]["KeyId"]
         kms.create_alias(AliasName=settings.host_secrets_key_id, TargetKeyId=key_id)
+    # The key volumes' own key (template: KeyVolumesKey / KeyVolumesKeyAlias), never the default EBS key.
+    key_volumes = template.ref("KeyVolumesKeyAlias") if "KeyVolumesKeyAlias" in template.resources else None
+    if key_volumes:
+        try:
+            kms.describe_key(KeyId=key_volumes)
+        except ClientError:
+            desc = template.resolve(template.resources["KeyVolumesKey"]["Properties"].get("Description", ""))
+            key_id = kms.create_key(Description=desc)["KeyMetadata"]["KeyId"]
+            kms.create_alias(AliasName=key_volumes, TargetKeyId=key_id)
     iam = aws.client("iam", settings.region)
     for name, props in template.roles().items():
         try:
@@ -137,6 +146,21 @@ def seed_demo(settings: Settings, admin_password: str) -> dict[str, Any]:
     if users.get("admin") is None:
         users.add("admin", "admin", admin_password, actor="cli")
     return {"policies": applied, "host_id": DEMO_HOST["host_id"], "host_secret": secret}
+
+
+def provision_demo_keys(settings: Settings) -> list[str]:
+    """The demo's preboot volumes (OS disk encryption on) get a key volume with a random 64-byte luks entry,
+    written at the provider as `vvg key provision` writes it (docs/key-volume.md). Idempotent."""
+    from vvolguard.adapters.provider import EbsProvider
+    from vvolguard.services.keys import KeyService
+
+    keys = KeyService(settings, EbsProvider(settings))
+    done = []
+    for spec in parse_policy_text(DEMO_POLICIES.read_bytes(), DEMO_POLICIES.name):
+        if spec.attach_on == "preboot" and spec.os_disk_encryption and keys.record(spec.volume_id) is None:
+            keys.provision(spec.volume_id, actor="cli")
+            done.append(spec.volume_id)
+    return done
 
 
 def bootstrap(settings: Settings, template: Template | None = None) -> None:

@@ -112,7 +112,7 @@ class LocalStack:
         )
         _wait_http(f"{self.aws_url}/moto-api/", 60)
 
-        from infra.bootstrap import bootstrap, seed_demo
+        from infra.bootstrap import bootstrap, provision_demo_keys, seed_demo
         from vvolguard.adapters import aws
         from vvolguard.settings import Settings
 
@@ -121,6 +121,7 @@ class LocalStack:
         bootstrap(settings)
         if self.seed:
             self.seeded = seed_demo(settings, self.admin_password)
+            provision_demo_keys(settings)  # Table 1's preboot volumes hold a luks key (docs/key-volume.md)
         else:
             from vvolguard.services.users import UserService
 
@@ -174,6 +175,7 @@ class LocalStack:
             lines += [
                 f"  demo host             {self.seeded['host_id']}   secret: {self.seeded['host_secret']}",
                 "  demo policies         Table 1: vvol-1..vvol-5 on vm-1..vm-5 (array S1)",
+                "  demo key volumes      vvol-1..vvol-3 (preboot) provisioned with a luks key (vvg key describe)",
             ]
         else:
             lines.append("  demo data             none (VVG_SEED=0)")

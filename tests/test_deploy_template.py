@@ -188,7 +188,38 @@ def test_iam__no_wildcard_in_any_action(which, doc, transformed):
     assert found > 50
     for name, path, st in statements(template):
         assert "NotAction" not in st and "NotResource" not in st and "NotPrincipal" not in st, (name, path)
-        assert st.get("Effect") == "Allow", (name, st)
+        assert st.get("Effect") == "Allow" or st.get("Sid") == SNAPSHOT_DENY, (name, st)
+
+
+SNAPSHOT_DENY = "NoSnapshotsOfKeyVolumes"
+
+
+def test_iam__every_role_of_the_stack_is_denied_snapshots_of_managed_volumes(doc):
+    """docs/key-volume.md: no copy of a key volume outlives its provisioning, whatever else a role is given."""
+    holders = [n for n, r in doc["Resources"].items() if r["Type"] in ("AWS::IAM::Role", "AWS::IAM::ManagedPolicy")]
+    assert len(holders) >= 6
+    for name in holders:
+        denies = [st for n, path, st in statements(doc) if n == name and st.get("Effect") == "Deny"]
+        assert len(denies) == 1, name
+        (st,) = denies
+        assert st["Sid"] == SNAPSHOT_DENY and set(_actions(st)) == {"ec2:CreateSnapshot", "ec2:CreateSnapshots",
+                                                                   "ec2:CopySnapshot"}, name
+        assert st["Resource"] == "*" and st["Condition"] == {"Null": {"ec2:ResourceTag/vvg:volume-id": "false"}}, name
+    granted_anywhere = {a for _, _, st in statements(doc) if st.get("Effect") == "Allow" for a in _actions(st)}
+    assert not granted_anywhere & {"ec2:CreateSnapshot", "ec2:CreateSnapshots", "ec2:CopySnapshot"}
+
+
+def test_keys__key_volumes_key_is_used_only_by_the_provider_role(resources):
+    key = resources["KeyVolumesKey"]["Properties"]
+    assert key["EnableKeyRotation"] is True
+    use = {"kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:GenerateDataKey",
+           "kms:GenerateDataKeyWithoutPlaintext", "kms:CreateGrant"}
+    for st in key["KeyPolicy"]["Statement"]:
+        if set(_actions(st)) & use:
+            assert st["Principal"] == {"AWS": {"Fn::GetAtt": ["ProviderRole", "Arn"]}}, st["Sid"]
+    (grant,) = [st for st in key["KeyPolicy"]["Statement"] if "kms:CreateGrant" in _actions(st)]
+    assert grant["Condition"] == {"Bool": {"kms:GrantIsForAWSResource": "true"}}
+    assert resources["KeyVolumesKeyAlias"]["Properties"]["AliasName"] == {"Fn::Sub": "alias/${Prefix}-key-volumes"}
 
 
 def test_iam__every_action_is_a_real_one():
@@ -203,8 +234,10 @@ def test_iam__every_action_is_a_real_one():
 
 
 def test_iam__resource_star_only_where_aws_requires_it(doc):
-    describe_only = {"ec2:DescribeVolumes", "ec2:DescribeInstances", "ec2:DescribeTags"}
+    describe_only = {"ec2:DescribeVolumes", "ec2:DescribeInstances", "ec2:DescribeTags", "ec2:DescribeSnapshots"}
     for name, path, st in statements(doc):
+        if st.get("Effect") == "Deny":
+            continue
         res = st.get("Resource")
         if res == "*" or (isinstance(res, list) and "*" in res):
             in_key_policy = doc["Resources"][name]["Type"] == "AWS::KMS::Key"  # "*" there means the key itself
@@ -229,7 +262,7 @@ def test_iam__function_roles_reach_only_this_stacks_tables_keys_and_secret(doc):
 def test_iam__functions_get_only_what_their_code_calls(doc):
     def granted(role: str) -> set[str]:
         return {a for name, _, st in statements(doc) if name == role and st.get("Principal") is None
-                for a in _actions(st)}
+                and st.get("Effect") == "Allow" for a in _actions(st)}
 
     assert granted("HealthRole") == {"logs:CreateLogStream", "logs:PutLogEvents"}
     assert "dynamodb:Scan" not in granted("EventsRole") and "kms:Encrypt" not in granted("EventsRole")
@@ -237,7 +270,8 @@ def test_iam__functions_get_only_what_their_code_calls(doc):
     assert "kms:Encrypt" in granted("DashboardRole") and not {"ec2:DescribeVolumes"} & granted("DashboardRole")
     assert "ec2:DescribeVolumes" in granted("ReconcileRole")
     for role in ("EventsRole", "ReconcileRole", "DashboardRole", "HealthRole"):
-        assert not {a for a in granted(role) if a.startswith("ec2:") and a != "ec2:DescribeVolumes"}, role
+        assert not {a for a in granted(role) if a.startswith("ec2:")
+                    and a not in ("ec2:DescribeVolumes", "ec2:DescribeSnapshots")}, role
         assert "iam:PassRole" not in granted(role)
 
 
@@ -647,6 +681,8 @@ def needed(service: str, op: str, params: dict) -> list[tuple[str, str]]:
         if op == "TransactWriteItems":
             kinds = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem", "ConditionCheck": "ConditionCheckItem"}
             return [(f"dynamodb:{kinds[k]}", table(v["TableName"])) for item in params["TransactItems"] for k, v in item.items()]
+        if op == "BatchGetItem":
+            return [("dynamodb:BatchGetItem", table(name)) for name in params["RequestItems"]]
         if op == "TransactGetItems":
             return [("dynamodb:GetItem", table(i["Get"]["TableName"])) for i in params["TransactItems"]]
         return [(f"dynamodb:{op}", table(params["TableName"], params.get("IndexName")))]
@@ -659,9 +695,15 @@ def needed(service: str, op: str, params: dict) -> list[tuple[str, str]]:
         if op == "GetObject":
             return [("s3:GetObjectVersion" if params.get("VersionId") else "s3:GetObject", f"{bucket}/{params['Key']}")]
         return [(f"s3:{op}", f"{bucket}/{params['Key']}")]
-    if service == "kms":  # otherwise the host secrets' key
-        assert "vvg:host-id" in params.get("EncryptionContext", {}), "a host secret is bound to its host id"
+    if service == "kms":  # the host secrets' key, or (provider sessions) the key volumes' key
+        context = params.get("EncryptionContext", {})
+        if op == "DescribeKey" or "vvg:volume-id" in context:
+            assert op == "DescribeKey" or "vvg:entry" in context, "an escrowed entry is bound to its volume and name"
+            return [(f"kms:{op}", f"arn:aws:kms:{REGION}:{ACCOUNT}:key/KeyVolumesKey")]
+        assert "vvg:host-id" in context, "a host secret is bound to its host id"
         return [(f"kms:{op}", f"arn:aws:kms:{REGION}:{ACCOUNT}:key/HostSecretsKey")]
+    if service == "ebs":
+        return [(f"ebs:{op}", f"arn:aws:ec2:{REGION}::snapshot/*")]
     if service == "secretsmanager":
         return [(f"secretsmanager:{op}", params["SecretId"])]
     if service == "sts":
@@ -672,19 +714,33 @@ def needed(service: str, op: str, params: dict) -> list[tuple[str, str]]:
             out = [(f"ec2:{op}", arn("volume", params["VolumeId"]))]
             return out + ([(f"ec2:{op}", arn("instance", params["InstanceId"]))] if params.get("InstanceId") else [])
         if op == "CreateVolume":
-            return [("ec2:CreateVolume", arn("volume", "*"))]
+            snap = [("ec2:CreateVolume", f"arn:aws:ec2:{REGION}::snapshot/{params['SnapshotId']}")] \
+                if params.get("SnapshotId") else []
+            return [("ec2:CreateVolume", arn("volume", "*"))] + snap
         if op == "CreateTags":
             return [("ec2:CreateTags", arn("volume", r)) for r in params["Resources"]]
+        if op == "DeleteVolume":
+            return [("ec2:DeleteVolume", arn("volume", params["VolumeId"]))]
+        if op == "DeleteSnapshot":
+            return [("ec2:DeleteSnapshot", f"arn:aws:ec2:{REGION}::snapshot/{params['SnapshotId']}")]
         return [(f"ec2:{op}", "*")]
     raise AssertionError(f"unexpected call {service}:{op}")
 
 
 def granted(logical_id: str) -> list[dict[str, Any]]:
-    """The resolved Allow statements of a role or managed policy (local names and ARNs)."""
+    """The resolved Allow statements of a role or managed policy (local names and ARNs); for ProviderRole,
+    also what the key volumes' key policy grants it by name."""
     t = Template()
     props = t.resolve(t.resources[logical_id]["Properties"])
     docs = [props["PolicyDocument"]] if "PolicyDocument" in props else [p["PolicyDocument"] for p in props["Policies"]]
-    return [st for d in docs for st in d["Statement"]]
+    out = [st for d in docs for st in d["Statement"] if st.get("Effect") == "Allow"]
+    if logical_id == "ProviderRole":
+        key = t.resolve(t.resources["KeyVolumesKey"]["Properties"]["KeyPolicy"])
+        role_arn = t.getatt("ProviderRole", "Arn")
+        out += [{**st, "Resource": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/KeyVolumesKey"} for st in key["Statement"]
+                if st.get("Principal", {}).get("AWS") == role_arn
+                and not st.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")]
+    return out
 
 
 def allows(statements: list[dict[str, Any]], action: str, resource: str) -> bool:
@@ -783,7 +839,7 @@ def test_iam_calls__the_dashboard_function_role_covers_its_pages_and_changes(web
     client = app.test_client()
     with calls:
         assert client.post("/login", data={"username": "admin", "password": "admin-pass-123"}).status_code == 302
-        for path in ("/policies", "/policies/vvol-1", "/attachments", "/audit", "/audit/export.csv",
+        for path in ("/policies", "/policies/vvol-1", "/policies/vvol-2", "/attachments", "/audit", "/audit/export.csv",
                      "/audit/export.json", "/hosts", "/simulate"):
             assert client.get(path).status_code == 200, path
         assert client.post("/simulate", data={"vm_id": "vm-1", "type": "vm.preboot"}).status_code == 200
@@ -816,10 +872,16 @@ def test_iam_calls__the_operator_policy_covers_the_vvg_cli(webhook, calls, vvg, 
                                                    "olga-pass-123\n"),
                             (("audit", "checkpoint"), ""), (("audit", "verify"), ""),
                             (("audit", "export", "--out", str(tmp_path / "e.json")), ""),
-                            (("audit", "verify", "--file", str(tmp_path / "e.json")), "")):
+                            (("audit", "verify", "--file", str(tmp_path / "e.json")), ""),
+                            (("key", "provision", "vvol-2", "--generate", "lic:100", "--escrow"), ""),
+                            (("key", "provision", "vvol-2", "--escrow"), ""),  # replaces the volume it made
+                            (("key", "describe", "vvol-2"), ""),
+                            (("key", "recover", "vvol-2", "luks", "--out", str(tmp_path / "luks")), "")):
             r = vvg(*argv, stdin=stdin)
             assert r.code == 0, (argv, r)
     assert_granted(calls, "OperatorPolicy", {
         "dynamodb:Query", "dynamodb:GetItem", "dynamodb:Scan", "dynamodb:TransactWriteItems", "kms:Encrypt",
         "secretsmanager:GetSecretValue", "sts:AssumeRole", "ec2:DetachVolume", "ec2:DescribeVolumes",
-        "kms:Sign", "kms:Verify", "s3:PutObject", "s3:GetObject", "s3:ListObjectVersions"})
+        "kms:Sign", "kms:Verify", "s3:PutObject", "s3:GetObject", "s3:ListObjectVersions",
+        "ebs:StartSnapshot", "ebs:PutSnapshotBlock", "ebs:CompleteSnapshot", "ec2:CreateVolume", "ec2:DeleteSnapshot",
+        "ec2:DeleteVolume", "kms:Decrypt", "kms:DescribeKey", "ec2:DescribeSnapshots"})

@@ -381,6 +381,83 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_secret_file(path: str) -> int:
+    """A new file of mode 0600 (never an existing one: key bytes do not overwrite anything)."""
+    import os
+
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except FileExistsError:
+        raise CliError(f"{path} already exists; key bytes are written only to a new file") from None
+    except OSError as exc:
+        raise CliError(f"cannot create {path}: {exc.strerror}") from None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    import os
+
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    """The key volume (docs/key-volume.md): build an image, provision at the provider, describe, recover."""
+    import os
+
+    from vvolguard.domain import keyvolume as kv
+
+    if args.action == "build":
+        from datetime import datetime, timezone
+
+        from vvolguard.services.keys import collect_entries
+
+        cap = args.size_mb * 1024 * 1024 if args.size_mb else None
+        entries = collect_entries(args.generate or (), args.file or (), cap)
+        image, header = kv.build(args.vm, args.volume, entries,
+                                 datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), cap)
+        fd = _new_secret_file(args.out)
+        try:
+            _write_all(fd, image)
+        finally:
+            os.close(fd)
+        _out({"volume_id": args.volume, "vm_id": args.vm, "out": args.out, "size": len(image),
+              "entries": kv.public_entries(header)})
+        return 0
+    from vvolguard.services.keys import KeyService
+
+    if args.action == "recover":
+        fd = _new_secret_file(args.out)
+        ok = False
+        try:
+            data = KeyService(_services()).recover(args.volume_id, args.name, actor="cli")
+            _write_all(fd, data)
+            ok = True
+        finally:
+            os.close(fd)
+            if not ok:
+                os.unlink(args.out)
+        _out({"volume_id": args.volume_id, "name": args.name, "out": args.out, "size": len(data)})
+        return 0
+    keys = KeyService(_services())
+    if args.action == "describe":
+        _out(keys.describe(args.volume_id))
+    else:
+        _out(keys.provision(args.volume_id, args.generate or (), args.file or (), escrow=args.escrow, actor="cli"))
+    return 0
+
+
+def _size_mb(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text[:20]!r}") from None
+    if not 1 <= n <= 1048576:
+        raise argparse.ArgumentTypeError("must be from 1 to 1048576")
+    return n
+
+
 def _limit(text: str) -> int:
     try:
         n = int(text)
@@ -467,6 +544,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     rec = sub.add_parser("reconcile", help="run one pass of the reconciler now")
     rec.set_defaults(func=cmd_reconcile)
+
+    key = sub.add_parser("key", help="the key volume: build, provision, describe, recover (docs/key-volume.md)")
+    ks = key.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    kb = ks.add_parser("build", help="write a key volume image to a local file (offline)")
+    kb.add_argument("--vm", required=True)
+    kb.add_argument("--volume", required=True)
+    kb.add_argument("--out", required=True)
+    kb.add_argument("--size-mb", dest="size_mb", type=_size_mb, help="refuse entries that would not fit this size")
+    kp = ks.add_parser("provision", help="write a fresh key volume at the provider, without attaching it")
+    kp.add_argument("volume_id")
+    kp.add_argument("--escrow", action="store_true", help="also keep each entry encrypted under the KMS key")
+    for sp in (kb, kp):
+        sp.add_argument("--generate", action="append", metavar="NAME[:BYTES]", help="random bytes (64 by default)")
+        sp.add_argument("--file", action="append", metavar="NAME=PATH[:KIND]", help="an entry from a file")
+    ks.add_parser("describe", help="what is on the volume (never key bytes)").add_argument("volume_id")
+    kr = ks.add_parser("recover", help="break-glass: an escrowed entry to a new file of mode 0600 (audited)")
+    kr.add_argument("volume_id")
+    kr.add_argument("name")
+    kr.add_argument("--out", required=True)
+    key.set_defaults(func=cmd_key)
 
     usr = sub.add_parser("user", help="dashboard users")
     us = usr.add_subparsers(dest="action", required=True, parser_class=_Parser)

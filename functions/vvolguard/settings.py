@@ -44,6 +44,7 @@ class Settings:
     events_table: str = "vvg-events"
     audit_table: str = "vvg-audit"
     host_secrets_key_id: str = "alias/vvg-host-secrets"
+    key_volumes_key_id: str = "alias/vvg-key-volumes"
     audit_key_secret_id: str = "vvg/audit-key"
     audit_checkpoint_key_id: str = "alias/vvg-audit-checkpoint"
     audit_checkpoint_bucket: str = "vvg-audit-ckpt-123456789012-us-east-1"
@@ -63,6 +64,7 @@ class Settings:
             events_table=e.get("VVG_EVENTS_TABLE", d.events_table),
             audit_table=e.get("VVG_AUDIT_TABLE", d.audit_table),
             host_secrets_key_id=e.get("VVG_HOST_SECRETS_KEY_ID", d.host_secrets_key_id),
+            key_volumes_key_id=e.get("VVG_KEY_VOLUMES_KEY_ID", d.key_volumes_key_id),
             audit_key_secret_id=e.get("VVG_AUDIT_KEY_SECRET_ID", d.audit_key_secret_id),
             audit_checkpoint_key_id=e.get("VVG_AUDIT_CHECKPOINT_KEY_ID", d.audit_checkpoint_key_id),
             audit_checkpoint_bucket=e.get("VVG_AUDIT_CHECKPOINT_BUCKET", d.audit_checkpoint_bucket),

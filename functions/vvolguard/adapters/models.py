@@ -179,6 +179,21 @@ class ChainHead(StateItem, discriminator="head"):
     head_tag = UnicodeAttribute(default="")  # HMAC over (chain, seq, mac): a rolled-back head does not verify
 
 
+class KeyVolumeItem(StateItem, discriminator="keyvol"):
+    """What was provisioned on a volume (docs/key-volume.md): pk ``KEYVOL#<volume_id>``, sk ``KEYVOL``.
+
+    Its own partition (not the VM's), so the event path never reads it. Entries hold names, kinds, sizes
+    and digests only; the escrow holds KMS ciphertexts bound to the volume id, never plaintext."""
+
+    kv_volume_id = UnicodeAttribute()  # not ``volume_id``: the by-volume index is for policies only
+    kv_vm_id = UnicodeAttribute()
+    provider_volume_id = UnicodeAttribute()
+    provisioned_at = UTCDateTimeAttribute()
+    provisioned_by = UnicodeAttribute(null=True)
+    entries_json = UnicodeAttribute()
+    escrow_json = UnicodeAttribute(null=True)
+
+
 # ---- hosts, users, events
 
 

@@ -26,6 +26,8 @@ from vvolguard.settings import Settings
 TAG_VOLUME = "vvg:volume-id"
 TAG_HOSTS = "vvg:hosts"
 TAG_VM = "vvg:vm-id"
+TAG_PROVISIONING = "vvg:provisioning"  # epoch seconds after which a leftover of an unfinished provisioning is removed
+EBS_BLOCK = 512 * 1024  # the EBS direct APIs' block size
 RETRYABLE = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "InternalError", "InternalFailure",
              "ServiceUnavailable", "Unavailable", "RequestTimeout", "IncorrectState"}
 
@@ -105,6 +107,8 @@ class EbsProvider:
         self.backoff = backoff
         self._lock = threading.Lock()
         self._clients: dict[str, tuple[Any, float]] = {}
+        self._sessions: dict[str, boto3.session.Session] = {}
+        self._more: dict[tuple[str, str], Any] = {}
 
     # ---- authentication
 
@@ -128,6 +132,9 @@ class EbsProvider:
         # stay well inside an event's claim (BUSY_SECONDS).
         client = aws.track(sess.client("ec2", config=Config(retries={"mode": "standard", "max_attempts": 1},
                                                               connect_timeout=3, read_timeout=6)))
+        with self._lock:
+            self._sessions[who.host_id] = sess
+            self._more = {k: v for k, v in self._more.items() if k[0] != who.host_id}
         return client, expires
 
     def ec2(self, who: HostIdentity):
@@ -147,6 +154,19 @@ class EbsProvider:
         """Drop a host's cached session (after revocation or rotation)."""
         with self._lock:
             self._clients.pop(host_id, None)
+            self._sessions.pop(host_id, None)
+            self._more = {k: v for k, v in self._more.items() if k[0] != host_id}
+
+    def client(self, who: HostIdentity, service: str):
+        """Another client (``ebs``, ``kms``) of the same assumed-role session as :meth:`ec2`."""
+        self.ec2(who)
+        with self._lock:
+            cached = self._more.get((who.host_id, service))
+            if cached is None:
+                cached = aws.track(self._sessions[who.host_id].client(service, config=Config(
+                    retries={"mode": "standard", "max_attempts": 1}, connect_timeout=3, read_timeout=10)))
+                self._more[(who.host_id, service)] = cached
+        return cached
 
     # ---- retries
 
@@ -220,6 +240,7 @@ class EbsProvider:
                 return vol["VolumeId"]
         vol = self._call(lambda: ec2.create_volume(
             AvailabilityZone=zone, Size=size_gib(size_mb), VolumeType="gp3", Encrypted=True,
+            KmsKeyId=self.settings.key_volumes_key_id,
             TagSpecifications=[{"ResourceType": "volume", "Tags": [
                 {"Key": TAG_VOLUME, "Value": volume_id},
                 {"Key": TAG_HOSTS, "Value": ",".join(dict.fromkeys((who.host_id, *also)))},
@@ -350,3 +371,157 @@ class EbsProvider:
             raise ProviderRefused("host_not_found", f"host {item.host_id} is not enrolled; cannot act for it") from None
         if item.provider_volume_id:
             self.detach(who, item.provider_volume_id, item.instance_id)
+
+
+# ---- key volume provisioning (docs/key-volume.md): EBS direct APIs, never an attach
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode("ascii")
+
+
+class KeyVolumeWriter:
+    """Writes a key volume image at the provider for one host: a snapshot written block by block with the
+    EBS direct APIs, a volume made from it (encrypted with vvolguard's own key), the snapshot deleted.
+
+    Each step is its own method so the caller can undo what was done when a later step fails; every
+    snapshot and volume carries ``vvg:provisioning`` (an expiry, epoch seconds) so the reconciler removes
+    what a run that died halfway left behind."""
+
+    def __init__(self, provider: EbsProvider) -> None:
+        self.p = provider
+        self._key_arn: str | None = None
+
+    def _tags(self, who: HostIdentity, volume_id: str, vm_id: str, expires: int) -> list[dict[str, str]]:
+        return [{"Key": TAG_VOLUME, "Value": volume_id}, {"Key": TAG_HOSTS, "Value": who.host_id},
+                {"Key": TAG_VM, "Value": vm_id}, {"Key": TAG_PROVISIONING, "Value": str(expires)}]
+
+    def volume(self, who: HostIdentity, provider_volume_id: str) -> dict[str, Any]:
+        """The provider's description of a volume (ProviderRefused volume_not_found when it is gone)."""
+        return self.p._volume(self.p.ec2(who), provider_volume_id)
+
+    def key_arn(self, who: HostIdentity) -> str:
+        """The ARN of vvolguard's key-volume key (the EBS direct APIs want an ARN, not an alias)."""
+        if self._key_arn is None:  # an alias's target changes only by an operator's UpdateAlias: once per process
+            kms = self.p.client(who, "kms")
+            self._key_arn = self.p._call(lambda: kms.describe_key(KeyId=self.p.settings.key_volumes_key_id))["KeyMetadata"]["Arn"]
+        return self._key_arn
+
+    def start(self, who: HostIdentity, volume_id: str, vm_id: str, size_mb: int, expires: int, key_arn: str) -> str:
+        """StartSnapshot: an empty encrypted snapshot of the volume's size; returns its id."""
+        ebs = self.p.client(who, "ebs")
+        resp = self.p._call(lambda: ebs.start_snapshot(
+            VolumeSize=size_gib(size_mb), Encrypted=True, KmsKeyArn=key_arn, Timeout=60,
+            Description=f"vvolguard key volume {volume_id} (provisioning; deleted once the volume exists)",
+            Tags=self._tags(who, volume_id, vm_id, expires)))
+        return resp["SnapshotId"]
+
+    def put(self, who: HostIdentity, snapshot_id: str, image: bytes) -> tuple[int, str]:
+        """PutSnapshotBlock for every 512 KiB block that is not all zeros, each with its SHA-256; returns
+        (blocks written, the LINEAR aggregate checksum CompleteSnapshot checks)."""
+        ebs = self.p.client(who, "ebs")
+        digests: list[bytes] = []
+        n = 0
+        for index in range((len(image) + EBS_BLOCK - 1) // EBS_BLOCK):
+            block = image[index * EBS_BLOCK:(index + 1) * EBS_BLOCK]
+            if not block.strip(b"\0"):
+                continue
+            block = block + b"\0" * (EBS_BLOCK - len(block))
+            digest = hashlib.sha256(block).digest()
+            self.p._call(lambda i=index, b=block, d=digest: ebs.put_snapshot_block(
+                SnapshotId=snapshot_id, BlockIndex=i, BlockData=b, DataLength=EBS_BLOCK,
+                Checksum=_b64(d), ChecksumAlgorithm="SHA256"))
+            digests.append(digest)
+            n += 1
+        return n, _b64(hashlib.sha256(b"".join(digests)).digest())
+
+    def complete(self, who: HostIdentity, snapshot_id: str, blocks: int, checksum: str) -> None:
+        """CompleteSnapshot, then wait (briefly) until the snapshot can make a volume."""
+        ebs = self.p.client(who, "ebs")
+        resp = self.p._call(lambda: ebs.complete_snapshot(SnapshotId=snapshot_id, ChangedBlocksCount=blocks,
+                                                          Checksum=checksum, ChecksumAlgorithm="SHA256",
+                                                          ChecksumAggregationMethod="LINEAR"))
+        if resp.get("Status") == "completed":
+            return
+        ec2 = self.p.ec2(who)
+        for _ in range(60):
+            snap = self.p._call(lambda: ec2.describe_snapshots(SnapshotIds=[snapshot_id]))["Snapshots"][0]
+            if snap.get("State") == "completed":
+                return
+            if snap.get("State") == "error":
+                raise ProviderRefused("snapshot_failed", "the provider could not complete the key volume's snapshot")
+            time.sleep(1)
+        raise ProviderUnavailable("the key volume's snapshot did not complete within 60 s")
+
+    def create(self, who: HostIdentity, volume_id: str, vm_id: str, size_mb: int, zone: str, snapshot_id: str,
+               expires: int) -> str:
+        """A volume from the snapshot, in the instance's zone, tagged as every managed volume and encrypted
+        with vvolguard's own key."""
+        ec2 = self.p.ec2(who)
+        vol = self.p._call(lambda: ec2.create_volume(
+            AvailabilityZone=zone, Size=size_gib(size_mb), VolumeType="gp3", SnapshotId=snapshot_id, Encrypted=True,
+            KmsKeyId=self.p.settings.key_volumes_key_id,
+            TagSpecifications=[{"ResourceType": "volume", "Tags": self._tags(who, volume_id, vm_id, expires)}]))
+        return vol["VolumeId"]
+
+    def delete_snapshot(self, who: HostIdentity, snapshot_id: str) -> None:
+        """DeleteSnapshot; one already gone is fine."""
+        ec2 = self.p.ec2(who)
+        try:
+            self.p._call(lambda: ec2.delete_snapshot(SnapshotId=snapshot_id))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "InvalidSnapshot.NotFound":
+                raise
+
+    def delete_volume(self, who: HostIdentity, provider_volume_id: str) -> None:
+        """Delete an unattached volume of this host; one already gone is fine."""
+        try:
+            self.p.delete(who, provider_volume_id)
+        except ProviderRefused as exc:
+            if exc.reason != "volume_not_found":
+                raise
+
+    def mark(self, who: HostIdentity, provider_volume_id: str, value: str) -> None:
+        """Set the volume's ``vvg:provisioning`` tag: an expiry (a leftover to remove after it) or ``done``."""
+        ec2 = self.p.ec2(who)
+        self.p._call(lambda: ec2.create_tags(Resources=[provider_volume_id],
+                                             Tags=[{"Key": TAG_PROVISIONING, "Value": value}]))
+
+    def escrow(self, who: HostIdentity, volume_id: str, name: str, data: bytes) -> str:
+        """An entry encrypted under the key-volume key, bound to the volume id (encryption context)."""
+        kms = self.p.client(who, "kms")
+        out = self.p._call(lambda: kms.encrypt(KeyId=self.p.settings.key_volumes_key_id, Plaintext=data,
+                                               EncryptionContext={"vvg:volume-id": volume_id, "vvg:entry": name}))
+        return _b64(out["CiphertextBlob"])
+
+    def unescrow(self, who: HostIdentity, volume_id: str, name: str, blob: str) -> bytes:
+        """Decrypt an escrowed entry (the encryption context must name the same volume and entry)."""
+        import base64
+
+        kms = self.p.client(who, "kms")
+        out = self.p._call(lambda: kms.decrypt(CiphertextBlob=base64.b64decode(blob), KeyId=self.p.settings.key_volumes_key_id,
+                                               EncryptionContext={"vvg:volume-id": volume_id, "vvg:entry": name}))
+        return out["Plaintext"]
+
+    def leftovers(self, now: float) -> Iterator[tuple[str, str, str, str]]:
+        """(kind, id, volume_id, host) of every provisioning snapshot and unrecorded-candidate volume whose
+        ``vvg:provisioning`` expiry has passed (the reconciler's list; read with the caller's own identity)."""
+        ec2 = aws.track((self.p.base or aws.session(self.p.settings.region)).client("ec2"))
+        flt = [{"Name": "tag-key", "Values": [TAG_PROVISIONING]}]
+        for page in ec2.get_paginator("describe_snapshots").paginate(OwnerIds=["self"], Filters=flt):
+            for snap in page.get("Snapshots", []):
+                tags = {t["Key"]: t["Value"] for t in snap.get("Tags", [])}
+                if _expired(tags, now):
+                    yield "snapshot", snap["SnapshotId"], tags.get(TAG_VOLUME, ""), tags.get(TAG_HOSTS, "").split(",")[0]
+        for page in ec2.get_paginator("describe_volumes").paginate(Filters=flt):
+            for vol in page.get("Volumes", []):
+                tags = {t["Key"]: t["Value"] for t in vol.get("Tags", [])}
+                if _expired(tags, now) and vol.get("State") == "available" and not vol.get("Attachments"):
+                    yield "volume", vol["VolumeId"], tags.get(TAG_VOLUME, ""), tags.get(TAG_HOSTS, "").split(",")[0]
+
+
+def _expired(tags: dict[str, str], now: float) -> bool:
+    value = tags.get(TAG_PROVISIONING, "")
+    return value.isdigit() and int(value) < now

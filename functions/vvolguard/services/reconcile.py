@@ -35,13 +35,14 @@ class Summary:
     attachments_seen: int = 0
     refusal_windows: int = 0
     checkpoint: dict[str, Any] | None = None
+    provisioning_leftovers: int = 0
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"expired_leases": self.expired_leases, "grants_expired": self.grants_expired,
                 "orphans_detached": self.orphans_detached, "states_corrected": self.states_corrected,
                 "skipped_busy": self.skipped_busy, "attachments_seen": self.attachments_seen,
-                "refusal_windows": self.refusal_windows,
+                "refusal_windows": self.refusal_windows, "provisioning_leftovers": self.provisioning_leftovers,
                 "checkpoint": self.checkpoint, "errors": self.errors[:20], "ok": not self.errors}
 
 
@@ -72,7 +73,7 @@ class Reconciler:
         now = now or datetime.now(timezone.utc)
         s = Summary()
         for step in (self._expire_leases, self._expire_grants, self._detach_orphans_and_correct,
-                     self._fold_refusals, self._checkpoint):
+                     self._fold_refusals, self._remove_provisioning_leftovers, self._checkpoint):
             try:
                 step(now, s)
             except Exception as exc:  # one broken step must not stop the others
@@ -80,7 +81,20 @@ class Reconciler:
                 s.errors.append(f"{step.__name__}: {type(exc).__name__}")
         return s.as_dict()
 
-    # ---- (e) the signed checkpoint of the audit chains' heads, after this pass's own records
+    # ---- (g) what a key volume provisioning that died halfway left (docs/key-volume.md)
+
+    def _remove_provisioning_leftovers(self, now: datetime, s: Summary) -> None:
+        from vvolguard.services.keys import KeyService
+
+        provider = self.provider if isinstance(self.provider, EbsProvider) else EbsProvider(self.settings)
+        done, errors = KeyService(self.settings, provider).remove_leftovers(now.timestamp())
+        s.provisioning_leftovers += done
+        s.errors.extend(errors)
+        if done:
+            self.audit.append([AuditRecord(actor=ACTOR, action="key_cleanup", outcome="done",
+                                           reason="provisioning_leftover", detail={"removed": str(done)})])
+
+    # ---- (h) the signed checkpoint of the audit chains' heads, after this pass's own records
 
     def _checkpoint(self, now: datetime, s: Summary) -> None:
         cp = self.audit.checkpoint()
