@@ -706,6 +706,8 @@ def needed(service: str, op: str, params: dict) -> list[tuple[str, str]]:
         return [(f"ebs:{op}", f"arn:aws:ec2:{REGION}::snapshot/*")]
     if service == "secretsmanager":
         return [(f"secretsmanager:{op}", params["SecretId"])]
+    if service == "sts" and op == "GetCallerIdentity":  # the CLI's audit actor; IAM never restricts this call
+        return []
     if service == "sts":
         return [("sts:AssumeRole", params["RoleArn"])] + ([("sts:TagSession", params["RoleArn"])] if params.get("Tags") else [])
     if service == "ec2":
