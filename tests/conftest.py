@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -109,7 +110,9 @@ def start_stack(extra_env: dict[str, str] | None = None, timeout: float = 120) -
     ports = [free_port() for _ in range(3)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(VVG_AWS_PORT=str(ports[0]), VVG_API_PORT=str(ports[1]), VVG_DASHBOARD_PORT=str(ports[2]),
-               VVG_ADMIN_PASSWORD="admin-pass-123", PYTHONUNBUFFERED="1")
+               VVG_ADMIN_PASSWORD="admin-pass-123", PYTHONUNBUFFERED="1",
+               # never the checkout's .vvg/env: a developer's own `make run` may be using it
+               VVG_ENV_FILE=os.path.join(tempfile.mkdtemp(prefix="vvg-env-"), ".vvg", "env"))
     env.update(extra_env or {})
     proc = subprocess.Popen([sys.executable, "-m", "infra.local"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
