@@ -117,6 +117,9 @@ def test_5_a_real_signed_event_appears_on_the_audit_page(page, stack):
 # identifier is broken across lines. Screenshots: tests/artifacts/<page>-<width>.png (look at them).
 
 WIDTHS = (390, 1280)
+LONG_EVENT_ID = "layout-" + "e" * 113 + "-0000001"
+LONG_VOLUME_ID = "vvol-" + "v" * 54 + "-0001"
+LONG_VM_ID = "vm-" + "m" * 56 + "-0001"
 
 # JavaScript: every whitespace-free word inside an id-like element (.mono, .id, code) must sit on one line.
 BROKEN_IDS_JS = """() => {
@@ -148,8 +151,13 @@ OVERFLOW_JS = """() => {
 @pytest.fixture(scope="module")
 def layout(stack, browser):
     """A signed-in admin page per width, and something attached (vm-2: preboot/shutdown) for /attachments."""
+    # the longest ids the API allows: a 128-character event id, 64-character volume and VM ids
     r = stack.vvg("event", "send", "vm.preboot", "--vm", "vm-2", "--host", stack.host_id, "--secret",
-                  stack.host_secret, "--url", stack.api_url)
+                  stack.host_secret, "--url", stack.api_url, "--event-id", LONG_EVENT_ID)
+    assert r.code == 0, r
+    r = stack.vvg("policy", "apply", "-", stdin=json.dumps({"volumes": [{
+        "volume_id": LONG_VOLUME_ID, "vm_id": LONG_VM_ID, "host_id": "host-1", "storage_array": "S1", "size_mb": 1,
+        "attach_on": "request", "detach_on": "request"}]}))
     assert r.code == 0, r
     pages = {}
     for width in WIDTHS:
@@ -197,6 +205,9 @@ PAGES = [
     ("attachments", "/attachments", "main table", None),
     ("audit", "/audit", "table.audit", None),
     ("audit-filtered", "/audit?vm=vm-1", "table.audit", None),
+    ("audit-long-ids", f"/audit?vm={LONG_VM_ID}", "table.audit", None),
+    ("policy-long-ids", f"/policies/{LONG_VOLUME_ID}", "form.policy-form", None),
+    ("attachments-7d", "/attachments?window=7d", "main figure.chart", None),
     ("hosts", "/hosts", "main table", None),
     ("host-secret", "/hosts", "input#secret", _enroll),
     ("sign-out", "/logout", "main form", None),
@@ -228,3 +239,11 @@ def test_layout__no_overflow_main_part_visible_ids_whole(layout, browser, stack,
     finally:
         if name == "login":
             pg.context.close()
+
+
+def test_layout__every_page_in_the_navigation_is_checked(layout, stack):
+    """A page added to the menu must be added to PAGES above (checked at both widths)."""
+    pg = layout[1280]
+    pg.goto(stack.dashboard_url + "/policies")
+    nav = pg.eval_on_selector_all("header nav a", "els => els.map(e => new URL(e.href).pathname)")
+    assert nav and set(nav) <= {path.split("?")[0] for _, path, _, _ in PAGES}, nav
