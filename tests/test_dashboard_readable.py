@@ -204,8 +204,16 @@ def test_exposure__an_attachment_past_its_lease_is_measured_and_drawn_apart(clie
                                                      ("7d", "last 7 days", r"[A-Z][a-z][a-z] \d\d")])
 def test_attachments__the_chart_window_and_round_ticks(client, login, seeded, window, title, first_tick):
     login("viewer")
+    from vvolguard.adapters.audit import AuditLog, AuditRecord
+
+    now = datetime.now(timezone.utc)
+    for action, ago in (("attach", 30), ("detach", 20)):
+        AuditLog(seeded[0]).append([AuditRecord(actor="host:host-1", action=action, outcome="done", vm_id="vm-1",
+                                                volume_id="vvol-1", at=_iso(now - timedelta(minutes=ago)))])
     page = client.get(f"/attachments?window={window}").get_data(as_text=True)
     assert f"Exposure over the {title}" in page and f'aria-current="true">{window}</a>' in page
+    ticks = re.findall(r'<text class="tick"[^>]*>([^<]+)</text>', page)
+    assert len(ticks) >= 5 and all(re.fullmatch(first_tick, t) for t in ticks if t != "now"), ticks
 
 
 @pytest.mark.parametrize("value", ["<b>", "48h", "", "1h;drop", "x" * 3000])
