@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 from vvolguard.adapters.models import EXPIRY_SHARDS, AuditItem, PolicyItem
 from vvolguard.domain.events import parse_time
+from vvolguard.domain.natural import natural_key
 
 # Records that end an attachment (the reconciler's correction included).
 END_ACTIONS = ("detach", "state_corrected")
@@ -72,7 +73,7 @@ class Exposure:
             t = tot.setdefault(v.vm_id, [0.0, 0])
             t[0] += v.minutes
             t[1] += 1
-        return sorted(((vm, m, int(n)) for vm, (m, n) in tot.items()), key=lambda r: (-r[1], r[0]))
+        return sorted(((vm, m, int(n)) for vm, (m, n) in tot.items()), key=lambda r: (-r[1], natural_key(r[0])))
 
 
 def attached_now() -> list[PolicyItem]:
@@ -82,7 +83,7 @@ def attached_now() -> list[PolicyItem]:
         for hit in PolicyItem.by_expiry.query(f"L#{shard}", page_size=500):
             if isinstance(hit, PolicyItem) and hit.attached:
                 out.append(hit)
-    return sorted(out, key=lambda p: (p.vm_id, p.volume_id))
+    return sorted(out, key=lambda p: (natural_key(p.vm_id), natural_key(p.volume_id)))
 
 
 def _months(start: datetime, end: datetime) -> list[str]:
@@ -144,7 +145,7 @@ def exposure(now: datetime | None = None, window: timedelta = timedelta(hours=24
     for p in current:
         vm_of[p.volume_id] = p.vm_id
     volumes: list[VolumeExposure] = []
-    for vid in sorted(set(events) | set(live)):
+    for vid in sorted(set(events) | set(live), key=natural_key):
         evs = sorted(events.get(vid, []), key=lambda e: e[0])
         ve = VolumeExposure(vid, vm_of.get(vid, ""))
         opened: datetime | None = None
