@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import threading
 import time
 from typing import Any, Iterator
@@ -16,7 +17,8 @@ from dashboard.auth import role_required
 from vvolguard.adapters.audit import AuditLog, export_row
 from vvolguard.domain.events import TYPES
 from vvolguard.errors import InvalidInput
-from vvolguard.services.audit_queries import OUTCOMES, AuditQuery, iterate, parse_bound, read_page, record_dict
+from vvolguard.services.audit_queries import (OUTCOMES, AuditQuery, is_relative, iterate, parse_bound, read_page,
+                                              record_dict)
 
 bp = Blueprint("audit", __name__)
 PER_PAGE, MAX_PER_PAGE = 50, 200
@@ -133,13 +135,50 @@ def audit():
     rows = [record_dict(i) for i in page.items] if page else []
     next_cursor = encode_cursor(q, page.position) if page else None
     filters = {k: v for k, v in raw.items() if v}
+    if q is not None:  # relative times ("24h") are pinned for the page links, so a cursor keeps its filters
+        for key, bound in (("from", q.since), ("to", q.until)):
+            if key in filters and is_relative(filters[key]) and bound:
+                filters[key] = bound
     if per_page != PER_PAGE:
         filters["per_page"] = str(per_page)
+    tamper = tamper_status()
+    bad = _bad_records(tamper)
+    for row in rows:
+        row["anchor"] = record_anchor(row["chain"], row["seq"])
+        row["problem"] = bad.get((row["chain"], row["seq"]))
     return render_template(
         "audit/list.html", rows=rows, raw=raw, filters=filters, error=error, page=page,
         next_cursor=next_cursor, paged=bool(request.args.get("cursor")), outcomes=OUTCOMES,
-        types=list(TYPES) + list(ACTIONS), tamper=tamper_status(), per_page=per_page,
+        types=list(TYPES) + list(ACTIONS), tamper=tamper, per_page=per_page, quick=QUICK_RANGES,
+        first_bad_url=_first_bad_url(tamper),
     ), status
+
+
+QUICK_RANGES = (("1h", "last hour"), ("24h", "last 24 h"), ("7d", "last 7 days"))
+
+
+def record_anchor(chain: str, seq: int) -> str:
+    """The HTML id of a record's row: ``rec-VM_vm-3-2`` for record 2 of chain ``VM#vm-3``."""
+    return "rec-" + re.sub(r"[^A-Za-z0-9_-]", "_", chain)[:140] + f"-{int(seq)}"
+
+
+def _bad_records(tamper: dict[str, Any]) -> dict[tuple[str, int], str]:
+    result = tamper.get("result") or {}
+    if result.get("ok", True):
+        return {}
+    return {(p["chain"], int(p["seq"])): p["problem"] for p in result.get("problems") or []}
+
+
+def _first_bad_url(tamper: dict[str, Any]) -> str | None:
+    """Where the first bad record is shown: its chain's page (a VM's or a host's), at its row."""
+    result = tamper.get("result") or {}
+    first = None if result.get("ok", True) else result.get("first_problem")
+    if not first:
+        return None
+    chain = str(first["chain"])
+    kind, _, name = chain.partition("#")
+    args = {"vm": name} if kind == "VM" else {"host": name} if kind == "HOST" else {}
+    return url_for("audit.audit", **args) + "#" + record_anchor(chain, first["seq"])
 
 
 @bp.post("/audit/verify")

@@ -9,6 +9,7 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from werkzeug.datastructures import MultiDict
 
 from dashboard.auth import actor, can, role_required
+from vvolguard.domain.natural import natural_key
 from vvolguard.domain.policy import ATTACH_ON, DETACH_ON, ID_RE, KEYS, MAX_PASSWORD_LEN, REQUIRED, validate_entry
 from vvolguard.errors import ConcurrentModification, Conflict, NotFound, VvgError
 from vvolguard.services.audit_queries import policy_history
@@ -17,6 +18,28 @@ from vvolguard.services.policies import PolicyService
 
 bp = Blueprint("policies", __name__)
 FILTERS = ("vm_id", "host_id", "storage_array")
+# ?sort=COLUMN (ascending) or ?sort=-COLUMN (descending); ids compare naturally (vvol-2 before vvol-11)
+SORTS: dict[str, Any] = {
+    "volume_id": lambda p: natural_key(p.volume_id),
+    "size_mb": lambda p: (int(p.size_mb or 0), natural_key(p.volume_id)),
+    "storage_array": lambda p: (natural_key(p.storage_array), natural_key(p.volume_id)),
+    "vm_id": lambda p: (natural_key(p.vm_id), natural_key(p.volume_id)),
+    "host_id": lambda p: (natural_key(p.host_id), natural_key(p.volume_id)),
+    "attach_on": lambda p: (p.attach_on or "", natural_key(p.volume_id)),
+    "detach_on": lambda p: (p.detach_on or "", natural_key(p.volume_id)),
+    "app": lambda p: (natural_key(p.app or ""), natural_key(p.volume_id)),
+    "os_disk_encryption": lambda p: (not p.os_disk_encryption, natural_key(p.volume_id)),
+    "state": lambda p: (not p.attached, natural_key(p.volume_id)),
+}
+DEFAULT_SORT = "vm_id"
+
+
+def parse_sort(text: str) -> tuple[str, bool]:
+    """(column, descending) from ``?sort=``; anything unknown is the default order."""
+    text = (text or "")[:40]
+    desc = text.startswith("-")
+    column = text[1:] if desc else text
+    return (column, desc) if column in SORTS else (DEFAULT_SORT, False)
 STATES = ("attached", "detached")
 INT_KEYS = ("size_mb", "max_attach_seconds", "min_key_bits")
 # Form fields that are not policy keys: the CSRF token, the version the editor read, and two controls.
@@ -48,10 +71,14 @@ def list_policies():
     rows = [p for p in _service().all()
             if all(not v or getattr(p, k) == v for k, v in filters.items())
             and (not state or bool(p.attached) == (state == "attached"))]
-    rows.sort(key=lambda p: (p.vm_id, p.volume_id))
+    sort, desc = parse_sort(request.args.get("sort", ""))
+    rows.sort(key=SORTS[sort], reverse=desc)
     active = bool(state) or any(filters.values())
+    keep = {k: v for k, v in filters.items() if v}
+    if state:
+        keep["state"] = state
     return render_template("policies/list.html", rows=rows, filters=filters, state=state, states=STATES,
-                           active=active, keyvols=key_states(p.volume_id for p in rows))
+                           active=active, sort=sort, desc=desc, keep=keep, keyvols=key_states(p.volume_id for p in rows))
 
 
 @bp.app_template_global("key_volume")

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 HOST = "127.0.0.1"
@@ -179,18 +180,59 @@ class LocalStack:
             ]
         else:
             lines.append("  demo data             none (VVG_SEED=0)")
-        lines += [
-            "",
-            "  CLI:  export AWS_ENDPOINT_URL=" + self.aws_url + " AWS_REGION=us-east-1 "
-            "AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing",
-            "        .venv/bin/vvg policy export",
-            "",
-            "Ctrl-C stops everything.",
-        ]
+        env_file = getattr(self, "env_file", None)
+        if env_file is not None:
+            shown = os.path.relpath(env_file) if not os.path.relpath(env_file).startswith("..") else str(env_file)
+            lines += ["", f"  CLI (another terminal):  . {shown}    then:  vvg policy export --output table"]
+        lines += ["", "Ctrl-C stops everything."]
         return "\n".join(lines)
+
+    def env_file_text(self) -> str:
+        """A shell file that points a second terminal at this stack: `. .vvg/env` (docs/cli.md)."""
+        import shlex
+
+        values = dict(self.environment())
+        values.update(VVG_API_URL=f"http://{HOST}:{self.api_port}",
+                      VVG_DASHBOARD_URL=f"http://{HOST}:{self.dashboard_port}")
+        if self.seeded:
+            values.update(VVG_HOST_ID=self.seeded["host_id"], VVG_HOST_SECRET=self.seeded["host_secret"])
+        lines = [
+            "# Written by `make run` (infra/local.py) for the local stack it started; removed when it stops.",
+            "# In another terminal:  . .vvg/env   then   vvg audit list --output table",
+            "# It holds the emulation's dummy credentials and the demo host's secret: local use only.",
+            # a real profile or session token in the shell must not leak into calls to the emulation
+            "unset AWS_PROFILE AWS_SESSION_TOKEN AWS_SECURITY_TOKEN AWS_DEFAULT_PROFILE",
+        ]
+        lines += [f"export {k}={shlex.quote(str(v))}" for k, v in sorted(values.items())]
+        lines.append(f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PATH\"")
+        return "\n".join(lines) + "\n"
+
+    def write_env_file(self, path: str) -> Path:
+        """Write :meth:`env_file_text` to ``path`` (mode 0600, replaced atomically)."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.env_file_text())
+        os.replace(tmp, target)
+        self.env_file = target
+        return target
+
+    def remove_env_file(self) -> None:
+        """Remove the env file if it is still the one this stack wrote (a newer stack may have replaced it)."""
+        target = getattr(self, "env_file", None)
+        if target is None:
+            return
+        try:
+            if target.read_text() == self.env_file_text():
+                target.unlink()
+        except OSError:
+            pass
 
     def stop(self) -> None:
         self._stopping.set()
+        self.remove_env_file()
         for srv in self.servers:
             try:
                 srv.shutdown()
@@ -231,6 +273,10 @@ def main() -> int:
         stack.stop()
         print(f"vvg: error: the local stack did not start: {exc}", file=sys.stderr)
         return 1
+    try:
+        stack.write_env_file(os.environ.get("VVG_ENV_FILE") or ".vvg/env")
+    except OSError as exc:
+        print(f"vvg: warning: cannot write the CLI's env file: {exc}", file=sys.stderr)
     print(stack.banner(), flush=True)
     while not stop.wait(0.5):
         if stack.moto and stack.moto.poll() is not None:

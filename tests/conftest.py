@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -112,7 +113,9 @@ def start_stack(extra_env: dict[str, str] | None = None, timeout: float = 120) -
                VVG_ADMIN_PASSWORD="admin-pass-123", PYTHONUNBUFFERED="1",
                # No background reconciler passes racing the tests' own `vvg reconcile` (its loop has its own
                # test, tests/test_audit_tamper.py); a test that wants it passes VVG_RECONCILE_SECONDS.
-               VVG_RECONCILE_SECONDS="0")
+               VVG_RECONCILE_SECONDS="0",
+               # never the checkout's .vvg/env: a developer's own `make run` may be using it
+               VVG_ENV_FILE=os.path.join(tempfile.mkdtemp(prefix="vvg-env-"), ".vvg", "env"))
     env.update(extra_env or {})
     proc = subprocess.Popen([sys.executable, "-m", "infra.local"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

@@ -18,22 +18,29 @@ ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--
 
 
 @pytest.fixture(scope="module")
-def page(stack):
+def browser():
+    """One Chromium for the module (Playwright's sync API allows one driver per thread)."""
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), "Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)"
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        ctx = browser.new_context(viewport={"width": 1360, "height": 900})
-        pg = ctx.new_page()
-        pg.set_default_timeout(20000)
-        errors: list[str] = []
-        pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        pg.base = stack.dashboard_url  # type: ignore[attr-defined]
-        pg.console_errors = errors  # type: ignore[attr-defined]
-        yield pg
-        browser.close()
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def page(stack, browser):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = ctx.new_page()
+    pg.set_default_timeout(20000)
+    errors: list[str] = []
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.base = stack.dashboard_url  # type: ignore[attr-defined]
+    pg.console_errors = errors  # type: ignore[attr-defined]
+    yield pg
+    ctx.close()
 
 
 def shot(page, name: str) -> None:
@@ -104,3 +111,139 @@ def test_5_a_real_signed_event_appears_on_the_audit_page(page, stack):
     assert page.console_errors == [], page.console_errors  # e.g. CSP violations
     stack.vvg("event", "send", "vm.shutdown", "--vm", "vm-3", "--host", stack.host_id, "--secret",
               stack.host_secret, "--url", stack.api_url)
+
+
+# ---- every page at a phone's width and a desktop's: nothing overflows, the page's main part is visible, no
+# identifier is broken across lines. Screenshots: tests/artifacts/<page>-<width>.png (look at them).
+
+WIDTHS = (390, 1280)
+LONG_EVENT_ID = "layout-" + "e" * 113 + "-0000001"
+LONG_VOLUME_ID = "vvol-" + "v" * 54 + "-0001"
+LONG_VM_ID = "vm-" + "m" * 56 + "-0001"
+
+# JavaScript: every whitespace-free word inside an id-like element (.mono, .id, code) must sit on one line.
+BROKEN_IDS_JS = """() => {
+  const broken = [];
+  for (const el of document.querySelectorAll('main .mono, main .id, main code, main .kv, header .id')) {
+    const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      const re = /\\S+/g; let m;
+      while ((m = re.exec(node.data)) !== null) {
+        const r = document.createRange(); r.setStart(node, m.index); r.setEnd(node, m.index + m[0].length);
+        const tops = new Set([...r.getClientRects()].filter(x => x.width > 0).map(x => Math.round(x.top)));
+        if (tops.size > 1) broken.push(m[0]);
+      }
+    }
+  }
+  return broken;
+}"""
+
+OVERFLOW_JS = """() => {
+  const vw = document.documentElement.clientWidth;
+  const wide = [...document.querySelectorAll('body *')].filter(e => {
+    const r = e.getBoundingClientRect(); return r.width > 0 && (r.right > vw + 1 || r.left < -1);
+  }).slice(0, 5).map(e => e.tagName.toLowerCase() + (e.className ? '.' + String(e.className).split(' ').join('.') : '')
+                      + ' ' + (e.textContent || '').trim().slice(0, 40));
+  return {scroll: document.documentElement.scrollWidth, viewport: window.innerWidth, wide};
+}"""
+
+
+@pytest.fixture(scope="module")
+def layout(stack, browser):
+    """A signed-in admin page per width, and something attached (vm-2: preboot/shutdown) for /attachments."""
+    # the longest ids the API allows: a 128-character event id, 64-character volume and VM ids
+    r = stack.vvg("event", "send", "vm.preboot", "--vm", "vm-2", "--host", stack.host_id, "--secret",
+                  stack.host_secret, "--url", stack.api_url, "--event-id", LONG_EVENT_ID)
+    assert r.code == 0, r
+    r = stack.vvg("policy", "apply", "-", stdin=json.dumps({"volumes": [{
+        "volume_id": LONG_VOLUME_ID, "vm_id": LONG_VM_ID, "host_id": "host-1", "storage_array": "S1", "size_mb": 1,
+        "attach_on": "request", "detach_on": "request"}]}))
+    assert r.code == 0, r
+    pages = {}
+    for width in WIDTHS:
+        ctx = browser.new_context(viewport={"width": width, "height": 800})
+        pg = ctx.new_page()
+        pg.set_default_timeout(20000)
+        pg.console_errors = []  # type: ignore[attr-defined]
+        pg.on("console", lambda m, pg=pg: pg.console_errors.append(m.text) if m.type == "error" else None)
+        pg.goto(stack.dashboard_url + "/login")
+        pg.fill("#username", "admin")
+        pg.fill("#password", "admin-pass-123")
+        pg.click("button[type=submit]")
+        pg.wait_for_url("**/policies")
+        pages[width] = pg
+    yield pages
+    for pg in pages.values():
+        pg.context.close()
+    stack.vvg("event", "send", "vm.shutdown", "--vm", "vm-2", "--host", stack.host_id, "--secret",
+              stack.host_secret, "--url", stack.api_url)
+
+
+def _simulate_result(pg) -> None:
+    pg.select_option("#vm_id", "vm-1")
+    pg.select_option("#type", "vm.preboot")
+    pg.click("button[type=submit]:has-text('Simulate')")
+
+
+def _enroll(pg) -> None:
+    pg.fill("#host_id", f"hv-layout-{pg.viewport_size['width']}")
+    pg.fill("#mac", "02:00:00:00:00:42")
+    pg.fill("#serial", "SN-LAYOUT-0042")
+    pg.click("button[type=submit]:has-text('Enroll host')")
+
+
+# (name, path, the page's main table or form, an action that leads to the page shown)
+PAGES = [
+    ("login", "/login", "form input#username", None),
+    ("policies", "/policies", "main table", None),
+    ("policies-sorted", "/policies?sort=-size_mb", "main table", None),
+    ("policy-new", "/policies/new", "form.policy-form", None),
+    ("policy-edit", "/policies/vvol-1", "form.policy-form", None),
+    ("policy-missing", "/policies/vvol-none", "main .empty", None),
+    ("simulate", "/simulate", "form.sim-form", None),
+    ("simulate-result", "/simulate", "section.result table", _simulate_result),
+    ("attachments", "/attachments", "main table", None),
+    ("audit", "/audit", "table.audit", None),
+    ("audit-filtered", "/audit?vm=vm-1", "table.audit", None),
+    ("audit-long-ids", f"/audit?vm={LONG_VM_ID}", "table.audit", None),
+    ("policy-long-ids", f"/policies/{LONG_VOLUME_ID}", "form.policy-form", None),
+    ("attachments-7d", "/attachments?window=7d", "main figure.chart", None),
+    ("hosts", "/hosts", "main table", None),
+    ("host-secret", "/hosts", "input#secret", _enroll),
+    ("sign-out", "/logout", "main form", None),
+    ("not-found", "/no-such-page", "main .card", None),
+]
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("name,path,main,action", PAGES, ids=[p[0] for p in PAGES])
+def test_layout__no_overflow_main_part_visible_ids_whole(layout, browser, stack, name, path, main, action, width):
+    pg = layout[width]
+    if name == "login":  # signed out: a context of its own
+        pg = browser.new_context(viewport={"width": width, "height": 800}).new_page()
+    pg.goto(stack.dashboard_url + path)
+    if action:
+        action(pg)
+    pg.wait_for_load_state("load")
+    try:
+        assert pg.locator(main).first.is_visible(), f"{name}: {main} is not visible at {width}px"
+        m = pg.evaluate(OVERFLOW_JS)
+        pg.screenshot(path=str(ARTIFACTS / f"{name}-{width}.png"), full_page=True)
+        assert m["viewport"] == width
+        assert m["scroll"] <= width, f"{name} overflows at {width}px: scrollWidth {m['scroll']}; widest: {m['wide']}"
+        assert pg.evaluate(BROKEN_IDS_JS) == [], f"{name}: identifiers broken across lines at {width}px"
+        if name != "login":  # a 404 page logs its own status; anything else (a CSP violation) is a failure
+            errors = [e for e in pg.console_errors if not (name in ("policy-missing", "not-found") and "404" in e)]
+            assert errors == [], errors
+            pg.console_errors.clear()
+    finally:
+        if name == "login":
+            pg.context.close()
+
+
+def test_layout__every_page_in_the_navigation_is_checked(layout, stack):
+    """A page added to the menu must be added to PAGES above (checked at both widths)."""
+    pg = layout[1280]
+    pg.goto(stack.dashboard_url + "/policies")
+    nav = pg.eval_on_selector_all("header nav a", "els => els.map(e => new URL(e.href).pathname)")
+    assert nav and set(nav) <= {path.split("?")[0] for _, path, _, _ in PAGES}, nav

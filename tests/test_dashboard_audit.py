@@ -28,7 +28,7 @@ def _records(settings, n: int, vm: str = "vm-7", **kw):
 
 
 def _rows(page: str) -> list[str]:
-    return re.findall(r"<span class=\"muted small\">([^<]+)</span>", page)  # event ids, one per row
+    return re.findall(r'<span class="id mono muted small" title="event id">([^<]+)</span>', page)  # event ids, one per row
 
 
 def _walk(client, url: str, limit: int = 50) -> list[list[str]]:
@@ -37,7 +37,7 @@ def _walk(client, url: str, limit: int = 50) -> list[list[str]]:
         r = client.get(url)
         assert r.status_code == 200, r.get_data(as_text=True)[:500]
         text = r.get_data(as_text=True)
-        pages.append((_rows(text), text.count('<td class="mono nowrap">')))
+        pages.append((_rows(text), text.count('<td class="when"')))
         m = _NEXT.search(text)
         if not m:
             return pages

@@ -78,7 +78,7 @@ def test_last_event_seen__shown_after_a_real_signed_event(client, login, seeded_
     status, _ = seeded_vms.send("vm.preboot", "vm-1")
     assert status == 200
     page = client.get("/hosts").get_data(as_text=True)
-    row = page.split('<td class="mono">host-1</td>', 1)[1].split("</tr>", 1)[0]
+    row = page.split('<span class="id">host-1</span></td>', 1)[1].split("</tr>", 1)[0]
     assert "never" not in row and " UTC" in row
 
 

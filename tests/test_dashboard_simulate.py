@@ -17,7 +17,9 @@ def _sim(client, **form):
 
 def _decisions(page: str) -> list[tuple[str, str, str]]:
     body = page.split('id="result-h"', 1)[1]
-    return re.findall(r'<td class="mono">(vvol-[^<]+)</td>\s*<td>([a-z]+)</td>.*?<td class="mono">([^<]+)</td>', body, re.S)
+    return re.findall(r'<td class="mono" data-label="Volume"><span class="id">(vvol-[^<]+)</span></td>\s*'
+                      r'<td data-label="Action">([a-z]+)</td>.*?<td class="mono" data-label="Reason"><span class="id">([^<]+)</span></td>',
+                      body, re.S)
 
 
 def _everything(settings) -> str:

@@ -120,7 +120,9 @@ def test_every_valid_policy_file_is_accepted_and_round_trips_through_export(entr
     exported = dump_policy_file(specs)
     assert "password" not in exported
     again = parse_policy_text(exported.encode(), "export.yaml")
-    assert again == sorted(specs, key=lambda s: s.volume_id)
+    from vvolguard.domain.natural import natural_key
+
+    assert again == sorted(specs, key=lambda s: natural_key(s.volume_id))  # natural order: vvol-2 before vvol-11
     assert not any(s.password_given for s in again)
     assert dump_policy_file(again) == exported  # a fixed point
 

@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from typing import Any, NoReturn
+from typing import Any, Iterable, NoReturn, Sequence
 
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from pynamodb.exceptions import PynamoDBException
 
+from vvolguard.adapters import target
 from vvolguard.errors import VvgError
 
 MAX_STDIN_PASSWORD = 1024
+DEFAULT_API_URL = "http://127.0.0.1:3000"
 
 
 class CliError(Exception):
@@ -30,6 +33,46 @@ class _Parser(argparse.ArgumentParser):
 
 def _out(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, sort_keys=False, default=str) + "\n")
+
+
+# ---- lists: JSON lines by default (for scripts), or a table for people (--output table)
+
+def add_output_option(parser: argparse.ArgumentParser) -> None:
+    """Give a list command ``--output json|table`` (JSON lines stay the default)."""
+    parser.add_argument("--output", choices=("json", "table"), default="json",
+                        help="json: one JSON object a line, for scripts (default); table: aligned columns for people")
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_cell(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return " ".join(f"{k}={_cell(v)}" for k, v in value.items()) or "-"
+    # one line per row: control characters (a hostile id, a newline in a reason) never reach the terminal
+    return "".join(ch if ch.isprintable() else "?" for ch in str(value))
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Rows as aligned text columns under an upper-case header; the last column is never padded."""
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = []
+    for row in [[c.upper() for c in columns]] + cells:
+        lines.append("  ".join(v.ljust(widths[i]) if i < len(columns) - 1 else v for i, v in enumerate(row)).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def emit_rows(rows: Iterable[dict[str, Any]], output: str, columns: Sequence[str]) -> None:
+    """Print a list command's rows: JSON lines, or (``output == "table"``) a table of ``columns``."""
+    if output == "table":
+        sys.stdout.write(format_table(list(rows), columns))
+        return
+    for row in rows:
+        _out(row)
 
 
 def _read_password(prompt_name: str) -> str:
@@ -68,8 +111,7 @@ def cmd_host(args: argparse.Namespace) -> int:
     elif args.action == "rotate":
         _out(hosts.rotate(args.host_id, public_key=key))
     elif args.action == "list":
-        for row in hosts.rows():
-            _out(row)
+        emit_rows(hosts.rows(), args.output, ("host_id", "status", "auth", "last_seen"))
     else:
         _out(hosts.revoke(args.host_id))
     return 0
@@ -144,9 +186,13 @@ def cmd_policy(args: argparse.Namespace) -> int:
         settings = _services()
         _out(PolicyService(settings).apply(specs, actor="cli"))
     elif args.action == "export":
+        from vvolguard.domain.natural import natural_key
+
         settings = _services()
-        specs = PolicyService(settings).export()
-        if args.format == "yaml":
+        specs = sorted(PolicyService(settings).export(), key=lambda s: natural_key(s.volume_id))
+        if args.output == "table":
+            emit_rows([s.to_file_entry() for s in specs], "table", POLICY_COLUMNS)
+        elif args.format == "yaml":
             sys.stdout.write(dump_policy_file(specs))
         else:
             _out({"volumes": [s.to_file_entry() for s in specs]})
@@ -195,8 +241,7 @@ def cmd_user(args: argparse.Namespace) -> int:
     settings = _services()
     users = UserService(settings)
     if args.action == "list":
-        for row in users.list():
-            _out(row)
+        emit_rows(users.list(), args.output, ("user", "role", "disabled", "last_login"))
         return 0
     actor = cli_actor(settings)
     if args.action == "add":
@@ -212,16 +257,27 @@ def cmd_user(args: argparse.Namespace) -> int:
     return 0
 
 
+AUDIT_COLUMNS = ("at", "actor", "vm_id", "volume_id", "event_type", "action", "outcome", "reason")
+POLICY_COLUMNS = ("volume_id", "vm_id", "host_id", "storage_array", "size_mb", "attach_on", "detach_on", "app",
+                  "os_disk_encryption")
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from vvolguard.adapters.audit import AuditLog, RECORD_FIELDS
 
     log = AuditLog(_services())
     if args.action == "list":
+        rows = []
         for rec in log.list(vm_id=args.vm, volume_id=args.volume, limit=args.limit):
             row = {k: getattr(rec, k) for k in RECORD_FIELDS}
             row["detail"] = rec.detail.as_dict() if rec.detail is not None else {}
             row["chain"], row["seq"] = rec.chain, int(rec.seq)
-            _out(row)
+            if args.output == "json":
+                _out(row)  # streamed: a long history starts printing at once
+            else:
+                rows.append(row)
+        if args.output == "table":
+            emit_rows(rows, "table", AUDIT_COLUMNS)
         return 0
     if args.action == "checkpoint":
         cp = log.checkpoint()
@@ -312,7 +368,6 @@ def _audit_verify_file(log, name: str, allow_gaps: bool) -> int:
 
 def cmd_event(args: argparse.Namespace) -> int:
     """Sign and send one event exactly as a host does (the reference host client)."""
-    import os
     import time
     import urllib.error
     import urllib.request
@@ -339,14 +394,21 @@ def cmd_event(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             body["volume_id" if key == "volume" else key] = value
+    if args.type not in _event_types():
+        import difflib
+
+        close = difflib.get_close_matches(args.type, _event_types(), n=1)
+        sys.stderr.write(f"vvg: note: {args.type[:80]!r} is not an event type"
+                         + (f"; did you mean {close[0]}?" if close else "") + " (see 'vvg event send --help')\n")
     if args.password_stdin:
         body["password"] = _read_password("event send")
     if args.occurred_at:
         body["occurred_at"] = args.occurred_at
     raw = json.dumps(body, separators=(",", ":")).encode("utf-8")
-    url = args.url.rstrip("/") + "/v1/events"
+    base = args.url or os.environ.get("VVG_API_URL") or DEFAULT_API_URL
+    url = base.rstrip("/") + "/v1/events"
     if not url.startswith(("http://", "https://")):
-        raise CliError(f"event send: --url must start with http:// or https://, got {args.url[:80]!r}", 2)
+        raise CliError(f"event send: --url must start with http:// or https://, got {base[:80]!r}", 2)
     req = urllib.request.Request(url, data=raw, method="POST", headers={
         "Content-Type": "application/json", "X-VVG-Host": args.host,
         "X-VVG-Signature": sign(secret, int(time.time()), raw)})
@@ -366,7 +428,58 @@ def cmd_event(args: argparse.Namespace) -> int:
         except (ValueError, KeyError, TypeError):
             sys.stderr.write(f"vvg: error: HTTP {status}\n")
         return 1
+    try:
+        decisions = json.loads(text).get("decisions")
+    except (ValueError, AttributeError):
+        decisions = None
+    if decisions == []:
+        sys.stderr.write(f"vvg: note: {_no_match_hint(args.type, args.vm)}\n")
     return 0
+
+
+# What each event type acts on, in the policy file's words (docs/webhook-api.md has the whole table).
+EVENT_KEYWORDS: dict[str, str] = {
+    "vm.created": "creates the VM's volumes not yet at the provider (every policy of the VM)",
+    "vm.preboot": "attaches volumes with attach_on: preboot",
+    "vm.booted": "detaches volumes with detach_on: postboot",
+    "vm.shutdown": "detaches every attached volume of the VM, whatever its detach_on",
+    "app.started": "attaches volumes with attach_on: app_start and app: APP (--app)",
+    "app.stopped": "detaches volumes with detach_on: app_stop and app: APP (--app)",
+    "license.check": "attaches volumes with attach_on: license_check and app: APP (--app)",
+    "license.verified": "detaches volumes with detach_on: license_verified and app: APP (--app)",
+    "volume.attach_request": "attaches one volume with attach_on: request (--volume, --password-stdin)",
+    "volume.detach_request": "detaches one volume (--volume)",
+    "vm.migrate.start": "grants --destination-host every volume of the VM (vvg:hosts)",
+    "vm.migrate.complete": "revokes --source-host; the sender becomes the VM's host",
+    "guest.inventory": "selects security software per volume against min_key_bits",
+    "vm.heartbeat": "renews the leases of attached volumes whose detach_on is not postboot",
+}
+
+
+def _event_types() -> list[str]:
+    from vvolguard.domain.events import TYPES
+
+    return list(TYPES)
+
+
+def _event_epilog() -> str:
+    types = _event_types()
+    width = max(len(t) for t in types)
+    lines = ["event types (TYPE) and the policies they act on:"]
+    lines += [f"  {t.ljust(width)}  {EVENT_KEYWORDS.get(t, '')}".rstrip() for t in types]
+    lines += ["", "The secret comes from --secret or VVG_HOST_SECRET, the URL from --url or VVG_API_URL",
+              "('. .vvg/env' sets both for the local stack). See docs/cli.md and docs/webhook-api.md."]
+    return "\n".join(lines)
+
+
+def _no_match_hint(event_type: str, vm_id: str) -> str:
+    """Why an accepted event decided nothing, in words a person can act on."""
+    what = EVENT_KEYWORDS.get(event_type)
+    if event_type in ("vm.created", "vm.shutdown", "vm.migrate.start", "vm.migrate.complete", "vm.heartbeat"):
+        return (f"the event matched no volume: {vm_id} has no policies (or nothing to do for {event_type}); "
+                f"'vvg policy export --output table' lists them")
+    return (f"the event matched no volume: {vm_id} has no policies that act on {event_type}"
+            + (f" ({what})" if what else "") + "; 'vvg policy export --output table' lists them")
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
@@ -468,68 +581,99 @@ def _limit(text: str) -> int:
     return n
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command tree."""
-    p = _Parser(prog="vvg", description="vvolguard admin CLI (uses the standard AWS environment)")
-    sub = p.add_subparsers(dest="group", required=True, parser_class=_Parser)
+def _version() -> str:
+    try:
+        from importlib.metadata import version
 
-    host = sub.add_parser("host", help="enroll, rotate or revoke hosts")
-    hs = host.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    e = hs.add_parser("enroll", help="enroll a host; prints its secret once")
-    e.add_argument("host_id")
-    e.add_argument("--mac", required=True)
-    e.add_argument("--serial", required=True)
-    e.add_argument("--hardware", default="")
+        return version("vvolguard")
+    except Exception:  # noqa: BLE001 - not installed as a distribution (e.g. Lambda's layout)
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree; every option says what it does (docs/cli.md is the long form)."""
+    p = _Parser(prog="vvg", description="vvolguard admin CLI. It reaches AWS through the standard AWS environment "
+                "(AWS_ENDPOINT_URL, AWS_REGION, credentials); for the local stack run '. .vvg/env' first. "
+                "Output is JSON on stdout; errors are one line on stderr. See docs/cli.md.")
+    p.add_argument("--version", action="version", version=f"vvg {_version()}", help="print the version and exit")
+    sub = p.add_subparsers(dest="group", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    host = sub.add_parser("host", help="enroll, rotate or revoke hypervisor hosts",
+                          description="Hypervisor hosts that may send signed events.")
+    hs = host.add_subparsers(dest="action", required=True, parser_class=_Parser, metavar="ACTION")
+    e = hs.add_parser("enroll", help="enroll a host; prints its secret once",
+                      description="Enroll a host. Its secret is printed only here: put it on the host.")
+    e.add_argument("host_id", help="the host's id, [A-Za-z0-9._-]{1,64}")
+    e.add_argument("--mac", required=True, help="the host's MAC address (kept only as a salted digest)")
+    e.add_argument("--serial", required=True, help="the host's hardware serial number (kept only as a salted digest)")
+    e.add_argument("--hardware", default="", help="free text describing the hardware (kept only as a salted digest)")
     e.add_argument("--public-key", dest="public_key", help="an Ed25519 public key file (PEM or ssh-ed25519 line): "
                    "the host signs with its key and gets no secret (docs/host-keys.md)")
-    ro = hs.add_parser("rotate", help="give a host a new secret (or a key host a new public key)")
-    ro.add_argument("host_id")
+    ro = hs.add_parser("rotate", help="give a host a new secret (or a key host a new public key); the old one stops "
+                       "working at once")
+    ro.add_argument("host_id", help="the enrolled host's id")
     ro.add_argument("--public-key", dest="public_key", help="a key host's new Ed25519 public key file")
-    hs.add_parser("list", help="every host as JSON lines")
+    hl = hs.add_parser("list", help="every host, revoked ones included")
+    add_output_option(hl)
     hs.add_parser("revoke", help="refuse a host from now on; detach, untag and end the grants of what it holds"
-                  ).add_argument("host_id")
+                  ).add_argument("host_id", help="the enrolled host's id")
     host.set_defaults(func=cmd_host)
 
-    pol = sub.add_parser("policy", help="apply, export or delete policies")
-    ps = pol.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    ps.add_parser("apply", help="upsert a policy file, all or nothing").add_argument("file")
-    ex = ps.add_parser("export", help="the policy table as a policy file")
-    ex.add_argument("--format", choices=("json", "yaml"), default="json")
-    ps.add_parser("delete", help="remove one volume's policy").add_argument("volume_id")
+    pol = sub.add_parser("policy", help="apply, export or delete volume policies",
+                         description="The policy table: one entry per volume (docs/policy-file.md).")
+    ps = pol.add_subparsers(dest="action", required=True, parser_class=_Parser, metavar="ACTION")
+    ps.add_parser("apply", help="upsert the volumes of a policy file, all or nothing").add_argument(
+        "file", help="a YAML or JSON policy file with the key 'volumes'; '-' reads standard input")
+    ex = ps.add_parser("export", help="print the whole policy table as a policy file",
+                       description="Print the policy table as a policy file that 'vvg policy apply' accepts "
+                                   "(passwords and their hashes never leave), in natural volume id order.")
+    ex.add_argument("--format", choices=("json", "yaml"), default="json",
+                    help="the policy file's format: json (default) or yaml")
+    add_output_option(ex)
+    ps.add_parser("delete", help="remove one volume's policy (detaching the volume first if attached)").add_argument(
+        "volume_id", help="the volume whose policy to remove")
     pol.set_defaults(func=cmd_policy)
 
-    aud = sub.add_parser("audit", help="list or verify the audit history")
-    au = aud.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    li = au.add_parser("list", help="records as JSON lines, newest first")
-    li.add_argument("--vm")
-    li.add_argument("--volume")
-    li.add_argument("--limit", type=_limit, default=100)
-    ve = au.add_parser("verify", help="check the hash chains against the latest signed checkpoint, or an export")
+    aud = sub.add_parser("audit", help="list or verify the audit history",
+                         description="The tamper-evident audit history (docs/security-model.md).")
+    au = aud.add_subparsers(dest="action", required=True, parser_class=_Parser, metavar="ACTION")
+    li = au.add_parser("list", help="audit records, newest first")
+    li.add_argument("--vm", help="only records of this VM id")
+    li.add_argument("--volume", help="only records of this volume id")
+    li.add_argument("--limit", type=_limit, default=100, help="at most this many records, 1 to 10000 (default 100)")
+    add_output_option(li)
+    ve = au.add_parser("verify", help="check the hash chains against the latest signed checkpoint, or an export; "
+                       "exit 1 naming the first bad record")
     ve.add_argument("--file", help="check this JSON export offline (with the audit key) instead of the tables")
     ve.add_argument("--allow-gaps", action="store_true",
                     help="with --file: the export was filtered by more than VM and time; missing records are not errors")
     au.add_parser("checkpoint", help="sign the head of every audit chain now")
     xp = au.add_parser("export", help="write the records as a JSON array (docs/audit-export.md)")
-    xp.add_argument("--vm")
-    xp.add_argument("--since", help="30m, 12h, 7d")
-    xp.add_argument("--out", required=True)
+    xp.add_argument("--vm", help="only the records of this VM id")
+    xp.add_argument("--since", help="only records newer than this: 30m, 12h, 7d")
+    xp.add_argument("--out", required=True, help="the file to write (written only when complete)")
     aud.set_defaults(func=cmd_audit)
 
-    evt = sub.add_parser("event", help="send a signed host event")
-    es = evt.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    snd = es.add_parser("send", help="sign and send one event as a host would")
-    snd.add_argument("type")
-    snd.add_argument("--vm", required=True)
-    snd.add_argument("--host", required=True)
-    snd.add_argument("--secret", help="the host secret (or VVG_HOST_SECRET)")
+    evt = sub.add_parser("event", help="send a signed host event, as a host would")
+    es = evt.add_subparsers(dest="action", required=True, parser_class=_Parser, metavar="ACTION")
+    snd = es.add_parser("send", help="sign and send one event as a host would", epilog=_event_epilog(),
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Sign one event with the host's secret and POST it to the API's /v1/events; "
+                                    "prints the answer, exit 0 on 2xx.")
+    snd.add_argument("type", metavar="TYPE", help="the event type (listed below)")
+    snd.add_argument("--vm", required=True, help="the VM id the event is about")
+    snd.add_argument("--host", required=True, help="the sending host's id (must be the VM's host)")
+    snd.add_argument("--secret", help="the host's secret (default: the VVG_HOST_SECRET variable)")
     snd.add_argument("--key", help="sign as a key host: its Ed25519 private key file (PKCS#8 PEM or OpenSSH, mode 0600)")
-    snd.add_argument("--url", default="http://127.0.0.1:3000", help="the API's base URL")
-    snd.add_argument("--app")
-    snd.add_argument("--volume")
-    snd.add_argument("--password-stdin", action="store_true")
-    snd.add_argument("--destination-host", dest="destination_host")
-    snd.add_argument("--source-host", dest="source_host")
-    snd.add_argument("--event-id", dest="event_id")
+    snd.add_argument("--url", default=None,
+                     help=f"the API's base URL (default: VVG_API_URL, else {DEFAULT_API_URL}); /v1/events is added")
+    snd.add_argument("--app", help="the application (app.* and license.* events)")
+    snd.add_argument("--volume", help="the volume id (volume.attach_request, volume.detach_request)")
+    snd.add_argument("--password-stdin", action="store_true",
+                     help="read the volume's password from standard input (volume.attach_request)")
+    snd.add_argument("--destination-host", dest="destination_host", help="where the VM goes (vm.migrate.start)")
+    snd.add_argument("--source-host", dest="source_host", help="where the VM came from (vm.migrate.complete)")
+    snd.add_argument("--event-id", dest="event_id", help="the event's unique id (default: a new random one)")
     snd.add_argument("--occurred-at", dest="occurred_at", help="RFC 3339 time of the event at the host")
     snd.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     evt.set_defaults(func=cmd_event)
@@ -542,7 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
     vs.add_parser("release", help="end a VM's quarantine").add_argument("vm_id")
     vm.set_defaults(func=cmd_vm)
 
-    rec = sub.add_parser("reconcile", help="run one pass of the reconciler now")
+    rec = sub.add_parser("reconcile", help="run one pass of the reconciler now (expired leases, grants, orphans)")
     rec.set_defaults(func=cmd_reconcile)
 
     key = sub.add_parser("key", help="the key volume: build, provision, describe, recover (docs/key-volume.md)")
@@ -566,23 +710,40 @@ def build_parser() -> argparse.ArgumentParser:
     key.set_defaults(func=cmd_key)
 
     usr = sub.add_parser("user", help="dashboard users")
-    us = usr.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    us = usr.add_subparsers(dest="action", required=True, parser_class=_Parser, metavar="ACTION")
     ua = us.add_parser("add", help="create a dashboard user")
-    ua.add_argument("name")
-    ua.add_argument("--role", required=True, choices=("viewer", "editor", "admin"))
-    ua.add_argument("--password-stdin", action="store_true")
-    us.add_parser("list", help="every user as JSON lines")
+    ua.add_argument("name", help="the user name to sign in with")
+    ua.add_argument("--role", required=True, choices=("viewer", "editor", "admin"),
+                    help="viewer reads; editor also changes policies; admin also manages hosts and users")
+    ua.add_argument("--password-stdin", action="store_true",
+                    help="read the password (8 to 256 characters) from standard input; required")
+    ul = us.add_parser("list", help="every user")
+    add_output_option(ul)
     for name, text in (("disable", "disable a user; its sessions end at once"),
                        ("remove", "remove a user; its sessions end at once")):
-        us.add_parser(name, help=text).add_argument("name")
+        us.add_parser(name, help=text).add_argument("name", help="the user name")
     upw = us.add_parser("passwd", help="set a new password (from standard input); the user's sessions end")
-    upw.add_argument("name")
-    upw.add_argument("--password-stdin", action="store_true")
+    upw.add_argument("name", help="the user name")
+    upw.add_argument("--password-stdin", action="store_true", help="read the new password from standard input; required")
     uro = us.add_parser("role", help="change a user's role; the user's sessions end")
-    uro.add_argument("name")
-    uro.add_argument("role", choices=("viewer", "editor", "admin"))
+    uro.add_argument("name", help="the user name")
+    uro.add_argument("role", choices=("viewer", "editor", "admin"), help="the new role")
     usr.set_defaults(func=cmd_user)
     return p
+
+
+def _key_service(message: str) -> str:
+    return "secretsmanager" if "audit key" in message else "kms"
+
+
+def _aws_failure(exc: BaseException) -> str:
+    """One line for an AWS failure: its cause, the endpoint, region and account (docs/cli.md)."""
+    text = target.describe(exc)
+    if text:
+        return text
+    # A PynamoDB error without an AWS error underneath (e.g. a malformed item)
+    return f"DynamoDB request failed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]} " \
+           f"(endpoint {target.endpoint()}, region {target.region()})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -594,27 +755,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"vvg: error: {exc}\n")
         return exc.code
     except VvgError as exc:
-        sys.stderr.write(f"vvg: error: {exc.message}\n")
+        # A key held in KMS / Secrets Manager that could not be used: say why and where.
+        cause = target.describe(exc, service=_key_service(exc.message)) if exc.code == "key_unavailable" else None
+        sys.stderr.write(f"vvg: error: {exc.message}" + (f": {cause}" if cause else "") + "\n")
         return 1
-    except EndpointConnectionError as exc:
-        sys.stderr.write(f"vvg: error: cannot reach AWS at {exc.kwargs.get('endpoint_url', '?')} (is the stack running?)\n")
-        return 1
-    except PynamoDBException as exc:
-        cause = exc.cause if isinstance(exc.cause, ClientError) else None
-        code = exc.cause_response_code or (cause.response.get("Error", {}).get("Code") if cause else None) or type(exc).__name__
-        hint = " (are the tables created? run 'make run' or deploy the stack)" if code == "ResourceNotFoundException" else ""
-        if isinstance(exc.cause, EndpointConnectionError):
-            sys.stderr.write(f"vvg: error: cannot reach AWS at {exc.cause.kwargs.get('endpoint_url', '?')} (is the stack running?)\n")
-            return 1
-        sys.stderr.write(f"vvg: error: DynamoDB refused the request: {code}{hint}\n")
-        return 1
-    except ClientError as exc:
-        err = exc.response.get("Error", {})
-        hint = " (are the tables created? run 'make run' or deploy the stack)" if err.get("Code") == "ResourceNotFoundException" else ""
-        sys.stderr.write(f"vvg: error: AWS refused {exc.operation_name}: {err.get('Code', '?')}{hint}\n")
-        return 1
-    except BotoCoreError as exc:
-        sys.stderr.write(f"vvg: error: AWS: {type(exc).__name__}: {str(exc)[:200]}\n")
+    except (PynamoDBException, ClientError, BotoCoreError) as exc:
+        sys.stderr.write(f"vvg: error: {_aws_failure(exc)}\n")
         return 1
     except KeyboardInterrupt:
         sys.stderr.write("vvg: interrupted\n")

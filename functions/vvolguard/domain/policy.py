@@ -241,5 +241,7 @@ def parse_policy_text(data: bytes, name: str = "policy file") -> list[PolicySpec
 
 def dump_policy_file(specs: list[PolicySpec]) -> str:
     """The policy file export writes (YAML, with the top-level key volumes)."""
-    doc = {"volumes": [s.to_file_entry() for s in sorted(specs, key=lambda s: s.volume_id)]}
+    from vvolguard.domain.natural import natural_key
+
+    doc = {"volumes": [s.to_file_entry() for s in sorted(specs, key=lambda s: natural_key(s.volume_id))]}
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)

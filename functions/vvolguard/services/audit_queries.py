@@ -34,14 +34,31 @@ def _iso(dt: datetime) -> str:
     return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def parse_bound(text: str, upper: bool) -> str | None:
+_RELATIVE_RE = re.compile(r"^(?:last\s+)?(\d{1,5})\s*(m|min|mins|minutes?|h|hours?|d|days?)(?:\s+ago)?\Z", re.I)
+_UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400}
+TIME_FORMS = ("a time must be a date (2026-11-27), a minute (2026-11-27T05:00), an RFC 3339 time, "
+              "or a time back from now (30m, 24h, 7d, last 24 h)")
+
+
+def is_relative(text: str) -> bool:
+    """Whether a time filter counts back from now (``24h``, ``last 7 d``, ``30 min ago``)."""
+    return bool(_RELATIVE_RE.match((text or "").strip()))
+
+
+def parse_bound(text: str, upper: bool, now: datetime | None = None) -> str | None:
     """A time filter as the stored ``at`` format. Dates and minutes (``datetime-local``) cover their
-    whole day or minute when they are the upper bound; RFC 3339 times are taken as they are. UTC."""
+    whole day or minute when they are the upper bound; RFC 3339 times are taken as they are; ``24h``,
+    ``7d``, ``last 30 min`` count back from now. UTC."""
     text = (text or "").strip()
     if not text:
         return None
     if len(text) > 40:
-        raise InvalidInput("a time must be a date (2026-11-27), a minute (2026-11-27T05:00) or an RFC 3339 time")
+        raise InvalidInput(TIME_FORMS)
+    if m := _RELATIVE_RE.match(text):
+        n, unit = int(m[1]), m[2][0].lower()
+        if n * _UNIT_SECONDS[unit] > 400 * 86400:
+            raise InvalidInput("a time back from now must be at most 400 days")
+        return _iso((now or datetime.now(timezone.utc)) - timedelta(seconds=n * _UNIT_SECONDS[unit]))
     try:
         if m := _DATE_RE.match(text):
             dt = datetime(int(m[1]), int(m[2]), int(m[3]), tzinfo=timezone.utc)
@@ -54,7 +71,7 @@ def parse_bound(text: str, upper: bool) -> str | None:
 
             dt, step = parse_time(text), timedelta(0)
     except (ValueError, InvalidInput):
-        raise InvalidInput("a time must be a date (2026-11-27), a minute (2026-11-27T05:00) or an RFC 3339 time") from None
+        raise InvalidInput(TIME_FORMS) from None
     return _iso(dt + step) if upper else _iso(dt)
 
 

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 from vvolguard.adapters.models import EXPIRY_SHARDS, AuditItem, PolicyItem
 from vvolguard.domain.events import parse_time
+from vvolguard.domain.natural import natural_key
 
 # Records that end an attachment (the reconciler's correction included).
 END_ACTIONS = ("detach", "state_corrected")
@@ -24,10 +25,18 @@ class Interval:
     start: datetime
     end: datetime
     open: bool = False
+    lease_end: datetime | None = None  # when its lease ran out (the attach's, or the last renewal's)
 
     @property
     def seconds(self) -> float:
         return max(0.0, (self.end - self.start).total_seconds())
+
+    @property
+    def overrun_seconds(self) -> float:
+        """How long it stayed attached past its lease (0 when within it, or when the lease is unknown)."""
+        if self.lease_end is None:
+            return 0.0
+        return max(0.0, (self.end - max(self.lease_end, self.start)).total_seconds())
 
 
 @dataclass
@@ -64,7 +73,7 @@ class Exposure:
             t = tot.setdefault(v.vm_id, [0.0, 0])
             t[0] += v.minutes
             t[1] += 1
-        return sorted(((vm, m, int(n)) for vm, (m, n) in tot.items()), key=lambda r: (-r[1], r[0]))
+        return sorted(((vm, m, int(n)) for vm, (m, n) in tot.items()), key=lambda r: (-r[1], natural_key(r[0])))
 
 
 def attached_now() -> list[PolicyItem]:
@@ -74,7 +83,7 @@ def attached_now() -> list[PolicyItem]:
         for hit in PolicyItem.by_expiry.query(f"L#{shard}", page_size=500):
             if isinstance(hit, PolicyItem) and hit.attached:
                 out.append(hit)
-    return sorted(out, key=lambda p: (p.vm_id, p.volume_id))
+    return sorted(out, key=lambda p: (natural_key(p.vm_id), natural_key(p.volume_id)))
 
 
 def _months(start: datetime, end: datetime) -> list[str]:
@@ -90,6 +99,16 @@ def _at(text: str) -> datetime:
     return parse_time(text)
 
 
+def _lease_of(rec: AuditItem) -> datetime | None:
+    """The lease end an attach (or renewal) record carries in its detail, if any."""
+    detail = rec.detail.as_dict() if rec.detail is not None else {}
+    value = detail.get("lease_expires_at")
+    try:
+        return parse_time(value) if isinstance(value, str) and value else None
+    except Exception:  # noqa: BLE001 - a malformed detail only loses the overrun mark
+        return None
+
+
 def _aware(dt: datetime | None) -> datetime | None:
     if dt is None:
         return None
@@ -102,8 +121,8 @@ def exposure(now: datetime | None = None, window: timedelta = timedelta(hours=24
     now = now or datetime.now(timezone.utc)
     start = now - window
     lo = start.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    cond = (AuditItem.action.is_in("attach", *END_ACTIONS)) & (AuditItem.outcome == "done")
-    events: dict[str, list[tuple[datetime, str]]] = {}
+    cond = (AuditItem.action.is_in("attach", "renew", *END_ACTIONS)) & (AuditItem.outcome == "done")
+    events: dict[str, list[tuple[datetime, str, datetime | None]]] = {}
     vm_of: dict[str, str] = {}
     n = 0
     truncated = False
@@ -116,7 +135,7 @@ def exposure(now: datetime | None = None, window: timedelta = timedelta(hours=24
             if n > max_records:
                 truncated = True
                 break
-            events.setdefault(rec.volume_id, []).append((_at(rec.at), rec.action))
+            events.setdefault(rec.volume_id, []).append((_at(rec.at), rec.action, _lease_of(rec)))
             if rec.vm_id:
                 vm_of[rec.volume_id] = rec.vm_id
         if truncated:
@@ -126,28 +145,31 @@ def exposure(now: datetime | None = None, window: timedelta = timedelta(hours=24
     for p in current:
         vm_of[p.volume_id] = p.vm_id
     volumes: list[VolumeExposure] = []
-    for vid in sorted(set(events) | set(live)):
+    for vid in sorted(set(events) | set(live), key=natural_key):
         evs = sorted(events.get(vid, []), key=lambda e: e[0])
         ve = VolumeExposure(vid, vm_of.get(vid, ""))
         opened: datetime | None = None
+        lease: datetime | None = None
         if evs and evs[0][1] in END_ACTIONS:
             opened = start  # attached before the window opened
-        for at, action in evs:
+        for at, action, lease_at in evs:
             if action == "attach":
                 if opened is None:
-                    opened = max(at, start)
+                    opened, lease = max(at, start), lease_at
+            elif action == "renew":
+                lease = lease_at or lease
             elif opened is not None:
-                ve.intervals.append(Interval(opened, min(max(at, start), now)))
-                opened = None
+                ve.intervals.append(Interval(opened, min(max(at, start), now), lease_end=lease))
+                opened, lease = None, None
         p = live.get(vid)
         if p is not None:
             since = _aware(p.attached_at) or opened or start
             if opened is None:
                 opened = max(since, start)
-            ve.intervals.append(Interval(opened, now, open=True))
+            ve.intervals.append(Interval(opened, now, open=True, lease_end=_aware(p.lease_expires_at) or lease))
         elif opened is not None:
             # The records say attached but the state says not: end it at the last record we saw.
-            ve.intervals.append(Interval(opened, max(evs[-1][0], opened)))
+            ve.intervals.append(Interval(opened, max(evs[-1][0], opened), lease_end=lease))
         ve.intervals = [i for i in ve.intervals if i.end > i.start or i.open]
         if ve.intervals:
             volumes.append(ve)

@@ -44,6 +44,24 @@ def _field_values(spec: PolicySpec) -> dict[str, Any]:
     return {f: (list(getattr(spec, f)) if f == "authorized_apps" else getattr(spec, f)) for f in POLICY_FIELDS}
 
 
+def _shown(value: Any) -> str:
+    """A policy value as the audit's change list shows it (the policy file's spelling; "-" for none)."""
+    if value is None or value == []:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def change_list(old: PolicyItem, spec: PolicySpec, fields: list[str]) -> str:
+    """``field: old → new`` for each changed field, joined by ``; `` (ids, numbers and keywords never hold
+    either separator), for the audit record's detail; the dashboard shows it as a list."""
+    before, after = _field_values(item_to_spec(old)), _field_values(spec)
+    return "; ".join(f"{f}: {_shown(before[f])} → {_shown(after[f])}" for f in fields)
+
+
 def _changes(old: PolicyItem, spec: PolicySpec) -> list[str]:
     old_spec = _field_values(item_to_spec(old))
     new = _field_values(spec)
@@ -127,7 +145,7 @@ class PolicyService:
         if not changed and not pw_changed:
             return "unchanged", [], []
         version = int(existing.policy_version) + 1
-        detail = {"fields": ",".join(changed)}
+        detail = {"fields": ",".join(changed), "changes": change_list(existing, spec, changed)}
         if pw_changed:
             detail["password"] = "set" if password_hash else "removed"
         cond = PolicyItem.policy_version == existing.policy_version
