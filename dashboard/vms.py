@@ -10,6 +10,7 @@ from dashboard.auth import actor, role_required
 from vvolguard.adapters.audit import AuditLog
 from vvolguard.domain.policy import ID_RE
 from vvolguard.errors import VvgError
+from vvolguard.services.keys import key_states
 from vvolguard.services.policies import PolicyService
 from vvolguard.services.quarantine import MAX_REASON, QuarantineService
 
@@ -40,8 +41,9 @@ def vm_page(vm_id: str):
     if not policies and quarantine is None:
         abort(404)
     audit = list(AuditLog(settings).list(vm_id=vm_id, limit=20))
+    keyvols = key_states(p.volume_id for p in policies)  # one BatchGet (docs/key-volume.md), never key bytes
     return render_template("vms/page.html", vm_id=vm_id, policies=policies, quarantine=quarantine, audit=audit,
-                           now=datetime.now(timezone.utc), max_reason=MAX_REASON)
+                           keyvols=keyvols, now=datetime.now(timezone.utc), max_reason=MAX_REASON)
 
 
 @bp.post("/vms/<vm_id>/quarantine")

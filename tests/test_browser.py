@@ -209,6 +209,8 @@ PAGES = [
     ("policy-long-ids", f"/policies/{LONG_VOLUME_ID}", "form.policy-form", None),
     ("attachments-7d", "/attachments?window=7d", "main figure.chart", None),
     ("hosts", "/hosts", "main table", None),
+    ("users", "/users", "main table", None),
+    ("vm", "/vms/vm-1", "main table", None),
     ("host-secret", "/hosts", "input#secret", _enroll),
     ("sign-out", "/logout", "main form", None),
     ("not-found", "/no-such-page", "main .card", None),
