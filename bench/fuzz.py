@@ -52,7 +52,7 @@ OPENAPI = ROOT / "openapi.yaml"
 MAX_BODY = 64 * 1024
 EVENTS = "/v1/events"
 
-# What the fuzz run adds to the Table 1 seed (contract section 3), so that every decision kind is reachable:
+# What the fuzz run adds to the Table 1 seed (docs/policy-file.md), so that every decision kind is reachable:
 # a password-protected request volume, a license volume with min_key_bits, a VM without an instance at the
 # provider (attaches fail `vm_not_found`), and an app volume whose app is not authorized.
 FUZZ_PASSWORD = "fuzz-pw-1"

@@ -1,4 +1,4 @@
-"""The host webhook's OpenAPI 3.1 document (contract section 4), built from the code's own schema.
+"""The host webhook's OpenAPI 3.1 document (docs/webhook-api.md), built from the code's own schema.
 
     python -m infra.openapi > openapi.yaml
 
@@ -90,7 +90,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
                                  {"name": "ClamAV", "type": "antivirus", "key_bits": 1}]},
 }
 
-# Every error POST /v1/events answers (contract section 4), in the contract's order, with when it happens.
+# Every error POST /v1/events answers (docs/webhook-api.md), in the contract's order, with when it happens.
 WEBHOOK_ERRORS: list[tuple[type[errors.VvgError], str]] = [
     (errors.InvalidJson, "The body is not JSON: not UTF-8, malformed, a duplicate key, NaN/Infinity, a number of "
                          f"more than 20 digits, or nesting deeper than {ev.MAX_DEPTH} levels."),
@@ -111,7 +111,7 @@ WEBHOOK_ERRORS: list[tuple[type[errors.VvgError], str]] = [
 STATUS_NAMES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
                 413: "PayloadTooLarge", 503: "ProviderUnavailable"}
 
-# The answer's vocabulary (contract section 4).
+# The answer's vocabulary (docs/webhook-api.md).
 ACTIONS = ["create", "attach", "detach", "grant", "revoke", "select"]
 OUTCOMES = ["done", "skipped", "denied", "failed"]
 UTC_SECOND = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$"

@@ -203,7 +203,7 @@ class Template:
 
         The default is what the local gateway serves: the webhook API's functions, built from functions/.
         The dashboard's function (its own CodeUri) answers every other path in AWS; locally the dashboard
-        is its own Flask server (contract section 1), so its routes are not the gateway's."""
+        is its own Flask server (docs/architecture.md#the-local-stack), so its routes are not the gateway's."""
         out = []
         for name in self.of_type("AWS::Serverless::Function"):
             props = self.function(name)

@@ -1,4 +1,4 @@
-"""What a refused webhook request must leave alone (contract section 4), read under moto's mock_aws.
+"""What a refused webhook request must leave alone (docs/webhook-api.md), read under moto's mock_aws.
 
 "Errors write nothing to the policy table, the attachment state or the provider; a refused request does not
 use up its event_id." Refusals that name an enrolled host are audited on purpose, so the audit table and

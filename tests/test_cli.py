@@ -1,4 +1,4 @@
-"""The admin CLI `vvg` (contract section 2) against moto, in-process."""
+"""The admin CLI `vvg` (docs/cli.md) against moto, in-process."""
 from __future__ import annotations
 
 import base64

@@ -1,4 +1,4 @@
-"""The dashboard's role matrix (contract section 7): every route × anonymous, viewer, editor, admin ->
+"""The dashboard's role matrix (docs/dashboard-pages.md): every route × anonymous, viewer, editor, admin ->
 200 (or the route's success), 302 to /login, or 403; and every page's security headers and markup."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The policy engine (contract section 4, type table): pure tests of ``decide`` and ``Decision.answer``.
+"""The policy engine (docs/webhook-api.md, type table): pure tests of ``decide`` and ``Decision.answer``.
 
 No AWS, no I/O. The volumes are a Table-1-like set put on one VM (``decide`` sees one VM's volumes):
 vvol-1 preboot/postboot, vvol-2 preboot/shutdown, vvol-3 preboot/postboot, vvol-4 app_start/app_stop for

@@ -1,4 +1,4 @@
-"""The webhook body (contract section 4): pure tests of the strict event schema and the strict JSON reader.
+"""The webhook body (docs/webhook-api.md): pure tests of the strict event schema and the strict JSON reader.
 
 No AWS, no I/O: ``parse_event(bytes) -> Event`` and ``loads(bytes)`` only. Every refusal must be an
 ``InvalidJson`` (code ``invalid_json``: not JSON) or an ``InvalidEvent`` (code ``invalid_event``: not an

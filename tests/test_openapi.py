@@ -2,7 +2,7 @@
 handler.
 
 - The committed file is exactly what ``python -m infra.openapi`` prints (one source: the code's schema).
-- It validates as OpenAPI 3.1 (openapi-spec-validator) and says what the contract's section 4 says.
+- It validates as OpenAPI 3.1 (openapi-spec-validator) and says what docs/webhook-api.md says.
 - Every event type's example is accepted by parse_event; bodies Schemathesis generates from the document are
   accepted, schema-violating ones refused.
 - Every documented error is reproduced through the real handler (the ``webhook`` fixture), with the
@@ -28,7 +28,7 @@ from vvolguard.errors import InvalidEvent, InvalidJson
 DOC = Document()
 EVENTS = "/v1/events"
 
-# Contract section 4, written out independently of the code: status -> codes.
+# docs/webhook-api.md, written out independently of the code: status -> codes.
 CONTRACT_ERRORS = {
     400: {"invalid_json", "invalid_event"},
     401: {"missing_signature", "bad_signature", "stale_signature", "unknown_host"},

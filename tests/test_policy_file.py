@@ -1,4 +1,4 @@
-"""The policy file (contract section 3): pure tests of the validator, no AWS."""
+"""The policy file (docs/policy-file.md): pure tests of the validator, no AWS."""
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,4 @@
-"""POST /v1/events and GET /v1/health from the outside (contract sections 3-6), through the Lambda handlers.
+"""POST /v1/events and GET /v1/health from the outside (docs/policy-file.md and docs/webhook-api.md and docs/architecture.md#the-storage-provider and docs/security-model.md#the-audit-history), through the Lambda handlers.
 
 Every request goes through ``vvolguard.handlers.events.handler`` as an API Gateway payload 2.0 event, signed
 like a host. What the tests observe is what a host, the provider (EC2/EBS under moto) and a security team

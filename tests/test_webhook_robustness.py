@@ -1,4 +1,4 @@
-"""Robustness of the host webhook (contract sections 4-6, issue 3's acceptance items).
+"""Robustness of the host webhook (docs/webhook-api.md and docs/architecture.md#the-storage-provider and docs/security-model.md#the-audit-history, issue 3's acceptance items).
 
 Concurrency, provider faults, moto's permissiveness covered in code, the tamper-evident audit history and
 secrets that never leak. Everything runs in-process: the real POST /v1/events handler under moto's

@@ -1,4 +1,4 @@
-"""The admin CLI ``vvg`` (contract section 2): JSON on stdout, one-line errors on stderr."""
+"""The admin CLI ``vvg`` (docs/cli.md): JSON on stdout, one-line errors on stderr."""
 from __future__ import annotations
 
 import argparse

@@ -33,7 +33,7 @@ RECORD_FIELDS = ("at", "actor", "vm_id", "volume_id", "host_id", "event_id", "ev
 
 @dataclass
 class AuditRecord:
-    """What happened; every field but ``detail`` is part of the contract (section 6)."""
+    """What happened; every field but ``detail`` is promised to users (docs/security-model.md#the-audit-history)."""
 
     actor: str
     action: str

@@ -88,7 +88,7 @@ class StateItem(Model):
 
 
 class PolicyItem(StateItem, discriminator="policy"):
-    """One volume's policy (contract section 3) and its attachment state; sk = ``POLICY#<volume_id>``."""
+    """One volume's policy (docs/policy-file.md) and its attachment state; sk = ``POLICY#<volume_id>``."""
 
     by_volume = VolumeIndex()
     by_expiry = ExpiryIndex()

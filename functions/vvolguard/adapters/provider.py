@@ -1,4 +1,4 @@
-"""The storage provider interface and its first implementation, EBS (contract section 5).
+"""The storage provider interface and its first implementation, EBS (docs/architecture.md#the-storage-provider).
 
 Every call is made with credentials obtained for the host: an STS AssumeRole of the provider role with
 the host as a session tag and an external id derived from the host's enrolled credentials. moto is more

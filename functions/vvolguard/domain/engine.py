@@ -63,7 +63,7 @@ class Decision:
         return self.outcome == "pending"
 
     def answer(self) -> dict:
-        """The decision as the webhook answers it (contract section 4)."""
+        """The decision as the webhook answers it (docs/webhook-api.md)."""
         out: dict = {"volume_id": self.volume_id, "action": self.action, "outcome": self.outcome, "reason": self.reason}
         if self.device:
             out["device"] = self.device

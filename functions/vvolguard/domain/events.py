@@ -1,4 +1,4 @@
-"""Host events (contract section 4): the strict schema, parsed into a typed request. Pure."""
+"""Host events (docs/webhook-api.md): the strict schema, parsed into a typed request. Pure."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""The policy file (contract section 3): one validator shared by the CLI and the dashboard."""
+"""The policy file (docs/policy-file.md): one validator shared by the CLI and the dashboard."""
 from __future__ import annotations
 
 import json

@@ -47,6 +47,6 @@ def new_host_secret() -> str:
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The ``X-VVG-Signature`` header value for ``body`` at ``timestamp`` (contract section 4)."""
+    """The ``X-VVG-Signature`` header value for ``body`` at ``timestamp`` (docs/webhook-api.md)."""
     mac = hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode("ascii") + body, hashlib.sha256).hexdigest()
     return f"t={timestamp},v1={mac}"

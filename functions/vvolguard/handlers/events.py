@@ -1,4 +1,4 @@
-"""POST /v1/events: a signed host lifecycle event (contract section 4). Transport only."""
+"""POST /v1/events: a signed host lifecycle event (docs/webhook-api.md). Transport only."""
 from __future__ import annotations
 
 import json

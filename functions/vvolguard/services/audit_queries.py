@@ -246,7 +246,7 @@ def iterate(q: AuditQuery, max_rows: int, max_evaluated: int = 200_000) -> Itera
 
 
 def record_dict(item: AuditItem) -> dict[str, Any]:
-    """A record as ``vvg audit list`` prints it (contract section 6): no MAC, nothing secret."""
+    """A record as ``vvg audit list`` prints it (docs/security-model.md#the-audit-history): no MAC, nothing secret."""
     row: dict[str, Any] = {k: getattr(item, k) for k in RECORD_FIELDS}
     if row.get("policy_version") is not None:
         row["policy_version"] = int(row["policy_version"])

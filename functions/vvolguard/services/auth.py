@@ -1,4 +1,4 @@
-"""Host authentication for webhooks: X-VVG-Host and X-VVG-Signature (contract section 4)."""
+"""Host authentication for webhooks: X-VVG-Host and X-VVG-Signature (docs/webhook-api.md)."""
 from __future__ import annotations
 
 import hashlib
