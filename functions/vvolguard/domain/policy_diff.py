@@ -95,7 +95,7 @@ def diff(specs: Iterable[PolicySpec], stored: dict[str, StoredPolicy],
             warnings.append(f"{spec.volume_id}: moves to another host: {old.spec.host_id} -> {spec.host_id}")
         for key in spec.absent:
             if key in change:
-                warnings.append(f"{spec.volume_id}: {key} is absent from the file, so it takes its default "
+                warnings.append(f"{spec.volume_id}: {key} is absent, so it takes its default "
                                 f"{_show(DEFAULTS[key])} (stored: {_show(change[key][0])})")
     for host_id, vids in hosts.items():
         if host_id in RESERVED_HOSTS:
