@@ -269,3 +269,10 @@ def test_apply_without_dry_run__still_one_line(seeded, vvg, tmp_path):
     docs[1]["size_mb"] = 0
     r = vvg("policy", "apply", write(tmp_path, docs))
     assert r.code == 1 and r.err.count("\n") == 1 and "nothing was applied" in r.err
+
+
+def test_export_then_dry_run__round_trips_with_nothing_to_change(seeded, vvg, tmp_path):
+    path = tmp_path / "export.json"
+    path.write_text(vvg("policy", "export").out)
+    out = vvg("policy", "apply", str(path), "--dry-run").json()
+    assert out == {"created": [], "updated": [], "unchanged": 3, "warnings": []}  # the password is kept
