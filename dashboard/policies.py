@@ -2,6 +2,9 @@
 fields are the policy file's keys, checked by the policy file's own validator (one validator, two callers)."""
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import re
 from typing import Any
 
@@ -10,6 +13,7 @@ from werkzeug.datastructures import MultiDict
 
 from dashboard.auth import actor, can, role_required
 from vvolguard.domain.natural import natural_key
+from vvolguard.domain.policy_diff import is_move
 from vvolguard.domain.policy import ATTACH_ON, DETACH_ON, ID_RE, KEYS, MAX_PASSWORD_LEN, REQUIRED, validate_entry
 from vvolguard.errors import ConcurrentModification, Conflict, NotFound, VvgError
 from vvolguard.services.audit_queries import policy_history
@@ -154,13 +158,25 @@ def _values_of_form(form: MultiDict) -> dict[str, Any]:
     return vals
 
 
-def _render_form(item=None, values=None, errors=(), status=200, version=0, message=None, history=None):
+def _render_form(item=None, values=None, errors=(), status=200, version=0, message=None, history=None,
+                 preview=None, confirm_token=None, password_typed=False):
     return render_template(
         "policies/form.html", item=item, values=values or {}, errors=list(errors),
         field_errors=_field_errors(list(errors)), version=version, attach_on=ATTACH_ON, detach_on=DETACH_ON,
         message=message, history=history if history is not None else [], editable=can("editor"),
-        max_password=MAX_PASSWORD_LEN,
+        max_password=MAX_PASSWORD_LEN, preview=preview, confirm_token=confirm_token, password_typed=password_typed,
     ), status
+
+
+def confirm_token(volume_id: str, entry: dict[str, Any], version: int) -> str:
+    """What a move confirmation confirms: the entry (the password only as kept / set / removed, never its
+    value), the volume and the version the editor read, keyed with the app's secret. A confirmation of
+    anything else (values edited after the diff was shown) shows the diff again instead of saving."""
+    shown = {k: v for k, v in entry.items() if k != "password"}
+    shown["password"] = "keep" if "password" not in entry else "remove" if entry["password"] is None else "set"
+    text = json.dumps([volume_id, version, shown], sort_keys=True, default=str)
+    key = str(current_app.secret_key or "").encode()
+    return hmac.new(key, b"policy-move\0" + text.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 @bp.route("/policies/new", methods=("GET", "POST"))
@@ -220,6 +236,15 @@ def edit_policy(volume_id: str):
     spec, errors = validate_entry(entry, "form")
     if errors:
         return _render_form(errors=errors, status=400, **again)
+    if version == int(item.policy_version):
+        # A move to another VM or host is saved only once the editor has seen its diff and confirmed
+        # exactly that change (docs/policy-apply.md); a stale version falls through to save_one's refusal.
+        preview = _service().preview(spec, item)
+        if any(is_move(u["changes"]) for u in preview["updated"]):
+            token = confirm_token(volume_id, entry, version)
+            if not hmac.compare_digest(request.form.get("confirm", ""), token):
+                return _render_form(preview=preview, confirm_token=token, password_typed="password" in entry
+                                    and entry["password"] is not None, **again)
     try:
         outcome = _service().save_one(spec, actor(), version)
     except ConcurrentModification:

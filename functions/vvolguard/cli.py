@@ -164,27 +164,48 @@ def _one_line(errors: list[str], shown: int = 5) -> str:
     return f"{text} — nothing was applied"
 
 
+def _read_policy_file(name: str) -> bytes:
+    """A policy file's bytes ("-" is standard input), read bounded: the parser refuses what is too large."""
+    try:
+        if name == "-":
+            return sys.stdin.buffer.read(8 * 1024 * 1024)
+        with open(name, "rb") as fh:
+            return fh.read(8 * 1024 * 1024)
+    except OSError as exc:
+        raise CliError(f"cannot read {name}: {exc.strerror}") from None
+
+
+def _problems(errors: list[str]) -> int:
+    """validate / --dry-run (docs/policy-apply.md): one problem a line on stderr, then the total; exit 1."""
+    for e in errors:
+        sys.stderr.write(" ".join(e.split()) + "\n")
+    sys.stderr.write(f"{len(errors)} problem{'s' if len(errors) != 1 else ''}\n")
+    return 1
+
+
 def cmd_policy(args: argparse.Namespace) -> int:
     from vvolguard.domain.policy import dump_policy_file, parse_policy_text
     from vvolguard.errors import PolicyValidationError
     from vvolguard.services.policies import PolicyService
 
-    if args.action == "apply":
+    if args.action in ("apply", "validate"):
         name = args.file
-        try:
-            if name == "-":
-                data = sys.stdin.buffer.read(8 * 1024 * 1024)
-            else:
-                with open(name, "rb") as fh:
-                    data = fh.read(8 * 1024 * 1024)
-        except OSError as exc:
-            raise CliError(f"cannot read {name}: {exc.strerror}") from None
+        data = _read_policy_file(name)
+        checking = args.action == "validate" or args.dry_run
         try:
             specs = parse_policy_text(data, name)
         except PolicyValidationError as exc:
+            if checking:
+                return _problems(exc.errors)
             raise CliError(_one_line(exc.errors)) from None
+        if args.action == "validate":
+            _out({"valid": True, "volumes": len(specs)})
+            return 0
         settings = _services()
-        _out(PolicyService(settings).apply(specs, actor="cli"))
+        if args.dry_run:
+            _out(PolicyService(settings).dry_run(specs))
+        else:
+            _out(PolicyService(settings).apply(specs, actor="cli"))
     elif args.action == "export":
         from vvolguard.domain.natural import natural_key
 
@@ -619,11 +640,15 @@ def build_parser() -> argparse.ArgumentParser:
                   ).add_argument("host_id", help="the enrolled host's id")
     host.set_defaults(func=cmd_host)
 
-    pol = sub.add_parser("policy", help="apply, export or delete volume policies",
+    pol = sub.add_parser("policy", help="validate, apply, export or delete volume policies",
                          description="The policy table: one entry per volume (docs/policy-file.md).")
     ps = pol.add_subparsers(dest="action", required=True, parser_class=_Parser, metavar="ACTION")
-    ps.add_parser("apply", help="upsert the volumes of a policy file, all or nothing").add_argument(
-        "file", help="a YAML or JSON policy file with the key 'volumes'; '-' reads standard input")
+    ap = ps.add_parser("apply", help="upsert the volumes of a policy file, all or nothing")
+    ap.add_argument("file", help="a YAML or JSON policy file with the key 'volumes'; '-' reads standard input")
+    ap.add_argument("--dry-run", dest="dry_run", action="store_true",
+                    help="show what apply would change, old -> new per field, and write nothing (docs/policy-apply.md)")
+    ps.add_parser("validate", help="check a policy file only: every problem, one a line, then the total").add_argument(
+        "file", help="a YAML or JSON policy file; '-' reads standard input")
     ex = ps.add_parser("export", help="print the whole policy table as a policy file",
                        description="Print the policy table as a policy file that 'vvg policy apply' accepts "
                                    "(passwords and their hashes never leave), in natural volume id order.")

@@ -29,6 +29,11 @@ KEYS = REQUIRED + OPTIONAL
 EXPORT_KEYS = REQUIRED + ("app", "authorized_apps", "os_disk_encryption", "max_attach_seconds", "min_key_bits")
 
 _UNSET = object()
+# The one rule for optional keys an entry leaves out (docs/policy-apply.md): an entry describes the whole
+# volume, so an absent key takes its default, as written here; the exception is ``password``, which export
+# can never write out: absent keeps the stored hash, null removes it.
+DEFAULTS: dict[str, Any] = {"app": None, "authorized_apps": [], "os_disk_encryption": False,
+                            "max_attach_seconds": DEFAULT_LEASE, "min_key_bits": None}
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,8 @@ class PolicySpec:
     max_attach_seconds: int = DEFAULT_LEASE
     min_key_bits: int | None = None
     password: Any = field(default=_UNSET, repr=False, compare=False)
+    # The optional keys the entry left out (they took their defaults; docs/policy-apply.md).
+    absent: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def password_given(self) -> bool:
@@ -155,7 +162,7 @@ def validate_entry(entry: Any, where: str) -> tuple[PolicySpec | None, list[str]
         volume_id=entry["volume_id"], vm_id=entry["vm_id"], host_id=entry["host_id"],
         storage_array=entry["storage_array"], size_mb=size, attach_on=attach_on, detach_on=detach_on,
         app=app, authorized_apps=tuple(apps), os_disk_encryption=ode, max_attach_seconds=lease,
-        min_key_bits=bits, password=password,
+        min_key_bits=bits, password=password, absent=tuple(k for k in OPTIONAL if k not in entry),
     ), []
 
 
@@ -187,8 +194,33 @@ def validate_document(doc: Any) -> list[PolicySpec]:
     return specs
 
 
+def _at(mark: Any) -> str:
+    """``line L, column C`` of a YAML mark (PyYAML counts from 0; people count from 1)."""
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: where, what, and the context PyYAML gives (also with its place)."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+    problem = " ".join((exc.problem or "syntax error").split())
+    text = f"{_at(exc.problem_mark)}: {problem}" if exc.problem_mark is not None else problem
+    if exc.context:
+        context = " ".join(exc.context.split())
+        if exc.context_mark is not None and (exc.problem_mark is None or exc.context_mark.line != exc.problem_mark.line
+                                             or exc.context_mark.column != exc.problem_mark.column):
+            context += f" started at {_at(exc.context_mark)}"
+        text += f" ({context})"
+    return text[:300]
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """Safe YAML without anchors/aliases (no billion laughs) and without duplicate keys."""
+    """Safe YAML without anchors/aliases (no billion laughs); a key given twice in one mapping is a
+    problem, recorded with its line and column (the first value is kept so the rest is still checked)."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self.duplicates: list[str] = []
 
     def compose_node(self, parent, index):  # type: ignore[override]
         if self.check_event(yaml.AliasEvent):
@@ -198,15 +230,20 @@ class _StrictLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node, deep=False):  # type: ignore[override]
         seen = set()
-        for key_node, _ in node.value:
+        kept = []
+        for key_node, value_node in node.value:
             key = self.construct_object(key_node, deep=deep)
             try:
                 dup = key in seen
             except TypeError:
                 raise yaml.constructor.ConstructorError(None, None, "mapping keys must be plain values", key_node.start_mark)
             if dup:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                name = key if isinstance(key, str) and len(key) <= 64 and key.isprintable() else _short(key)
+                self.duplicates.append(f"{_at(key_node.start_mark)}: duplicate key {name!r} (the first one counts)")
+                continue
             seen.add(key)
+            kept.append((key_node, value_node))
+        node.value = kept
         return super().construct_mapping(node, deep=deep)
 
 
@@ -220,23 +257,54 @@ def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
     return out
 
 
+def _utf8_problem(data: bytes, exc: UnicodeDecodeError) -> str:
+    """Where the first byte that is not UTF-8 is (line and column, counted in characters before it)."""
+    head = data[: exc.start]
+    line = head.count(b"\n") + 1
+    column = len(head[head.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
+    return f"not UTF-8 text (line {line}, column {column}: byte 0x{data[exc.start]:02x})"
+
+
 def parse_policy_text(data: bytes, name: str = "policy file") -> list[PolicySpec]:
-    """Parse YAML or JSON bytes and validate them; nothing is written here."""
+    """Parse YAML or JSON bytes and validate them; nothing is written here.
+
+    Every problem found is raised at once (PolicyValidationError.errors, one per line): a syntax error
+    stops the parser, so it comes alone, with its line and column; keys given twice are reported with
+    theirs, together with whatever the entries' own checks find."""
     if len(data) > MAX_FILE_BYTES:
         raise PolicyValidationError([f"{name}: larger than {MAX_FILE_BYTES} bytes"])
     try:
         text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise PolicyValidationError([f"{name}: not UTF-8 text"]) from None
+    except UnicodeDecodeError as exc:
+        raise PolicyValidationError([f"{name}: {_utf8_problem(data, exc)}"]) from None
+    problems: list[str] = []
     try:
         if name.endswith(".json"):
             doc = json.loads(text, object_pairs_hook=no_duplicate_keys)
         else:  # YAML, which also reads JSON documents
-            doc = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - strict safe loader
-    except (ValueError, yaml.YAMLError, RecursionError) as exc:
+            loader = _StrictLoader(text)
+            try:
+                doc = loader.get_single_data()
+            finally:
+                loader.dispose()
+            problems = [f"{name}: {d}" for d in loader.duplicates]
+    except json.JSONDecodeError as exc:
+        raise PolicyValidationError([f"{name}: not valid YAML or JSON: line {exc.lineno}, column {exc.colno}: "
+                                     f"{exc.msg}"]) from None
+    except yaml.YAMLError as exc:
+        raise PolicyValidationError([f"{name}: not valid YAML or JSON: {_yaml_problem(exc)}"]) from None
+    except (ValueError, RecursionError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, RecursionError):
+            detail = "nested too deeply"
         raise PolicyValidationError([f"{name}: not valid YAML or JSON: {detail[:200]}"]) from None
-    return validate_document(doc)
+    try:
+        specs = validate_document(doc)
+    except PolicyValidationError as exc:
+        raise PolicyValidationError(problems + list(exc.errors)) from None
+    if problems:
+        raise PolicyValidationError(problems)
+    return specs
 
 
 def dump_policy_file(specs: list[PolicySpec]) -> str:

@@ -8,6 +8,7 @@ from vvolguard.adapters.tx import Tx
 
 from vvolguard.adapters.audit import AuditLog, AuditRecord
 from vvolguard.adapters.models import PolicyItem
+from vvolguard.domain import policy_diff
 from vvolguard.domain.policy import ID_RE, PolicySpec
 from vvolguard.domain.secrets import check_password, hash_password
 from vvolguard.errors import ConcurrentModification, Conflict, InvalidInput, NotFound
@@ -38,6 +39,12 @@ def item_to_spec(item: PolicyItem) -> PolicySpec:
         max_attach_seconds=int(item.max_attach_seconds),
         min_key_bits=int(item.min_key_bits) if item.min_key_bits is not None else None,
     )
+
+
+def stored_policy(item: PolicyItem) -> policy_diff.StoredPolicy:
+    """What the dry-run diff needs of a stored item."""
+    return policy_diff.StoredPolicy(spec=item_to_spec(item), password_hash=item.password_hash,
+                                    attached=bool(item.attached))
 
 
 def _field_values(spec: PolicySpec) -> dict[str, Any]:
@@ -243,6 +250,32 @@ class PolicyService:
                 batches.append((ops, recs))
         self._commit(batches)
         return counts
+
+    def dry_run(self, specs: list[PolicySpec]) -> dict[str, Any]:
+        """What :meth:`apply` would do with ``specs``, old -> new per field, with warnings; reads only
+        (docs/policy-apply.md)."""
+        stored = {}
+        for spec in specs:
+            item = self.find(spec.volume_id)
+            if item is not None:
+                stored[spec.volume_id] = stored_policy(item)
+        return policy_diff.diff(specs, stored, self.host_status({s.host_id for s in specs}))
+
+    def preview(self, spec: PolicySpec, item: PolicyItem | None) -> dict[str, Any]:
+        """The dry-run diff of one volume against the item the editor read (the dashboard's confirmation)."""
+        stored = {spec.volume_id: stored_policy(item)} if item is not None else {}
+        return policy_diff.diff([spec], stored, self.host_status({spec.host_id}))
+
+    def host_status(self, host_ids: set[str]) -> dict[str, str | None]:
+        """host_id -> "active", "revoked" or None (not enrolled), in batches of 100 reads."""
+        from vvolguard.adapters.models import HostItem
+
+        out: dict[str, str | None] = {h: None for h in host_ids}
+        ids = sorted(h for h in host_ids if ID_RE.match(h))
+        for i in range(0, len(ids), 100):
+            for host in HostItem.batch_get(ids[i:i + 100], attributes_to_get=["host_id", "status"]):
+                out[host.host_id] = host.status or "active"
+        return out
 
     def save_one(self, spec: PolicySpec, actor: str, expected_version: int | None) -> str:
         """Create (expected_version 0) or edit (the version the editor read) one volume's policy."""
