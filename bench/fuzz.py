@@ -53,7 +53,8 @@ MAX_BODY = 64 * 1024
 EVENTS = "/v1/events"
 
 # What the fuzz run adds to the Table 1 seed (docs/policy-file.md), so that every decision kind is reachable:
-# a password-protected request volume, a license volume with min_key_bits, a VM without an instance at the
+# a password-protected request volume, a license volume with min_key_bits (its attaches are decided against the
+# latest guest.inventory: `no_qualifying_software`, or `software` on a done attach), a VM without an instance at the
 # provider (attaches fail `vm_not_found`), and an app volume whose app is not authorized.
 FUZZ_PASSWORD = "fuzz-pw-1"
 FUZZ_POLICIES = f"""volumes:

@@ -41,7 +41,10 @@ TYPE_DOCS: dict[str, str] = {
     "vm.migrate.complete": "Sent by the destination: revokes `source_host`; the destination becomes the VM's host.",
     "guest.inventory": "Selects, per volume, every installed product of type `disk_encryption` whose `key_bits` "
                        "meets the volume's `min_key_bits` (all of them when it has none), strongest first; none "
-                       "qualifying is `denied` (`no_qualifying_software`).",
+                       "qualifying is `denied` (`no_qualifying_software`). The inventory is kept with the VM's "
+                       "state: while the latest one offers no qualifying product, every attach of a volume with "
+                       "`min_key_bits` is `denied` (`no_qualifying_software`); a VM that never sent one is not "
+                       "refused. An inventory older than the kept one is `skipped` (`stale`).",
 }
 
 FIELD_DOCS: dict[str, str] = {
@@ -165,7 +168,8 @@ def answer_schemas() -> dict[str, Any]:
         "properties": {
             "volume_id": _plain("volume_id", "The volume decided about."),
             "action": {"type": "string", "enum": ACTIONS,
-                       "description": "What was decided; `select` carries `software`."},
+                       "description": "What was decided; `select` carries `software`, and so does a `done` "
+                                      "`attach` of a volume with `min_key_bits` after an inventory."},
             "outcome": {"type": "string", "enum": OUTCOMES,
                         "description": "`done`; `skipped` (already in that state, or `stale`); `denied` (with the "
                                        "reason: `bad_password`, `locked`, `not_authorized_app` ...); `failed` "
@@ -177,7 +181,9 @@ def answer_schemas() -> dict[str, Any]:
                                  "description": "When the reconciler detaches the volume unless it is detached "
                                                 "before (UTC, whole seconds)."},
             "software": {"type": "array", "items": _plain("app", "A product's name."),
-                         "description": "`select` only: the qualifying products, strongest first."},
+                         "description": "The qualifying products, strongest first: on a `select`, and on a "
+                                        "`done` `attach` of a volume with `min_key_bits` (which product the "
+                                        "guest hands the key to)."},
         },
     }
     answer = {

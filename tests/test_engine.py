@@ -544,3 +544,76 @@ def test_answer_of_a_pending_attach_has_its_device_and_lease():
     answer = d.answer()
     assert answer["device"] == d.device
     assert answer["lease_expires_at"] == "2026-11-27T05:15:00Z"
+
+
+# ---------------------------------------------------------------- the recorded inventory (docs/guest-channel.md)
+
+OFFER = (("LUKS", 512), ("BitLocker", 256), ("VeraCrypt", 128))  # what a select records: disk_encryption only
+
+
+def test_a_select_carries_the_disk_encryption_products_to_record_strongest_first_and_when():
+    later = NOW - timedelta(seconds=5)
+    [d] = decide(ev("guest.inventory", apps=INVENTORY, occurred_at=later), [replace(TABLE1[0], min_key_bits=256)], NOW)
+    assert (d.outcome, d.software, d.inventory, d.inventory_at) == ("done", ["LUKS", "BitLocker"], OFFER, later)
+    [d] = decide(ev("guest.inventory", apps=(Software("ClamAV", "antivirus", 4096),)), TABLE1[:1], NOW)
+    assert (d.outcome, d.reason, d.inventory, d.inventory_at) == ("denied", "no_qualifying_software", (), NOW)
+    assert "inventory" not in d.answer()  # recorded, never answered
+
+
+def test_a_product_named_twice_is_recorded_once_at_its_strongest():
+    apps = (Software("LUKS", "disk_encryption", 128), Software("LUKS", "disk_encryption", 512))
+    [d] = decide(ev("guest.inventory", apps=apps), TABLE1[:1], NOW)
+    assert d.inventory == (("LUKS", 512),) and d.software == ["LUKS"]
+
+
+def test_an_inventory_older_than_the_recorded_one_is_stale_and_records_nothing():
+    v = replace(TABLE1[0], inventory=OFFER, inventory_at=NOW)
+    [d] = decide(ev("guest.inventory", apps=INVENTORY, occurred_at=NOW - timedelta(seconds=1)), [v], NOW)
+    assert (d.action, d.outcome, d.reason, d.inventory, d.software) == ("select", "skipped", "stale", None, None)
+
+
+@pytest.mark.parametrize("etype, volume, extra", [
+    ("vm.preboot", vol("vvol-1", "preboot", "postboot"), {}),
+    ("app.started", vol("vvol-4", "app_start", "app_stop", app="A1"), {"app": "A1"}),
+    ("license.check", vol("vvol-6", "license_check", "license_verified", app="A1"), {"app": "A1"}),
+    ("volume.attach_request", vol("vvol-7", "request", "request", password_hash=PASSWORD_HASH),
+     {"volume_id": "vvol-7", "password": PASSWORD}),
+])
+def test_every_attach_of_a_min_key_bits_volume_is_decided_against_the_recorded_inventory(etype, volume, extra):
+    weak = replace(volume, min_key_bits=1024, inventory=OFFER, inventory_at=NOW)
+    [d] = decide(ev(etype, **extra), [weak], NOW)
+    assert (d.action, d.outcome, d.reason, d.software, d.device) == (
+        "attach", "denied", "no_qualifying_software", None, None)
+    assert d.answer() == {"volume_id": volume.volume_id, "action": "attach", "outcome": "denied",
+                          "reason": "no_qualifying_software"}
+    ok = replace(volume, min_key_bits=256, inventory=OFFER, inventory_at=NOW)
+    [d] = decide(ev(etype, **extra), [ok], NOW)
+    assert (d.action, d.outcome, d.software) == ("attach", "pending", ["LUKS", "BitLocker"])
+    d.outcome = "done"  # as the service answers it once the provider attached
+    assert d.answer()["software"] == ["LUKS", "BitLocker"]
+
+
+def test_an_attach_is_not_refused_for_a_vm_that_never_sent_an_inventory_nor_for_a_volume_without_min_key_bits():
+    [d] = decide(ev("vm.preboot"), [replace(TABLE1[0], min_key_bits=4096)], NOW)  # inventory None: first boot
+    assert (d.outcome, d.software) == ("pending", None) and "software" not in d.answer()
+    [d] = decide(ev("vm.preboot"), [replace(TABLE1[0], inventory=(), inventory_at=NOW)], NOW)  # nothing offered
+    assert (d.outcome, d.software) == ("pending", None)
+
+
+def test_an_empty_recorded_inventory_refuses_a_min_key_bits_volume():
+    [d] = decide(ev("vm.preboot"), [replace(TABLE1[0], min_key_bits=1, inventory=(), inventory_at=NOW)], NOW)
+    assert (d.outcome, d.reason) == ("denied", "no_qualifying_software")
+
+
+def test_a_wrong_password_is_still_bad_password_before_the_software_is_looked_at():
+    v = replace(REQUEST, min_key_bits=4096, inventory=OFFER, inventory_at=NOW)
+    [d] = decide(ev("volume.attach_request", volume_id="vvol-7", password="nope"), [v], NOW)
+    assert (d.outcome, d.reason, d.failed_passwords) == ("denied", "bad_password", 1)
+
+
+def test_stale_busy_and_already_attached_attaches_answer_as_before_whatever_the_inventory():
+    v = replace(TABLE1[0], min_key_bits=4096, inventory=OFFER, inventory_at=NOW, exists=True)
+    [d] = decide(ev("vm.preboot"), [replace(v, attached=True)], NOW)
+    assert (d.outcome, d.reason) == ("skipped", "already_attached")
+    [d] = decide(ev("vm.preboot", occurred_at=NOW - timedelta(seconds=9)), [replace(v, last_event_at=NOW)], NOW)
+    assert (d.outcome, d.reason) == ("skipped", "stale")

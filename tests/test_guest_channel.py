@@ -313,3 +313,58 @@ def test_a_secret_host_agent_signs_with_its_secret_file(env, tmp_path):
     finally:
         log = stop(proc)
     assert secret not in log
+
+
+def test_the_boot_inventory_from_its_file_is_enforced_on_the_guests_own_attaches(env, tmp_path):
+    """vvg-guest-inventory.service's command (`vvg-guest inventory --from FILE`) through the agent and the stack:
+    a first boot is not refused; an inventory with nothing strong enough refuses the min_key_bits volume
+    (`no_qualifying_software`, nothing attached); a qualifying one lifts it and the attach names the software."""
+    from infra.bootstrap import DEMO_IMAGE, DEMO_ZONE_SUFFIX
+
+    env.ec2.run_instances(ImageId=DEMO_IMAGE, MinCount=1, MaxCount=1, InstanceType="t3.micro",
+                          Placement={"AvailabilityZone": "us-east-1" + DEMO_ZONE_SUFFIX},
+                          TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "vvg:vm-id", "Value": "vm-gd"}]}])
+    (tmp_path / "p.yaml").write_text(
+        f"volumes:\n  - {{volume_id: gvol-5, vm_id: vm-gd, host_id: {HOST}, storage_array: S1, size_mb: 10, "
+        "attach_on: request, detach_on: request, min_key_bits: 256}\n")
+    assert env.stack.vvg("policy", "apply", str(tmp_path / "p.yaml")).code == 0
+    sock = str(tmp_path / "gd.sock")
+    inv = tmp_path / "inventory"
+    proc = start_agent(env.stack, str(env.key_file), {"vm-gd": sock}, "--rate", "50", "--burst", "50")
+
+    def guest(*argv: str) -> tuple[int, dict]:
+        r = subprocess.run([sys.executable, str(GUEST), "--port", sock, *argv], capture_output=True, text=True,
+                           timeout=60)
+        return r.returncode, (json.loads(r.stdout) if r.stdout.strip() else {"stderr": r.stderr})
+
+    def only(answer: dict) -> dict:
+        [d] = answer["decisions"]
+        return d
+
+    try:
+        code, ans = guest("attach", "gvol-5")  # never sent an inventory: its first boot is not refused
+        assert code == 0 and only(ans)["outcome"] == "done" and "software" not in only(ans), ans
+        assert guest("detach", "gvol-5")[0] == 0 and "gvol-5" not in env.attached()
+
+        inv.write_text("# installed security software\nveracrypt:disk_encryption:128\n\nclamav:antivirus:4096  # AV\n")
+        code, ans = guest("inventory", "--from", str(inv))
+        assert code == 0 and (only(ans)["action"], only(ans)["outcome"]) == ("select", "denied"), ans
+        code, ans = guest("attach", "gvol-5")
+        assert code == 0 and (only(ans)["outcome"], only(ans)["reason"]) == ("denied", "no_qualifying_software"), ans
+        assert "gvol-5" not in env.attached()
+
+        before = env.chain("vm-gd")
+        inv.write_text("luks:disk_encryption\n")  # a bad line: refused by the client, nothing sent
+        code, ans = guest("inventory", "--from", str(inv))
+        assert code == 1 and "line 1" in ans["stderr"] and env.chain("vm-gd") == before
+        assert guest("inventory", "--from", str(tmp_path / "missing"))[0] == 1 and env.chain("vm-gd") == before
+
+        inv.write_text("veracrypt:disk_encryption:128\nluks:disk_encryption:512\n")
+        code, ans = guest("inventory", "--from", str(inv))
+        assert code == 0 and (only(ans)["outcome"], only(ans)["software"]) == ("done", ["luks"]), ans
+        code, ans = guest("attach", "gvol-5")
+        assert code == 0 and (only(ans)["outcome"], only(ans)["software"]) == ("done", ["luks"]), ans
+        assert "gvol-5" in env.attached()
+        assert guest("detach", "gvol-5")[0] == 0 and "gvol-5" not in env.attached()
+    finally:
+        stop(proc)

@@ -126,6 +126,11 @@ class PolicyItem(StateItem, discriminator="policy"):
     busy_until = UTCDateTimeAttribute(null=True)
     expiry_shard = UnicodeAttribute(null=True)  # set while attached: the lease in the expiry index
     expiry_at = UnicodeAttribute(null=True)
+    # The disk_encryption products of the VM's latest guest.inventory, "NAME:KEY_BITS" strongest first (names
+    # never hold a colon), written with the select's audit records; absent: the VM never sent one. An attach of
+    # a volume with min_key_bits is decided against them (docs/guest-channel.md). Not a secret.
+    inventory = ListAttribute(of=UnicodeAttribute, null=True)
+    inventory_at = UTCDateTimeAttribute(null=True)
 
 
 class GrantItem(StateItem, discriminator="grant"):

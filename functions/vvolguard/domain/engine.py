@@ -39,6 +39,10 @@ class VolumeView:
     locked_until: datetime | None = None
     busy_until: datetime | None = None
     grants: tuple[str, ...] = ()
+    # The disk_encryption products (name, key_bits) of the VM's latest guest.inventory, as recorded with this
+    # volume's state; None: the VM never sent one (its first boot is not refused). docs/guest-channel.md
+    inventory: tuple[tuple[str, int], ...] | None = None
+    inventory_at: datetime | None = None
 
 
 @dataclass
@@ -57,6 +61,8 @@ class Decision:
     failed_passwords: int | None = None
     locked_until: datetime | None = None
     touch: bool = False
+    inventory: tuple[tuple[str, int], ...] | None = None  # a select: what to record with the volume's state
+    inventory_at: datetime | None = None
 
     @property
     def needs_provider(self) -> bool:
@@ -97,6 +103,11 @@ def _attach(v: VolumeView, event: Event, now: datetime, reason: str, volumes: li
         return replace(d, outcome="skipped", reason="in_progress", touch=False)
     if v.attached:
         return replace(d, outcome="skipped", reason="already_attached", device=device_for(v.volume_id, volumes))
+    if v.min_key_bits is not None and v.inventory is not None:
+        software = selection(v.inventory, v.min_key_bits)
+        if not software:
+            return replace(d, outcome="denied", reason="no_qualifying_software", touch=False)
+        d.software = software
     d.device = device_for(v.volume_id, volumes)
     d.lease_expires_at = now + timedelta(seconds=v.max_attach_seconds)
     return d
@@ -149,7 +160,7 @@ def decide(event: Event, volumes: list[VolumeView], now: datetime) -> list[Decis
     elif t == "volume.detach_request":
         out = [_detach(v, event, now, "volume.detach_request") for v in vols if v.volume_id == event.volume_id]
     elif t == "guest.inventory":
-        out = [_select(v, event) for v in vols]
+        out = [_select(v, event, now) for v in vols]
     elif t == "vm.migrate.start":
         for v in vols:
             d = Decision(v.volume_id, "grant", "pending", f"vm.migrate.start to {event.destination_host}",
@@ -192,10 +203,28 @@ def _request_attach(v: VolumeView, event: Event, now: datetime, vols: list[Volum
     return d
 
 
-def _select(v: VolumeView, event: Event) -> Decision:
-    picks = [s for s in event.apps if s.type == "disk_encryption" and (v.min_key_bits is None or s.key_bits >= v.min_key_bits)]
-    picks.sort(key=lambda s: (-s.key_bits, s.name))
+def selection(products, min_key_bits: int | None) -> list[str]:
+    """The names of the (name, key_bits) disk_encryption products meeting ``min_key_bits``, strongest first."""
+    picks = [(n, b) for n, b in products if min_key_bits is None or b >= min_key_bits]
+    picks.sort(key=lambda p: (-p[1], p[0]))
+    return [n for n, _ in picks]
+
+
+def _select(v: VolumeView, event: Event, now: datetime) -> Decision:
+    """Select this volume's software and record the VM's disk_encryption products with its state: a later attach
+    of a volume with ``min_key_bits`` is decided against them (``_attach``). An inventory older than the one
+    recorded is ``stale`` and changes nothing."""
+    if event.occurred_at and v.inventory_at and event.occurred_at < v.inventory_at:
+        return Decision(v.volume_id, "select", "skipped", "stale", v.policy_version)
+    best: dict[str, int] = {}  # one entry per product name: its strongest report
+    for s in event.apps:
+        if s.type == "disk_encryption":
+            best[s.name] = max(best.get(s.name, 0), s.key_bits)
+    offered = tuple(sorted(best.items(), key=lambda p: (-p[1], p[0])))
+    picks = selection(offered, v.min_key_bits)
+    d = Decision(v.volume_id, "select", "done", "", v.policy_version, software=picks, inventory=offered,
+                 inventory_at=event.occurred_at or now)
     if not picks:
-        return Decision(v.volume_id, "select", "denied", "no_qualifying_software", v.policy_version, software=[])
-    reason = f"min_key_bits={v.min_key_bits}" if v.min_key_bits else "disk_encryption"
-    return Decision(v.volume_id, "select", "done", reason, v.policy_version, software=[s.name for s in picks])
+        return replace(d, outcome="denied", reason="no_qualifying_software")
+    d.reason = f"min_key_bits={v.min_key_bits}" if v.min_key_bits else "disk_encryption"
+    return d

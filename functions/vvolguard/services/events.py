@@ -75,7 +75,20 @@ def view_of(item: PolicyItem, grants: tuple[str, ...] = ()) -> VolumeView:
         policy_version=int(item.policy_version), exists=bool(item.provider_volume_id), attached=bool(item.attached),
         last_event_at=item.last_event_at, failed_passwords=int(item.failed_passwords or 0),
         locked_until=item.locked_until, busy_until=item.busy_until, grants=grants,
+        inventory=inventory_of(item), inventory_at=item.inventory_at,
     )
+
+
+def inventory_of(item: PolicyItem) -> tuple[tuple[str, int], ...] | None:
+    """The recorded (name, key_bits) products of the VM's latest guest.inventory, or None if it never sent one."""
+    if item.inventory is None:
+        return None
+    out = []
+    for entry in item.inventory:
+        name, _, bits = str(entry).rpartition(":")
+        if name and bits.isdigit():
+            out.append((name, int(bits)))
+    return tuple(out)
 
 
 @dataclass
@@ -386,6 +399,9 @@ class EventService:
             acts.append(PolicyItem.locked_until.set(d.locked_until))
         elif d.failed_passwords == 0 and item.locked_until is not None:
             acts.append(PolicyItem.locked_until.remove())
+        if d.inventory is not None:  # a select: the VM's latest inventory, kept with the volume's state
+            acts.append(PolicyItem.inventory.set([f"{name}:{bits}" for name, bits in d.inventory]))
+            acts.append(PolicyItem.inventory_at.set(d.inventory_at or event.occurred_at or now))
         return acts
 
     def _claim_and_record(self, host, event, key, fp, part, decisions, answer, now) -> bool:
@@ -489,6 +505,7 @@ class EventService:
                     d.outcome, d.reason = "failed", exc.reason
                     d.device = d.device if d.action != "attach" else None
                     d.lease_expires_at = None
+                    d.software = None if d.action == "attach" else d.software
                 outcomes[d.volume_id] = o
                 if d.outcome == "done" and o not in done:
                     done.append(o)
