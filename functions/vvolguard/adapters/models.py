@@ -342,9 +342,10 @@ def _share_botocore_session() -> None:
     import pynamodb.connection.base as base
 
     if _shared_session is None:
-        from vvolguard.adapters.aws import track
+        from vvolguard.adapters.aws import shared_loader, track
 
         shared = botocore.session.get_session()
+        shared.register_component("data_loader", shared_loader())
         create = shared.create_client
 
         def create_tracked(*args, **kwargs):  # PynamoDB may rebuild a client; it stays under the hooks
