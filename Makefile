@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv bench fuzz openapi clean lint
+.PHONY: run test venv bench fuzz soak openapi clean lint
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ bench: $(STAMP)
 # 10,000 requests generated from openapi.yaml against a fresh local stack (FUZZ_ARGS="--requests N --seed S").
 fuzz: $(STAMP)
 	$(BIN)/python -m bench.fuzz $(FUZZ_ARGS)
+
+# The soak test at full size: 200 VMs (`make test` runs 130; SOAK_VMS=N to choose).
+SOAK_VMS ?= 200
+soak: $(STAMP)
+	VVG_SOAK_VMS=$(SOAK_VMS) $(BIN)/python -m pytest tests/test_soak.py -p no:cacheprovider -q -s $(PYTEST_ARGS)
 
 # Regenerate openapi.yaml from the code's event schema (tests/test_openapi.py fails while it is stale).
 openapi: $(STAMP)

@@ -7,10 +7,17 @@ other requests' writes made meanwhile. DynamoDB does neither. Here a transaction
 names and restores only those, and DynamoDB operations of one process are serialised by one lock, so a
 transaction is atomic and isolated as it is on AWS. Nothing else of moto changes: every request is still
 answered by moto's own code.
+
+Two changes make the emulation cheaper to start, with nothing vvolguard uses behaving differently:
+EC2 knows only the one image vvolguard's VMs are started from (infra/moto-amis.json, moto's own record of
+it) instead of building ~1,300 stock images per region backend (about 0.2 s for each test and each local
+stack; set MOTO_AMIS_PATH to choose another list), and a KMS key of the default symmetric spec gets the RSA
+key pair moto builds for every key (unused by encrypt/decrypt) only when something first asks for it.
 """
 from __future__ import annotations
 
 import copy
+import os
 import threading
 import types
 from typing import Any
@@ -80,11 +87,43 @@ class _CopyShim(types.SimpleNamespace):
     copy = staticmethod(copy.copy)
 
 
+class _LazyPrivateKey:
+    """moto's private key of a key whose spec is not asymmetric, built on first use (moto builds an RSA-2048
+    pair for every key, which costs ~50 ms, and only Sign/Verify/GetPublicKey would ever use it)."""
+
+    def __init__(self, build: Any, key_spec: str) -> None:
+        self._build, self._spec, self._key = build, key_spec, None
+        self._key_lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # copy/pickle probes and this object's own fields
+            raise AttributeError(name)
+        with self._key_lock:
+            if self._key is None:
+                self._key = self._build(self._spec)
+        return getattr(self._key, name)
+
+
+def _lazy_symmetric_kms_keys() -> None:
+    import moto.kms.models as kms_models
+    from moto.kms.utils import KeySpec
+
+    build = kms_models.generate_private_key
+    asymmetric = set(KeySpec.rsa_key_specs()) | set(KeySpec.ecc_key_specs()) | {KeySpec.SM2.value}
+
+    def generate_private_key(key_spec: str) -> Any:
+        return build(key_spec) if key_spec in asymmetric else _LazyPrivateKey(build, key_spec)
+
+    kms_models.generate_private_key = generate_private_key  # type: ignore[attr-defined]
+
+
 def install() -> None:
     """Patch moto's DynamoDB backend (idempotent)."""
     global _installed
     if _installed:
         return
+    os.environ.setdefault("MOTO_AMIS_PATH", os.path.join(os.path.dirname(os.path.abspath(__file__)), "moto-amis.json"))
+    _lazy_symmetric_kms_keys()
     import moto.dynamodb.models as ddb_models
     from moto.dynamodb.models import DynamoDBBackend
 

@@ -1,7 +1,9 @@
 """Read template.yaml: the tables, routes and environment the local stack builds from it."""
 from __future__ import annotations
 
+import copy
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ LOCAL_CODE_URI = "functions/"  # the Lambda code the local gateway imports (func
 _NO_VALUE = object()  # Ref AWS::NoValue: the property is dropped
 
 
-class _CfnLoader(yaml.SafeLoader):
+class _CfnLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser when built with it
     """Safe YAML that keeps CloudFormation's short-form intrinsics as {'Fn::X': ...} / {'Ref': ...}."""
 
 
@@ -47,9 +49,22 @@ def _merge(glob: Any, local: Any) -> Any:
     return local
 
 
+_parsed: dict[tuple[str, int, int], dict[str, Any]] = {}
+_parsed_lock = threading.Lock()
+
+
 def load(path: Path = TEMPLATE) -> dict[str, Any]:
-    """The template as plain data."""
-    return yaml.load(path.read_text(), Loader=_CfnLoader)  # noqa: S506 - safe loader subclass
+    """The template as plain data (a fresh copy each call: parsing is cached per path, mtime and size,
+    since every test's and every local stack's bootstrap reads the same file)."""
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+    with _parsed_lock:
+        doc = _parsed.get(key)
+        if doc is None:
+            doc = yaml.load(Path(path).read_text(), Loader=_CfnLoader)  # noqa: S506 - safe loader subclass
+            _parsed.clear()
+            _parsed[key] = doc
+    return copy.deepcopy(doc)
 
 
 @dataclass(frozen=True)

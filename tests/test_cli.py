@@ -70,16 +70,6 @@ class Snapshot:
         assert tables(settings) == self.tables
 
 
-@pytest.fixture(autouse=True)
-def _one_botocore_session(aws, monkeypatch):
-    """Speed only: every PynamoDB connection the CLI opens shares one botocore session (and its loaded
-    service models) instead of re-reading botocore's JSON data on each of the many CLI runs of a test."""
-    import botocore.session
-
-    shared = botocore.session.get_session()
-    monkeypatch.setattr("pynamodb.connection.base.get_session", lambda: shared)
-
-
 @pytest.fixture
 def seeded(aws, vvg, tmp_path):
     """The three GOOD volumes applied."""

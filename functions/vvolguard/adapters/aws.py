@@ -61,11 +61,33 @@ def remove_hook(name: str, fn: Callable[..., Any]) -> None:
             c.meta.events.unregister(name, fn, unique_id=_uid(name, fn))
 
 
+_loader: Any = None
+
+
+def shared_loader() -> Any:
+    """One botocore data loader per process: it caches the service models (JSON files of a few MB each)
+    it has read, so a fresh session after :func:`reset_clients` does not parse them again."""
+    global _loader
+    with _lock:
+        if _loader is None:
+            import botocore.session
+
+            _loader = botocore.session.get_session().get_component("data_loader")
+        return _loader
+
+
 def session(region: str) -> boto3.session.Session:
-    """One boto3 session per region per process (sessions are not free to build)."""
+    """One boto3 session per region per process (sessions are not free to build); every session reads
+    the service models through the one shared loader."""
     with _lock:
         if region not in _sessions:
-            _sessions[region] = boto3.session.Session(region_name=region)
+            import botocore.session
+
+            core = botocore.session.get_session()
+            core.register_component("data_loader", shared_loader())
+            _sessions[region] = boto3.session.Session(region_name=region, botocore_session=core)
+            paths = _loader.search_paths  # boto3 appends its data folder to the loader on every session
+            paths[:] = list(dict.fromkeys(paths))
         return _sessions[region]
 
 
