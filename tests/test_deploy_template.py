@@ -350,7 +350,13 @@ def test_tables__records_that_expire_have_ttl_on_their_expiry_attribute(resource
     # the users table's sign-in limit counters expire; its users carry no expires_at, so they never do
     assert ttl.pop("UsersTable") == {"AttributeName": "expires_at", "Enabled": True}
     assert LimitItem.expires_at.attr_type == "N" and "expires_at" not in UserItem.get_attributes()
-    assert set(ttl.values()) == {None}  # policies, hosts and the audit history never expire
+    # the state table: only alerts and their short-lived counters carry purge_at (docs/alerts.md)
+    from vvolguard.adapters.models import AlertItem, AlertKeyItem, PolicyItem, SigFailItem
+
+    assert ttl.pop("StateTable") == {"AttributeName": "purge_at", "Enabled": True}
+    assert all(m.purge_at.attr_type == "N" for m in (AlertItem, AlertKeyItem, SigFailItem))
+    assert "purge_at" not in PolicyItem.get_attributes()
+    assert set(ttl.values()) == {None}  # hosts and the audit history never expire
 
 
 def test_keys__host_secrets_and_audit_key_use_the_stacks_keys_with_rotation(resources):
@@ -704,6 +710,9 @@ def needed(service: str, op: str, params: dict) -> list[tuple[str, str]]:
         return [(f"kms:{op}", f"arn:aws:kms:{REGION}:{ACCOUNT}:key/HostSecretsKey")]
     if service == "ebs":
         return [(f"ebs:{op}", f"arn:aws:ec2:{REGION}::snapshot/*")]
+    if service == "sns":  # the security alerts' topic (docs/alerts.md)
+        assert op == "Publish", op
+        return [("sns:Publish", params["TopicArn"])]
     if service == "secretsmanager":
         return [(f"secretsmanager:{op}", params["SecretId"])]
     if service == "sts":
