@@ -10,6 +10,8 @@ import boto3
 import pytest
 
 from tests.conftest import ec2_client, managed_volumes
+from tests.dashboard_support import *  # noqa: F401,F403 - fixtures
+from tests.dashboard_support import sign_in
 
 FIELDS = ["at", "kind", "severity", "vm_id", "volume_id", "host_id", "detail", "audit_ref"]
 
@@ -320,11 +322,15 @@ def test_vvg_alerts_list__json_lines_newest_first_and_since_bounds_them(aws, vvg
 
 @pytest.mark.parametrize("bad", ["abc", "7", "7w", "0m", "-1d", "1.5h", "", " 7d", "7d\n", "9" * 40 + "d", "99999d",
                                  "7d; rm -rf /"])
-def test_vvg_alerts_list__a_bad_since_is_one_line_and_reads_nothing(aws, vvg, bad):
+def test_vvg_alerts_list__a_bad_since_is_one_line_and_reads_nothing(vvg, bad):
     from vvolguard.adapters import aws as aws_adapter
 
     calls = []
-    record = lambda **_: calls.append(1)  # noqa: E731
+
+    def record(**_):
+        calls.append(1)
+        raise RuntimeError("no AWS call may be made")
+
     aws_adapter.add_hook("before-call", record)
     try:
         r = vvg("alerts", "list", "--since", bad)
@@ -361,3 +367,41 @@ def test_template__alert_topic_is_encrypted_and_only_alert_raisers_may_publish()
                     assert st["Resource"] == {"Ref": "AlertTopic"}, name
                     publishers.add(name)
     assert publishers == {"EventsRole", "ReconcileRole", "DashboardRole", "OperatorPolicy"}
+
+
+# ---------------------------------------------------------------- /alerts
+
+
+def test_alerts_page__anonymous_is_sent_to_sign_in(client):
+    r = client.get("/alerts")
+    assert r.status_code == 302 and r.headers["Location"].startswith("/login?next=")
+
+
+@pytest.mark.parametrize("role", ["viewer", "editor", "admin"])
+def test_alerts_page__lists_newest_first_for_every_role_escaped_and_linked(client, seeded, role):
+    from vvolguard.services.alerts import raise_alert
+
+    settings = seeded[0]
+    now = datetime.now(timezone.utc)
+    raise_alert(settings, "host_revoked", host_id="host-old", now=now - timedelta(hours=2), ref="HOST#host-old/1",
+                detail="<script>alert(1)</script>")
+    raise_alert(settings, "quarantine", vm_id="vm-1", now=now - timedelta(minutes=1), ref="VM#vm-1/4")
+    sign_in(client, role)
+    r = client.get("/alerts")
+    html = r.get_data(as_text=True)
+    assert r.status_code == 200
+    assert html.index("quarantine") < html.index("host_revoked")  # newest first
+    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert 'href="/audit?vm=vm-1"' in html and 'href="/audit?host=host-old"' in html and "VM#vm-1/4" in html
+    assert 'href="/alerts"' in html and 'aria-current="page">Alerts' in html  # in the nav
+    assert "<script" not in html.replace("&lt;script", "")  # no JavaScript
+    short = client.get("/alerts?since=1h").get_data(as_text=True)
+    assert "quarantine" in short and "host-old" not in short
+
+
+@pytest.mark.parametrize("bad", ["x", "0m", "-5d", "7d<b>", "9" * 30])
+def test_alerts_page__a_bad_period_is_a_400_with_the_default_period(client, seeded, bad):
+    sign_in(client, "viewer")
+    r = client.get("/alerts", query_string={"since": bad})
+    html = r.get_data(as_text=True)
+    assert r.status_code == 400 and 'role="alert"' in html and "<b>" not in html

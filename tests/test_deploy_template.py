@@ -715,6 +715,8 @@ def needed(service: str, op: str, params: dict) -> list[tuple[str, str]]:
         return [("sns:Publish", params["TopicArn"])]
     if service == "secretsmanager":
         return [(f"secretsmanager:{op}", params["SecretId"])]
+    if service == "sts" and op == "GetCallerIdentity":  # `vvg`'s audit actor; AWS needs no permission for it
+        return []
     if service == "sts":
         return [("sts:AssumeRole", params["RoleArn"])] + ([("sts:TagSession", params["RoleArn"])] if params.get("Tags") else [])
     if service == "ec2":
@@ -794,8 +796,9 @@ def test_iam_calls__the_events_function_role_covers_every_webhook_call(webhook, 
         assert webhook.send("vm.shutdown", "vm-2", host_id="host-2", secret=secret2)[0] == 200
         assert webhook.send("vm.shutdown", "vm-1", event_id="dup-1")[0] == 200
         assert webhook.send("vm.shutdown", "vm-1", event_id="dup-1")[1]["duplicate"] is True
-        assert webhook.send("vm.preboot", "vm-1", secret="wrong-secret")[0] == 401  # refused, and audited
-    assert_granted(calls, "EventsRole", {
+        for _ in range(3):  # refused and counted; the third raises the bad_signatures alert (docs/alerts.md)
+            assert webhook.send("vm.preboot", "vm-1", secret="wrong-secret")[0] == 401
+    assert_granted(calls, "EventsRole", {"sns:Publish",
         "dynamodb:Query", "dynamodb:GetItem", "dynamodb:TransactWriteItems", "kms:Decrypt",
         "secretsmanager:GetSecretValue", "sts:AssumeRole", "ec2:AttachVolume", "ec2:DetachVolume",
         "ec2:CreateVolume", "ec2:CreateTags", "ec2:DescribeVolumes", "ec2:DescribeInstances", "ec2:DescribeTags"})
@@ -828,7 +831,7 @@ def test_iam_calls__the_reconcile_function_role_covers_a_pass_that_does_everythi
     with calls:
         summary = reconcile_handler.handler({"source": "aws.events"}, None)  # the scheduled function itself
     assert summary["expired_leases"] >= 1 and summary["grants_expired"] == 1 and summary["orphans_detached"] == 1, summary
-    assert_granted(calls, "ReconcileRole", {
+    assert_granted(calls, "ReconcileRole", {"sns:Publish",
         "dynamodb:Query", "dynamodb:GetItem", "dynamodb:TransactWriteItems", "secretsmanager:GetSecretValue",
         "sts:AssumeRole", "ec2:DescribeVolumes", "ec2:DetachVolume", "ec2:CreateTags", "dynamodb:Scan",
         "kms:Sign", "s3:ListObjectVersions", "s3:PutObject"})
@@ -849,7 +852,7 @@ def test_iam_calls__the_dashboard_function_role_covers_its_pages_and_changes(web
     with calls:
         assert client.post("/login", data={"username": "admin", "password": "admin-pass-123"}).status_code == 302
         for path in ("/policies", "/policies/vvol-1", "/policies/vvol-2", "/attachments", "/audit", "/audit/export.csv",
-                     "/audit/export.json", "/hosts", "/simulate"):
+                     "/audit/export.json", "/hosts", "/simulate", "/alerts"):
             assert client.get(path).status_code == 200, path
         assert client.post("/simulate", data={"vm_id": "vm-1", "type": "vm.preboot"}).status_code == 200
         assert client.post("/audit/verify").status_code in (200, 302)
@@ -860,7 +863,7 @@ def test_iam_calls__the_dashboard_function_role_covers_its_pages_and_changes(web
         # What the policy pages' delete does to an attached volume (detach at the provider, then delete).
         out = PolicyService(webhook.settings, provider=EbsProvider(webhook.settings)).delete("vvol-1", actor="user:admin")
         assert out["detached"]
-    assert_granted(calls, "DashboardRole", {
+    assert_granted(calls, "DashboardRole", {"sns:Publish",
         "dynamodb:Query", "dynamodb:GetItem", "dynamodb:Scan", "dynamodb:TransactWriteItems", "kms:Encrypt",
         "secretsmanager:GetSecretValue", "sts:AssumeRole", "ec2:DetachVolume", "s3:ListObjectVersions",
         "s3:GetObject", "kms:Verify"})
@@ -880,6 +883,7 @@ def test_iam_calls__the_operator_policy_covers_the_vvg_cli(webhook, calls, vvg, 
                             (("reconcile",), ""), (("user", "add", "olga", "--role", "viewer", "--password-stdin"),
                                                    "olga-pass-123\n"),
                             (("audit", "checkpoint"), ""), (("audit", "verify"), ""),
+                            (("alerts", "list", "--since", "1d"), ""),
                             (("audit", "export", "--out", str(tmp_path / "e.json")), ""),
                             (("audit", "verify", "--file", str(tmp_path / "e.json")), ""),
                             (("key", "provision", "vvol-2", "--generate", "lic:100", "--escrow"), ""),
@@ -888,7 +892,7 @@ def test_iam_calls__the_operator_policy_covers_the_vvg_cli(webhook, calls, vvg, 
                             (("key", "recover", "vvol-2", "luks", "--out", str(tmp_path / "luks")), "")):
             r = vvg(*argv, stdin=stdin)
             assert r.code == 0, (argv, r)
-    assert_granted(calls, "OperatorPolicy", {
+    assert_granted(calls, "OperatorPolicy", {"sns:Publish",
         "dynamodb:Query", "dynamodb:GetItem", "dynamodb:Scan", "dynamodb:TransactWriteItems", "kms:Encrypt",
         "secretsmanager:GetSecretValue", "sts:AssumeRole", "ec2:DetachVolume", "ec2:DescribeVolumes",
         "kms:Sign", "kms:Verify", "s3:PutObject", "s3:GetObject", "s3:ListObjectVersions",
