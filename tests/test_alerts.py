@@ -110,40 +110,52 @@ def test_a_host_that_is_not_the_vms__raises_one_foreign_host_alert(webhook, queu
 
 
 def test_three_bad_signatures_naming_one_host__raise_one_alert_a_never_enrolled_name_none(webhook, queue):
+    from vvolguard.services.reconcile import Reconciler
+
     for _ in range(2):
         assert webhook.send("vm.preboot", "vm-1", secret="not-the-secret")[0] == 401
+    Reconciler(webhook.settings).run()
     assert stored(webhook.settings) == []
     assert webhook.send("vm.preboot", "vm-1", secret="not-the-secret")[0] == 401
+    assert stored(webhook.settings) == []  # not on the webhook's path: the reconciler's next pass raises it
+    Reconciler(webhook.settings).run()
     [alert] = stored(webhook.settings)
     assert (alert["kind"], alert["host_id"], alert["vm_id"], alert["volume_id"]) == \
         ("bad_signatures", "host-1", None, None)
     assert "3 requests" in alert["detail"] and "not-the-secret" not in json.dumps(alert)
     for _ in range(3):
         assert webhook.send("vm.preboot", "vm-1", secret="not-the-secret")[0] == 401
+    Reconciler(webhook.settings).run()
     assert len(stored(webhook.settings)) == 1 and len(queue()) == 1
     for _ in range(4):  # a name never enrolled: nothing counted, nothing raised
         assert webhook.send("vm.preboot", "vm-1", host_id="ghost-9", secret="x")[0] == 401
+    Reconciler(webhook.settings).run()
     assert len(stored(webhook.settings)) == 1
 
 
 def test_bad_signatures_spread_over_5_minutes__count_together_older_ones_do_not(aws):
-    from vvolguard.services.alerts import bad_signature_alert
-    from vvolguard.services.events import EventService
     from vvolguard.errors import BadSignature
+    from vvolguard.services.alerts import bad_signature_alerts
+    from vvolguard.services.events import EventService
     from vvolguard.services.hosts import HostService
 
     HostService(aws).enroll("host-1", "02:00:00:00:00:01", "SN-1")
+    HostService(aws).enroll("host-2", "02:00:00:00:00:02", "SN-2")
     svc = EventService(aws, provider=object())
-    t0 = (datetime.now(timezone.utc) - timedelta(hours=1)).replace(second=30, microsecond=0)
-    svc._count_unauthenticated("host-1", BadSignature("x"), t0 - timedelta(minutes=5))  # outside the window
-    svc._count_unauthenticated("host-1", BadSignature("x"), t0)
-    assert stored(aws) == []
-    svc._count_unauthenticated("host-1", BadSignature("x"), t0 + timedelta(minutes=4))  # 2 in 5 minutes
-    assert stored(aws) == [] and bad_signature_alert(aws, "host-1", t0 + timedelta(minutes=4)) is None
-    svc._count_unauthenticated("host-1", BadSignature("x"), t0 + timedelta(minutes=4, seconds=20))  # 3rd
+    t0 = (datetime.now(timezone.utc) - timedelta(hours=1)).replace(second=5, microsecond=0)
+    count = lambda host, at: svc._count_unauthenticated(host, BadSignature("x"), at)  # noqa: E731
+    count("host-1", t0 - timedelta(minutes=5))  # outside the window that ends at t0 + 4 min
+    count("host-1", t0)
+    count("host-2", t0)
+    count("host-2", t0)
+    count("host-1", t0 + timedelta(minutes=4))
+    assert bad_signature_alerts(aws, t0 + timedelta(minutes=4, seconds=10)) == 0  # 2 each in 5 minutes
+    count("host-1", t0 + timedelta(minutes=4, seconds=20))
+    assert bad_signature_alerts(aws, t0 + timedelta(minutes=4, seconds=30)) == 1
     [alert] = stored(aws, "bad_signatures")
-    assert alert["host_id"] == "host-1" and alert["at"].startswith(
-        (t0 + timedelta(minutes=4, seconds=20)).strftime("%Y-%m-%dT%H:%M:%S"))
+    assert alert["host_id"] == "host-1" and "3 requests" in alert["detail"]
+    assert bad_signature_alerts(aws, t0 + timedelta(minutes=4, seconds=40)) == 0  # the same one: deduplicated
+    assert bad_signature_alerts(aws, t0 + timedelta(minutes=12)) == 0  # the counts have left the window
 
 
 def test_a_failed_vvg_audit_verify__raises_tamper_check_failed_once(webhook, vvg, queue):

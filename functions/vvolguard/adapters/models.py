@@ -198,9 +198,16 @@ class AlertKeyItem(StateItem, discriminator="alertkey"):
 
 class SigFailItem(StateItem, discriminator="sigfail"):
     """Bad signatures naming one host in one minute (pk ``HOST#<id>``, sk ``SIGFAIL#<minute>``), moved by an
-    atomic ADD in the transaction that counts the refusal; read back over 5 minutes for the alert."""
+    atomic ADD in the same transaction that counts the refusal (so a never-enrolled name writes nothing);
+    the reconciler sums the last 5 minutes per host (docs/alerts.md). In the expiry index under ``S#n``
+    with ``expiry_at`` = the minute's start; DynamoDB's TTL removes it at ``purge_at``."""
 
+    by_expiry = ExpiryIndex()
+
+    named_host = UnicodeAttribute()
     n = NumberAttribute(default=0)
+    expiry_shard = UnicodeAttribute()
+    expiry_at = UnicodeAttribute()
     purge_at = NumberAttribute()
 
 

@@ -51,7 +51,7 @@ from vvolguard.errors import (
     VvgError,
 )
 from vvolguard.adapters import aws
-from vvolguard.services.alerts import audit_ref, bad_signature_alert, raise_alert
+from vvolguard.services.alerts import audit_ref, raise_alert
 from vvolguard.services.auth import AuthenticatedHost, HostAuthenticator
 from vvolguard.settings import Settings
 
@@ -187,8 +187,9 @@ class EventService:
         window = start.strftime("%Y-%m-%dT%H:%MZ")
         item = RefusalItem(pk=f"HOST#{host_id}", sk=f"REFUSED#{window}")
         sig = SigFailItem(pk=f"HOST#{host_id}", sk=f"SIGFAIL#{window}")
-        sig_actions = [SigFailItem.kind.set(SigFailItem), SigFailItem.n.add(1),
-                       SigFailItem.purge_at.set(int(end.timestamp()) + 3600)]
+        sig_actions = [SigFailItem.kind.set(SigFailItem), SigFailItem.named_host.set(host_id), SigFailItem.n.add(1),
+                       SigFailItem.expiry_shard.set(expiry_shard("S", host_id)),
+                       SigFailItem.expiry_at.set(expiry_key(start)), SigFailItem.purge_at.set(int(end.timestamp()) + 3600)]
         actions = [RefusalItem.kind.set(RefusalItem), RefusalItem.named_host.set(host_id),
                    RefusalItem.window.set(window), RefusalItem.refusals.add(1), RefusalItem.codes.add({exc.code}),
                    RefusalItem.expiry_shard.set(expiry_shard("R", host_id)), RefusalItem.expiry_at.set(expiry_key(end))]
@@ -198,8 +199,7 @@ class EventService:
                 with tx:
                     tx.condition_check(HostItem, host_id, condition=HostItem.host_id.exists(), label="host")
                     tx.update(item, actions=actions, label="count")
-                    tx.update(sig, actions=sig_actions, label="count")
-                bad_signature_alert(self.settings, host_id, now)
+                    tx.update(sig, actions=sig_actions, label="count")  # read by the reconciler (docs/alerts.md)
                 return
             except TransactWriteError as exc_tx:
                 failed, conflict = tx.failed(exc_tx)

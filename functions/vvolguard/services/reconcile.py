@@ -16,7 +16,7 @@ from vvolguard.adapters.models import EXPIRY_SHARDS, GrantItem, HostItem, Policy
 from vvolguard.adapters.provider import EbsProvider, HostIdentity, ProviderRefused, StorageProvider
 from vvolguard.adapters.tx import Tx
 from vvolguard.errors import ConcurrentModification, ProviderUnavailable, VvgError
-from vvolguard.services.alerts import audit_ref, raise_alert, republish
+from vvolguard.services.alerts import audit_ref, bad_signature_alerts, raise_alert, republish
 from vvolguard.settings import Settings
 
 log = logging.getLogger("vvg.reconcile")
@@ -76,7 +76,8 @@ class Reconciler:
         now = now or datetime.now(timezone.utc)
         s = Summary()
         for step in (self._expire_leases, self._expire_grants, self._detach_orphans_and_correct,
-                     self._fold_refusals, self._remove_provisioning_leftovers, self._republish_alerts,
+                     self._bad_signatures, self._fold_refusals, self._remove_provisioning_leftovers,
+                     self._republish_alerts,
                      self._checkpoint):
             try:
                 step(now, s)
@@ -102,6 +103,9 @@ class Reconciler:
 
     def _republish_alerts(self, now: datetime, s: Summary) -> None:
         s.alerts_republished += republish(self.settings, now)
+
+    def _bad_signatures(self, now: datetime, s: Summary) -> None:
+        bad_signature_alerts(self.settings, now)
 
     # ---- (h) the signed checkpoint of the audit chains' heads, after this pass's own records
 
