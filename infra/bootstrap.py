@@ -68,6 +68,18 @@ def create_resources(template: Template, settings: Settings) -> None:
         sm.create_secret(Name=settings.audit_key_secret_id, SecretString=secrets.token_hex(32))
     create_keys(template, settings)
     create_buckets(template, settings)
+    create_topics(template, settings)
+
+
+def create_topics(template: Template, settings: Settings) -> None:
+    """The template's SNS topics (the security alerts' AlertTopic among them: docs/alerts.md), encrypted
+    under the key the template names (CreateTopic is idempotent)."""
+    sns = aws.client("sns", settings.region)
+    for name, res in template.of_type("AWS::SNS::Topic").items():
+        p = template.resolve(res["Properties"])
+        attrs = {"KmsMasterKeyId": template.ref("DataKeyAlias")} if p.get("KmsMasterKeyId") and \
+            "DataKeyAlias" in template.resources else {}
+        sns.create_topic(Name=p["TopicName"], Attributes=attrs)
 
 
 def create_keys(template: Template, settings: Settings) -> None:

@@ -165,6 +165,9 @@ class Template:
         if res is None:
             raise KeyError(f"template has no parameter or resource {name!r}")
         props = res.get("Properties", {})
+        if res.get("Type") == "AWS::SNS::Topic" and "TopicName" in props:  # Ref of a topic is its ARN
+            return f"arn:aws:sns:{self.params['AWS::Region']}:{self.params['AWS::AccountId']}:" + \
+                str(self.resolve(props["TopicName"]))
         for key in ("TableName", "AliasName", "Name", "FunctionName", "RoleName", "LogGroupName", "TopicName",
                     "LayerName", "BucketName"):
             if key in props:

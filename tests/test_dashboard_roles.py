@@ -27,6 +27,8 @@ GET_ROUTES = [
     ("/audit/export.csv", "viewer"),
     ("/audit/export.json", "viewer"),
     ("/hosts", "admin"),
+    ("/alerts", "viewer"),
+    ("/alerts?since=30m", "viewer"),
 ]
 
 

@@ -350,7 +350,13 @@ def test_tables__records_that_expire_have_ttl_on_their_expiry_attribute(resource
     # the users table's sign-in limit counters expire; its users carry no expires_at, so they never do
     assert ttl.pop("UsersTable") == {"AttributeName": "expires_at", "Enabled": True}
     assert LimitItem.expires_at.attr_type == "N" and "expires_at" not in UserItem.get_attributes()
-    assert set(ttl.values()) == {None}  # policies, hosts and the audit history never expire
+    # the state table: only alerts and their short-lived counters carry purge_at (docs/alerts.md)
+    from vvolguard.adapters.models import AlertItem, AlertKeyItem, PolicyItem, SigFailItem
+
+    assert ttl.pop("StateTable") == {"AttributeName": "purge_at", "Enabled": True}
+    assert all(m.purge_at.attr_type == "N" for m in (AlertItem, AlertKeyItem, SigFailItem))
+    assert "purge_at" not in PolicyItem.get_attributes()
+    assert set(ttl.values()) == {None}  # hosts and the audit history never expire
 
 
 def test_keys__host_secrets_and_audit_key_use_the_stacks_keys_with_rotation(resources):
@@ -704,6 +710,9 @@ def needed(service: str, op: str, params: dict) -> list[tuple[str, str]]:
         return [(f"kms:{op}", f"arn:aws:kms:{REGION}:{ACCOUNT}:key/HostSecretsKey")]
     if service == "ebs":
         return [(f"ebs:{op}", f"arn:aws:ec2:{REGION}::snapshot/*")]
+    if service == "sns":  # the security alerts' topic (docs/alerts.md)
+        assert op == "Publish", op
+        return [("sns:Publish", params["TopicArn"])]
     if service == "secretsmanager":
         return [(f"secretsmanager:{op}", params["SecretId"])]
     if service == "sts" and op == "GetCallerIdentity":  # the CLI's audit actor; IAM never restricts this call
@@ -788,7 +797,9 @@ def test_iam_calls__the_events_function_role_covers_every_webhook_call(webhook, 
         assert webhook.send("vm.shutdown", "vm-1", event_id="dup-1")[0] == 200
         assert webhook.send("vm.shutdown", "vm-1", event_id="dup-1")[1]["duplicate"] is True
         assert webhook.send("vm.preboot", "vm-1", secret="wrong-secret")[0] == 401  # refused, and audited
-    assert_granted(calls, "EventsRole", {
+        # not the VM's host: refused, audited, and the foreign_host alert is published (docs/alerts.md)
+        assert webhook.send("vm.preboot", "vm-1", host_id="host-2", secret=secret2)[0] == 403
+    assert_granted(calls, "EventsRole", {"sns:Publish",
         "dynamodb:Query", "dynamodb:GetItem", "dynamodb:TransactWriteItems", "kms:Decrypt",
         "secretsmanager:GetSecretValue", "sts:AssumeRole", "ec2:AttachVolume", "ec2:DetachVolume",
         "ec2:CreateVolume", "ec2:CreateTags", "ec2:DescribeVolumes", "ec2:DescribeInstances", "ec2:DescribeTags"})
@@ -821,7 +832,7 @@ def test_iam_calls__the_reconcile_function_role_covers_a_pass_that_does_everythi
     with calls:
         summary = reconcile_handler.handler({"source": "aws.events"}, None)  # the scheduled function itself
     assert summary["expired_leases"] >= 1 and summary["grants_expired"] == 1 and summary["orphans_detached"] == 1, summary
-    assert_granted(calls, "ReconcileRole", {
+    assert_granted(calls, "ReconcileRole", {"sns:Publish",
         "dynamodb:Query", "dynamodb:GetItem", "dynamodb:TransactWriteItems", "secretsmanager:GetSecretValue",
         "sts:AssumeRole", "ec2:DescribeVolumes", "ec2:DetachVolume", "ec2:CreateTags", "dynamodb:Scan",
         "kms:Sign", "s3:ListObjectVersions", "s3:PutObject"})
@@ -842,7 +853,7 @@ def test_iam_calls__the_dashboard_function_role_covers_its_pages_and_changes(web
     with calls:
         assert client.post("/login", data={"username": "admin", "password": "admin-pass-123"}).status_code == 302
         for path in ("/policies", "/policies/vvol-1", "/policies/vvol-2", "/attachments", "/audit", "/audit/export.csv",
-                     "/audit/export.json", "/hosts", "/simulate"):
+                     "/audit/export.json", "/hosts", "/simulate", "/alerts"):
             assert client.get(path).status_code == 200, path
         assert client.post("/simulate", data={"vm_id": "vm-1", "type": "vm.preboot"}).status_code == 200
         assert client.post("/audit/verify").status_code in (200, 302)
@@ -853,7 +864,7 @@ def test_iam_calls__the_dashboard_function_role_covers_its_pages_and_changes(web
         # What the policy pages' delete does to an attached volume (detach at the provider, then delete).
         out = PolicyService(webhook.settings, provider=EbsProvider(webhook.settings)).delete("vvol-1", actor="user:admin")
         assert out["detached"]
-    assert_granted(calls, "DashboardRole", {
+    assert_granted(calls, "DashboardRole", {"sns:Publish",
         "dynamodb:Query", "dynamodb:GetItem", "dynamodb:Scan", "dynamodb:TransactWriteItems", "kms:Encrypt",
         "secretsmanager:GetSecretValue", "sts:AssumeRole", "ec2:DetachVolume", "s3:ListObjectVersions",
         "s3:GetObject", "kms:Verify"})
@@ -873,6 +884,7 @@ def test_iam_calls__the_operator_policy_covers_the_vvg_cli(webhook, calls, vvg, 
                             (("reconcile",), ""), (("user", "add", "olga", "--role", "viewer", "--password-stdin"),
                                                    "olga-pass-123\n"),
                             (("audit", "checkpoint"), ""), (("audit", "verify"), ""),
+                            (("alerts", "list", "--since", "1d"), ""),
                             (("audit", "export", "--out", str(tmp_path / "e.json")), ""),
                             (("audit", "verify", "--file", str(tmp_path / "e.json")), ""),
                             (("key", "provision", "vvol-2", "--generate", "lic:100", "--escrow"), ""),
@@ -881,7 +893,7 @@ def test_iam_calls__the_operator_policy_covers_the_vvg_cli(webhook, calls, vvg, 
                             (("key", "recover", "vvol-2", "luks", "--out", str(tmp_path / "luks")), "")):
             r = vvg(*argv, stdin=stdin)
             assert r.code == 0, (argv, r)
-    assert_granted(calls, "OperatorPolicy", {
+    assert_granted(calls, "OperatorPolicy", {"sns:Publish",
         "dynamodb:Query", "dynamodb:GetItem", "dynamodb:Scan", "dynamodb:TransactWriteItems", "kms:Encrypt",
         "secretsmanager:GetSecretValue", "sts:AssumeRole", "ec2:DetachVolume", "ec2:DescribeVolumes",
         "kms:Sign", "kms:Verify", "s3:PutObject", "s3:GetObject", "s3:ListObjectVersions",

@@ -317,12 +317,24 @@ def cmd_audit(args: argparse.Namespace) -> int:
     _out(summary)
     if not summary["ok"]:
         p = summary["first_problem"]
+        _tamper_alert(log.settings, p, "vvg audit verify")
         sys.stderr.write(f"vvg: error: audit history not intact: record {p['seq']} of chain {p['chain']}: {p['problem']}\n")
         return 1
     return 0
 
 
 MAX_EXPORT_FILE = 512 * 1024 * 1024
+
+
+def _tamper_alert(settings, problem: dict[str, Any], what: str) -> None:
+    """A tamper check that exits 1 raises tamper_check_failed (docs/alerts.md); never fails the command."""
+    from vvolguard.services.alerts import raise_alert
+
+    chain = str(problem.get("chain") or "")
+    raise_alert(settings, "tamper_check_failed", vm_id=chain[3:] if chain.startswith("VM#") else None,
+                host_id=chain[5:] if chain.startswith("HOST#") else None,
+                ref=f"{chain}/{problem.get('seq')}" if chain else None,
+                detail=f"{what}: record {problem.get('seq')} of chain {chain}: {problem.get('problem')}"[:300])
 
 
 def _audit_export(args: argparse.Namespace) -> int:
@@ -362,6 +374,8 @@ def _audit_export(args: argparse.Namespace) -> int:
 
 def _audit_verify_file(log, name: str, allow_gaps: bool) -> int:
     """`vvg audit verify --file EXPORT.json`: the export's records checked offline with the audit key."""
+    import os
+
     from vvolguard.adapters.audit import verify_export
 
     try:
@@ -381,9 +395,21 @@ def _audit_verify_file(log, name: str, allow_gaps: bool) -> int:
     _out(summary)
     if not summary["ok"]:
         p = summary["first_problem"]
+        _tamper_alert(log.settings, p, f"vvg audit verify --file {os.path.basename(name)}")
         sys.stderr.write(f"vvg: error: export not intact: entry {p['index'] + 1} (record {p['seq']} of chain "
                          f"{p['chain']}): {p['problem']}\n")
         return 1
+    return 0
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """`vvg alerts list [--since DURATION]`: security alerts as JSON lines, newest first (docs/alerts.md)."""
+    from vvolguard.services.alerts import list_alerts, parse_since
+
+    since = parse_since(args.since)  # a bad duration is one line, before touching AWS
+    _services()
+    for alert in list_alerts(since):
+        _out(alert)
     return 0
 
 
@@ -733,6 +759,12 @@ def build_parser() -> argparse.ArgumentParser:
     kr.add_argument("name")
     kr.add_argument("--out", required=True)
     key.set_defaults(func=cmd_key)
+
+    alr = sub.add_parser("alerts", help="security alerts (docs/alerts.md)")
+    als = alr.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    al = als.add_parser("list", help="alerts as JSON lines, newest first")
+    al.add_argument("--since", help="30m, 12h, 7d (default 7d)")
+    alr.set_defaults(func=cmd_alerts)
 
     usr = sub.add_parser("user", help="dashboard users")
     us = usr.add_subparsers(dest="action", required=True, parser_class=_Parser, metavar="ACTION")

@@ -50,6 +50,7 @@ class Settings:
     audit_checkpoint_bucket: str = "vvg-audit-ckpt-123456789012-us-east-1"
     migration_grant_seconds: int = 3600
     provider_role_arn: str = "arn:aws:iam::123456789012:role/vvg-provider"
+    alert_topic_arn: str = "arn:aws:sns:us-east-1:123456789012:vvg-alerts"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -71,4 +72,5 @@ class Settings:
             migration_grant_seconds=_int_setting("VVG_MIGRATION_GRANT_SECONDS", e.get("VVG_MIGRATION_GRANT_SECONDS"),
                                                  d.migration_grant_seconds),
             provider_role_arn=e.get("VVG_PROVIDER_ROLE_ARN", d.provider_role_arn),
+            alert_topic_arn=e.get("VVG_ALERT_TOPIC_ARN", d.alert_topic_arn),
         )

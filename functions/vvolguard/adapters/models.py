@@ -176,6 +176,46 @@ class RefusalItem(StateItem, discriminator="refusals"):
     expiry_at = UnicodeAttribute()
 
 
+class AlertItem(StateItem, discriminator="alert"):
+    """One security alert (docs/alerts.md): pk ``ALERTS#<day>``, sk ``<at>#<random>``, so a day's alerts are
+    one Query, newest first. The ids are ``a_*`` (not ``vm_id``...): alerts stay out of the state indexes.
+    DynamoDB's TTL removes it at ``purge_at`` (epoch seconds, 90 days on)."""
+
+    at = UnicodeAttribute()
+    alert_kind = UnicodeAttribute()
+    severity = UnicodeAttribute()
+    a_vm = UnicodeAttribute(null=True)
+    a_volume = UnicodeAttribute(null=True)
+    a_host = UnicodeAttribute(null=True)
+    detail = UnicodeAttribute(null=True)
+    audit_ref = UnicodeAttribute(null=True)
+    published = BooleanAttribute(default=False)
+    purge_at = NumberAttribute()
+
+
+class AlertKeyItem(StateItem, discriminator="alertkey"):
+    """At most one alert per kind and subject in 5 minutes: pk ``ALERTKEY#<kind>#<subject>``, sk ``ALERTKEY``,
+    put only when absent or past ``until`` (one conditional write, the same in every container)."""
+
+    until = NumberAttribute()
+    purge_at = NumberAttribute()
+
+
+class SigFailItem(StateItem, discriminator="sigfail"):
+    """Bad signatures naming one host in one minute (pk ``HOST#<id>``, sk ``SIGFAIL#<minute>``), moved by an
+    atomic ADD in the same transaction that counts the refusal (so a never-enrolled name writes nothing);
+    the reconciler sums the last 5 minutes per host (docs/alerts.md). In the expiry index under ``S#n``
+    with ``expiry_at`` = the minute's start; DynamoDB's TTL removes it at ``purge_at``."""
+
+    by_expiry = ExpiryIndex()
+
+    named_host = UnicodeAttribute()
+    n = NumberAttribute(default=0)
+    expiry_shard = UnicodeAttribute()
+    expiry_at = UnicodeAttribute()
+    purge_at = NumberAttribute()
+
+
 class ChainHead(StateItem, discriminator="head"):
     """The head of one audit chain (sk = ``~AUDIT``): the last sequence number and its MAC."""
 
@@ -409,6 +449,9 @@ def configure(settings: Settings) -> None:
     GrantItem._connection = None
     QuarantineItem._connection = None
     RefusalItem._connection = None
+    AlertItem._connection = None
+    AlertKeyItem._connection = None
+    SigFailItem._connection = None
     _connections.clear()
     track_model_clients()
 
@@ -435,5 +478,6 @@ def track_model_clients() -> None:
 
     for model in MODELS_BY_SETTING.values():
         track(model._get_connection().connection.client)
-    for model in (PolicyItem, ChainHead, GrantItem, LimitItem, QuarantineItem, RefusalItem):
+    for model in (PolicyItem, ChainHead, GrantItem, LimitItem, QuarantineItem, RefusalItem, AlertItem, AlertKeyItem,
+                  SigFailItem):
         track(model._get_connection().connection.client)

@@ -27,6 +27,7 @@ from vvolguard.adapters.models import (
     QUARANTINE_SK,
     QuarantineItem,
     RefusalItem,
+    SigFailItem,
     StateItem,
     connection,
     expiry_key,
@@ -50,6 +51,7 @@ from vvolguard.errors import (
     VvgError,
 )
 from vvolguard.adapters import aws
+from vvolguard.services.alerts import audit_ref, raise_alert
 from vvolguard.services.auth import AuthenticatedHost, HostAuthenticator
 from vvolguard.settings import Settings
 
@@ -175,14 +177,19 @@ class EventService:
 
     def _audit_refusal(self, host_id: str, event: Event | None, exc: VvgError) -> None:
         """One record for a refusal of an authenticated host."""
+        items = None
         try:
-            self.audit.append([AuditRecord(
+            items = self.audit.append([AuditRecord(
                 actor=f"host:{host_id}", action="refuse", outcome="denied", reason=exc.code, host_id=host_id,
                 vm_id=event.vm_id if event and isinstance(exc, (Forbidden, NotFound)) else None,
                 volume_id=event.volume_id if event else None, event_id=event.event_id if event else None,
                 event_type=event.type if event else None)])
         except Exception:  # the refusal itself must still be answered
             log.exception("could not audit a refusal")
+        if isinstance(exc, Forbidden) and event is not None:
+            raise_alert(self.settings, "foreign_host", vm_id=event.vm_id, volume_id=event.volume_id, host_id=host_id,
+                        ref=audit_ref(items[0]) if items else None,
+                        detail=f"{event.type} refused: {exc.message}"[:300])
 
     def _count_unauthenticated(self, host_id: str, exc: VvgError, now: datetime) -> None:
         """Add one to the named host's refusal count of this minute, in one transaction that holds only if
@@ -192,6 +199,10 @@ class EventService:
         end = start + timedelta(seconds=REFUSAL_WINDOW_S)
         window = start.strftime("%Y-%m-%dT%H:%MZ")
         item = RefusalItem(pk=f"HOST#{host_id}", sk=f"REFUSED#{window}")
+        sig = SigFailItem(pk=f"HOST#{host_id}", sk=f"SIGFAIL#{window}")
+        sig_actions = [SigFailItem.kind.set(SigFailItem), SigFailItem.named_host.set(host_id), SigFailItem.n.add(1),
+                       SigFailItem.expiry_shard.set(expiry_shard("S", host_id)),
+                       SigFailItem.expiry_at.set(expiry_key(start)), SigFailItem.purge_at.set(int(end.timestamp()) + 3600)]
         actions = [RefusalItem.kind.set(RefusalItem), RefusalItem.named_host.set(host_id),
                    RefusalItem.window.set(window), RefusalItem.refusals.add(1), RefusalItem.codes.add({exc.code}),
                    RefusalItem.expiry_shard.set(expiry_shard("R", host_id)), RefusalItem.expiry_at.set(expiry_key(end))]
@@ -201,6 +212,7 @@ class EventService:
                 with tx:
                     tx.condition_check(HostItem, host_id, condition=HostItem.host_id.exists(), label="host")
                     tx.update(item, actions=actions, label="count")
+                    tx.update(sig, actions=sig_actions, label="count")  # read by the reconciler (docs/alerts.md)
                 return
             except TransactWriteError as exc_tx:
                 failed, conflict = tx.failed(exc_tx)
@@ -258,13 +270,15 @@ class EventService:
             if not pending:
                 answer = self._answer(event, decisions)
                 if self._claim_and_record(host, event, key, fp, part, decisions, answer, now):
+                    self._alerts(host, event, decisions, part.head, now)
                     return answer
                 continue
             if not self._claim(host, event, key, fp, part, decisions, now):
                 continue
             outcomes = self._act(host, event, part, decisions, now, key)
             answer = self._answer(event, decisions)
-            self._record(host, event, key, part, outcomes, decisions, answer, now)
+            head = self._record(host, event, key, part, outcomes, decisions, answer, now)
+            self._alerts(host, event, decisions, head, now)
             return answer
         raise EventInProgress("the VM's state is changing under concurrent events; retry with the same event_id")
 
@@ -547,6 +561,17 @@ class EventService:
         except TransactWriteError:
             log.exception("could not release event %s", key)
 
+    # ---- alerts (docs/alerts.md): after the event is recorded, never inside its transaction
+
+    def _alerts(self, host, event, decisions, head: tuple[int, str], now: datetime) -> None:
+        """A volume this event locked raises volume_locked; its audit record is the decision's (one record
+        per decision, appended after ``head``)."""
+        for i, d in enumerate(decisions):
+            if d.locked_until is not None:
+                raise_alert(self.settings, "volume_locked", vm_id=event.vm_id, volume_id=d.volume_id,
+                            host_id=host.host_id, ref=f"VM#{event.vm_id}/{head[0] + i + 1}", now=now,
+                            detail=f"{d.volume_id} locked until {_iso(d.locked_until)} after wrong passwords")
+
     # ---- recording
 
     def _records(self, host, event, decisions, outcomes) -> list[AuditRecord]:
@@ -568,7 +593,7 @@ class EventService:
                                     detail=detail))
         return recs
 
-    def _record(self, host, event, key, part, outcomes, decisions, answer, now) -> None:
+    def _record(self, host, event, key, part, outcomes, decisions, answer, now) -> tuple[int, str]:
         records = self._records(host, event, decisions, outcomes)
         head = part.head
         for attempt in range(ATTEMPTS * 2):
@@ -592,7 +617,7 @@ class EventService:
                     self.audit.add_to(tx, head, items, new_head)
                     if event.type.startswith("vm.migrate."):
                         self._migration_writes(tx, host, event, part, decisions, now, set(outcomes))
-                return
+                return head
             except TransactWriteError as exc:
                 failed, _conflict = tx.failed(exc)
                 if "claim" in failed:

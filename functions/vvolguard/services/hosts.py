@@ -15,6 +15,7 @@ from vvolguard.domain import hostkeys
 from vvolguard.domain.policy import ID_RE
 from vvolguard.domain.secrets import credential_digest, new_host_secret, normalize_mac
 from vvolguard.errors import AlreadyExists, ConcurrentModification, InvalidInput, NotFound
+from vvolguard.services.alerts import audit_ref, raise_alert
 from vvolguard.services.policies import PolicyService
 from vvolguard.settings import Settings
 
@@ -180,7 +181,9 @@ class HostService:
                 return 1
 
             try:
-                self.audit.append([rec], extra=write)
+                items = self.audit.append([rec], extra=write)
+                raise_alert(self.settings, "host_revoked", host_id=host_id, detail=f"revoked by {actor}",
+                            ref=audit_ref(items[0]) if items else None)
             except ConcurrentModification:
                 host = self.get(host_id)  # revoked meanwhile by another admin: go on taking back
                 if host.status != "revoked":

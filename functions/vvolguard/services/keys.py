@@ -261,9 +261,13 @@ class KeyService:
             raise NotEscrowed(f"entry {name} of {volume_id} was not escrowed")
         who = self._who(policy.host_id, revoked_ok=True)  # break-glass: a revoked host's volume too (no provider write)
         data = self.writer.unescrow(who, volume_id, name, blobs[name])
-        self.audit.append([AuditRecord(actor=actor, action="key_recover", outcome="done", vm_id=policy.vm_id,
-                                       volume_id=volume_id, host_id=policy.host_id, reason="break_glass",
-                                       detail={"entry": name})])
+        items = self.audit.append([AuditRecord(actor=actor, action="key_recover", outcome="done", vm_id=policy.vm_id,
+                                               volume_id=volume_id, host_id=policy.host_id, reason="break_glass",
+                                               detail={"entry": name})])
+        from vvolguard.services.alerts import audit_ref, raise_alert
+
+        raise_alert(self.settings, "key_recovered", vm_id=policy.vm_id, volume_id=volume_id, host_id=policy.host_id,
+                    ref=audit_ref(items[0]) if items else None, detail=f"entry {name} recovered by {actor}")
         return data
 
     # ---- reconciler

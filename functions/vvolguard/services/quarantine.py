@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from vvolguard.adapters.audit import AuditLog, AuditRecord
+from vvolguard.services.alerts import audit_ref, raise_alert
 from vvolguard.adapters.models import QUARANTINE_SK, HostItem, PolicyItem, QuarantineItem
 from vvolguard.adapters.provider import EbsProvider, HostIdentity, ProviderRefused, StorageProvider
 from vvolguard.adapters.tx import Tx
@@ -75,7 +76,9 @@ class QuarantineService:
                 tx.save(item, condition=QuarantineItem.sk.does_not_exist())
 
             try:
-                self.audit.append([rec], extra=write)
+                items = self.audit.append([rec], extra=write)
+                raise_alert(self.settings, "quarantine", vm_id=vm_id, ref=audit_ref(items[0]) if items else None,
+                            detail=f"quarantined by {actor}" + (f": {reason}" if reason else ""))
             except ConcurrentModification:
                 changed = False  # quarantined at the same moment by someone else: detach all the same
         detached, errors = self._detach_all(vm_id, actor, wait_s)
@@ -157,7 +160,9 @@ class QuarantineService:
             tx.delete(item, condition=QuarantineItem.sk.exists())
 
         try:
-            self.audit.append([rec], extra=write)
+            items = self.audit.append([rec], extra=write)
         except ConcurrentModification:
             raise InvalidInput(f"VM {vm_id} is not quarantined") from None
+        raise_alert(self.settings, "release", vm_id=vm_id, ref=audit_ref(items[0]) if items else None,
+                    detail=f"released by {actor}")
         return {"vm_id": vm_id, "quarantined": False, "changed": True}

@@ -16,6 +16,7 @@ from vvolguard.adapters.models import EXPIRY_SHARDS, GrantItem, HostItem, Policy
 from vvolguard.adapters.provider import EbsProvider, HostIdentity, ProviderRefused, StorageProvider
 from vvolguard.adapters.tx import Tx
 from vvolguard.errors import ConcurrentModification, ProviderUnavailable, VvgError
+from vvolguard.services.alerts import audit_ref, bad_signature_alerts, raise_alert, republish
 from vvolguard.settings import Settings
 
 log = logging.getLogger("vvg.reconcile")
@@ -36,6 +37,7 @@ class Summary:
     refusal_windows: int = 0
     checkpoint: dict[str, Any] | None = None
     provisioning_leftovers: int = 0
+    alerts_republished: int = 0
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -43,6 +45,7 @@ class Summary:
                 "orphans_detached": self.orphans_detached, "states_corrected": self.states_corrected,
                 "skipped_busy": self.skipped_busy, "attachments_seen": self.attachments_seen,
                 "refusal_windows": self.refusal_windows, "provisioning_leftovers": self.provisioning_leftovers,
+                "alerts_republished": self.alerts_republished,
                 "checkpoint": self.checkpoint, "errors": self.errors[:20], "ok": not self.errors}
 
 
@@ -73,7 +76,9 @@ class Reconciler:
         now = now or datetime.now(timezone.utc)
         s = Summary()
         for step in (self._expire_leases, self._expire_grants, self._detach_orphans_and_correct,
-                     self._fold_refusals, self._remove_provisioning_leftovers, self._checkpoint):
+                     self._bad_signatures, self._fold_refusals, self._remove_provisioning_leftovers,
+                     self._republish_alerts,
+                     self._checkpoint):
             try:
                 step(now, s)
             except Exception as exc:  # one broken step must not stop the others
@@ -94,12 +99,23 @@ class Reconciler:
             self.audit.append([AuditRecord(actor=ACTOR, action="key_cleanup", outcome="done",
                                            reason="provisioning_leftover", detail={"removed": str(done)})])
 
+    # ---- alerts stored but not published (SNS was unreachable when they were raised): docs/alerts.md
+
+    def _republish_alerts(self, now: datetime, s: Summary) -> None:
+        s.alerts_republished += republish(self.settings, now)
+
+    def _bad_signatures(self, now: datetime, s: Summary) -> None:
+        bad_signature_alerts(self.settings, now)
+
     # ---- (h) the signed checkpoint of the audit chains' heads, after this pass's own records
 
     def _checkpoint(self, now: datetime, s: Summary) -> None:
         cp = self.audit.checkpoint()
         s.checkpoint = {k: cp[k] for k in ("at", "chains", "location")}
         if cp["held_back"]:
+            raise_alert(self.settings, "tamper_check_failed", now=now,
+                        detail=f"the scheduled checkpoint held back {cp['held_back']} chain(s) "
+                               f"({', '.join(cp['held_back_chains'][:5])}): run 'vvg audit verify'")
             s.errors.append(f"audit checkpoint: {cp['held_back']} chain(s) behind the previous checkpoint "
                             f"(tampered with? run 'vvg audit verify'): {', '.join(cp['held_back_chains'][:5])}")
 
@@ -126,13 +142,18 @@ class Reconciler:
                 who = self.who(item.host_id)
                 if who and item.provider_volume_id:
                     self.provider.detach(who, item.provider_volume_id, item.instance_id)
-                if self._mark_detached(item, "lease_expired", "detach"):
+                items = self._mark_detached(item, "lease_expired", "detach")
+                if items:
                     s.expired_leases += 1
+                    raise_alert(self.settings, "lease_expired", vm_id=item.vm_id, volume_id=item.volume_id,
+                                host_id=item.host_id, ref=audit_ref(items[0]),
+                                detail=f"{item.volume_id} detached from {item.instance_id or '?'}: its lease ended "
+                                       f"{item.lease_expires_at.strftime('%Y-%m-%dT%H:%M:%SZ')}")
             except (ProviderUnavailable, ProviderRefused) as exc:
                 s.errors.append(f"lease {item.volume_id}: {exc.code}")
 
-    def _mark_detached(self, item: PolicyItem, reason: str, action: str) -> bool:
-        """Record a volume as detached (conditional on its state version) with its audit record."""
+    def _mark_detached(self, item: PolicyItem, reason: str, action: str) -> list | None:
+        """Record a volume as detached (conditional on its state version) with its audit record (returned)."""
         rec = AuditRecord(actor=ACTOR, action=action, outcome="done", reason=reason, vm_id=item.vm_id,
                           volume_id=item.volume_id, host_id=item.host_id, policy_version=int(item.policy_version),
                           detail={"instance": item.instance_id or "", "device": item.device or ""})
@@ -145,10 +166,9 @@ class Reconciler:
                       condition=PolicyItem.state_version == item.state_version)
 
         try:
-            self.audit.append([rec], extra=write)
-            return True
+            return self.audit.append([rec], extra=write)
         except ConcurrentModification:
-            return False  # another pass or an event got there first
+            return None  # another pass or an event got there first
 
     # ---- (b) grants
 
@@ -211,11 +231,16 @@ class Reconciler:
             try:
                 if self.provider.detach(who, att.provider_volume_id, att.instance_id):
                     s.orphans_detached += 1
-                    self.audit.append([AuditRecord(
+                    items = self.audit.append([AuditRecord(
                         actor=ACTOR, action="detach", outcome="done", reason="no_attachment_record",
                         vm_id=item.vm_id if item is not None else None, volume_id=att.volume_id or None,
                         host_id=host, policy_version=int(item.policy_version) if item is not None else None,
                         detail={"provider_volume": att.provider_volume_id, "instance": att.instance_id})])
+                    raise_alert(self.settings, "orphan_detached", vm_id=item.vm_id if item is not None else None,
+                                volume_id=att.volume_id or None, host_id=host,
+                                ref=audit_ref(items[0]) if items else None,
+                                detail=f"{att.provider_volume_id} was attached to {att.instance_id} with no "
+                                       f"attachment record; detached")
             except (ProviderUnavailable, ProviderRefused) as exc:
                 s.errors.append(f"orphan {att.provider_volume_id}: {exc.code}")
         # (d) recorded attached, but the provider shows no such attachment: check that one volume again.
