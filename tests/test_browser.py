@@ -210,6 +210,7 @@ PAGES = [
     ("attachments-7d", "/attachments?window=7d", "main figure.chart", None),
     ("hosts", "/hosts", "main table", None),
     ("users", "/users", "main table", None),
+    ("alerts", "/alerts", "main h1", None),
     ("vm", "/vms/vm-1", "main table", None),
     ("host-secret", "/hosts", "input#secret", _enroll),
     ("sign-out", "/logout", "main form", None),
