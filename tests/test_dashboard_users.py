@@ -65,7 +65,7 @@ def test_admin__lists_users_and_adds_one_that_can_sign_in(app, seeded):
     c = sign_in(app.test_client(), "admin")
     page = c.get("/users").get_data(as_text=True)
     for name in ROLE_USERS.values():
-        assert f'<td class="mono">{name}</td>' in page
+        assert f'<td class="mono" data-label="User"><span class="id">{name}</span></td>' in page
     assert "scrypt" not in page
     r = _post(c, "/users", username="nina", role="editor", password="nina-pass-123")
     assert r.status_code == 302 and r.headers["Location"] == "/users"
@@ -121,7 +121,7 @@ def test_change_role_reset_password_disable_remove__each_ends_that_users_session
             assert v.post("/login", data={"username": name, "password": "fresh-pass-456",
                                           "csrf_token": csrf_token(v)}).status_code == 302
             assert _post(admin, f"/users/{name}/password", password=PASSWORD).status_code == 302
-    assert f'<td class="mono">{name}</td>' not in admin.get("/users").get_data(as_text=True)
+    assert f'<td class="mono" data-label="User"><span class="id">{name}</span></td>' not in admin.get("/users").get_data(as_text=True)
 
 
 @pytest.mark.parametrize("path,form,text", [

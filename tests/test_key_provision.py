@@ -338,7 +338,7 @@ def test_dashboard__shows_provisioned_entries_and_escrow_never_bytes(webhook, vv
     assert vvg("key", "provision", "vvol-1", "--file", f"luks={K}", "--generate", "lic:100", "--escrow").code == 0
     client = sign_in(create_app(dict(TEST_CONFIG)).test_client(), "viewer")
     page = client.get("/policies").get_data(as_text=True)
-    assert "provisioned</span> luks, lic · escrowed" in page
+    assert 'provisioned</span> <span class="id">luks</span>, <span class="id">lic</span> · escrowed' in page
     assert page.count("not provisioned") == 4  # vvol-2..5; the preboot ones are flagged
     one = client.get("/policies/vvol-1").get_data(as_text=True)
     assert hashlib.sha256(K.read_bytes()).hexdigest() in one and "luks-key" in one and ">64 B<" in one

@@ -408,8 +408,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
     since = parse_since(args.since)  # a bad duration is one line, before touching AWS
     _services()
-    for alert in list_alerts(since):
-        _out(alert)
+    emit_rows(list_alerts(since), args.output, ("at", "kind", "severity", "vm_id", "volume_id", "host_id", "detail"))
     return 0
 
 
@@ -732,9 +731,9 @@ def build_parser() -> argparse.ArgumentParser:
     vm = sub.add_parser("vm", help="break-glass: quarantine or release a VM")
     vs = vm.add_subparsers(dest="action", required=True, parser_class=_Parser)
     q = vs.add_parser("quarantine", help="detach every volume of the VM now and refuse its attaches")
-    q.add_argument("vm_id")
-    q.add_argument("--reason", default="")
-    vs.add_parser("release", help="end a VM's quarantine").add_argument("vm_id")
+    q.add_argument("vm_id", help="the VM to quarantine")
+    q.add_argument("--reason", default="", help="why (kept in the audit history and the alert)")
+    vs.add_parser("release", help="end a VM's quarantine").add_argument("vm_id", help="the quarantined VM")
     vm.set_defaults(func=cmd_vm)
 
     rec = sub.add_parser("reconcile", help="run one pass of the reconciler now (expired leases, grants, orphans)")
@@ -743,27 +742,29 @@ def build_parser() -> argparse.ArgumentParser:
     key = sub.add_parser("key", help="the key volume: build, provision, describe, recover (docs/key-volume.md)")
     ks = key.add_subparsers(dest="action", required=True, parser_class=_Parser)
     kb = ks.add_parser("build", help="write a key volume image to a local file (offline)")
-    kb.add_argument("--vm", required=True)
-    kb.add_argument("--volume", required=True)
-    kb.add_argument("--out", required=True)
+    kb.add_argument("--vm", required=True, help="the VM id written in the header (the guest reader checks it)")
+    kb.add_argument("--volume", required=True, help="the volume id written in the header")
+    kb.add_argument("--out", required=True, help="the image file to write (a new file of mode 0600)")
     kb.add_argument("--size-mb", dest="size_mb", type=_size_mb, help="refuse entries that would not fit this size")
     kp = ks.add_parser("provision", help="write a fresh key volume at the provider, without attaching it")
-    kp.add_argument("volume_id")
+    kp.add_argument("volume_id", help="the policy's volume id (refused while the volume is attached)")
     kp.add_argument("--escrow", action="store_true", help="also keep each entry encrypted under the KMS key")
     for sp in (kb, kp):
         sp.add_argument("--generate", action="append", metavar="NAME[:BYTES]", help="random bytes (64 by default)")
         sp.add_argument("--file", action="append", metavar="NAME=PATH[:KIND]", help="an entry from a file")
-    ks.add_parser("describe", help="what is on the volume (never key bytes)").add_argument("volume_id")
+    ks.add_parser("describe", help="what is on the volume (never key bytes)").add_argument(
+        "volume_id", help="the policy's volume id")
     kr = ks.add_parser("recover", help="break-glass: an escrowed entry to a new file of mode 0600 (audited)")
-    kr.add_argument("volume_id")
-    kr.add_argument("name")
-    kr.add_argument("--out", required=True)
+    kr.add_argument("volume_id", help="the policy's volume id")
+    kr.add_argument("name", help="the entry to recover (e.g. luks)")
+    kr.add_argument("--out", required=True, help="a new file to write the entry's bytes to (mode 0600)")
     key.set_defaults(func=cmd_key)
 
     alr = sub.add_parser("alerts", help="security alerts (docs/alerts.md)")
     als = alr.add_subparsers(dest="action", required=True, parser_class=_Parser)
     al = als.add_parser("list", help="alerts as JSON lines, newest first")
-    al.add_argument("--since", help="30m, 12h, 7d (default 7d)")
+    al.add_argument("--since", help="how far back: 30m, 12h, 7d (default 7d)")
+    add_output_option(al)
     alr.set_defaults(func=cmd_alerts)
 
     usr = sub.add_parser("user", help="dashboard users")
@@ -774,7 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="viewer reads; editor also changes policies; admin also manages hosts and users")
     ua.add_argument("--password-stdin", action="store_true",
                     help="read the password (8 to 256 characters) from standard input; required")
-    ul = us.add_parser("list", help="every user")
+    ul = us.add_parser("list", help="every dashboard user, disabled ones included")
     add_output_option(ul)
     for name, text in (("disable", "disable a user; its sessions end at once"),
                        ("remove", "remove a user; its sessions end at once")):
