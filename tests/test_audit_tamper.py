@@ -391,3 +391,32 @@ def test_template__checkpoint_key_and_locked_bucket_are_declared_with_least_priv
     assert not {a for a in acts("EventsRole") if a.startswith("s3:") or a in ("kms:Sign", "kms:Verify")}
     assert not {a for r in ("ReconcileRole", "DashboardRole", "OperatorPolicy") for a in acts(r)
                 if a.startswith("s3:Delete") or a.startswith("s3:PutObjectRetention") or a == "s3:BypassGovernanceRetention"}
+
+
+def test_verify_while_records_are_appended__a_live_append_is_not_reported_as_tampering(aws, monkeypatch):
+    """`vvg audit verify` on a live system: the table scan and the heads are not one snapshot, so a record
+    appended between them (here: right after the scan, to an old chain and to a brand-new one) looked like a
+    removed record. Each suspect chain is read again as a consistent snapshot; real tampering still fails."""
+    write(aws, "vm-a", 3)
+    log = AuditLog(aws)
+    log.checkpoint()
+    original = AuditLog.heads
+    calls = {"n": 0}
+
+    def heads_after_an_append(self):
+        calls["n"] += 1
+        if calls["n"] == 1:  # a reconciler pass or a webhook writes while verify is between its two reads
+            write(aws, "vm-a", 1)
+            write(aws, "vm-new", 1)
+        return original(self)
+
+    monkeypatch.setattr(AuditLog, "heads", heads_after_an_append)
+    summary = AuditLog(aws).verify()
+    assert summary["ok"], summary["first_problem"]
+    assert calls["n"] == 1
+    # the same moment with a record really removed is still caught
+    monkeypatch.setattr(AuditLog, "heads", original)
+    delete_record(aws, chain_items(aws, "VM#vm-a")[1])
+    summary = AuditLog(aws).verify()
+    assert not summary["ok"] and summary["first_problem"]["chain"] == "VM#vm-a"
+    assert summary["first_problem"]["seq"] == 2
