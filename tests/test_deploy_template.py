@@ -33,11 +33,6 @@ LOCAL_ONLY = {
 CLI_ONLY_MODULES = {"vvolguard.cli"}
 
 
-def lint(path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(CFN_LINT), "--format", "parseable", *args, "--", str(path)], capture_output=True,
-                          text=True)
-
-
 @pytest.fixture(scope="module")
 def doc() -> dict[str, Any]:
     return load(TEMPLATE)
@@ -51,18 +46,51 @@ def resources(doc) -> dict[str, dict[str, Any]]:
 # ---------------------------------------------------------------- cfn-lint
 
 
-def test_cfn_lint__no_errors_and_no_warnings():
-    p = lint(TEMPLATE)
-    assert p.returncode == 0 and p.stdout.strip() == "", p.stdout + p.stderr
-
-
-def test_cfn_lint__a_warning_fails_the_lint_test(tmp_path):
-    """The strict test above can fail: a DependsOn that a GetAtt already enforces is a warning (W3005)."""
+@pytest.fixture(scope="module")
+def linted(tmp_path_factory, transformed) -> dict[str, list[str]]:
+    """One cfn-lint run over the template and the variants the tests below need (each start of cfn-lint
+    costs seconds): file name -> its finding lines (parseable format: path:line:col:line:col:RULE:message)."""
+    d = tmp_path_factory.mktemp("lint")
+    # a DependsOn that a GetAtt already enforces is a warning (W3005)
     head = "  EventsRole:\n    Type: AWS::IAM::Role\n"
-    text = TEMPLATE.read_text().replace(head, head + "    DependsOn: StateTable\n", 1)
-    (tmp_path / "t.yaml").write_text(text)
-    p = lint(tmp_path / "t.yaml")
-    assert p.returncode == 4 and "W3005" in p.stdout, p.stdout
+    text = TEMPLATE.read_text()
+    assert head in text
+    (d / "warning.yaml").write_text(text.replace(head, head + "    DependsOn: StateTable\n", 1))
+    # a table without a key schema is an error
+    key = "      KeySchema:\n        - {AttributeName: host_id, KeyType: HASH}\n"
+    assert key in text
+    (d / "broken.yaml").write_text(text.replace(key, "", 1))
+    (d / "transformed.json").write_text(json.dumps(transformed))
+    files = {"template": TEMPLATE, "warning": d / "warning.yaml", "broken": d / "broken.yaml",
+             "transformed": d / "transformed.json"}
+    p = subprocess.run([str(CFN_LINT), "--format", "parseable", "--", *map(str, files.values())],
+                       capture_output=True, text=True)
+    assert p.returncode in (0, 2, 4, 6, 8, 10, 12, 14), p.stdout + p.stderr  # 1 would be a crash of cfn-lint
+    out: dict[str, list[str]] = {name: [] for name in files}
+    for line in p.stdout.splitlines():
+        for name, path in files.items():
+            if line.startswith(str(path) + ":"):
+                out[name].append(line)
+    assert sum(map(len, out.values())) == len([ln for ln in p.stdout.splitlines() if ln.strip()]), p.stdout
+    return out
+
+
+def rule_of(line: str) -> str:
+    return line.split(":")[5] if line.count(":") >= 6 else ""
+
+
+def test_cfn_lint__no_errors_and_no_warnings(linted):
+    assert linted["template"] == [], "\n".join(linted["template"])
+
+
+def test_cfn_lint__a_warning_fails_the_lint_test(linted):
+    """The strict test above can fail: a DependsOn that a GetAtt already enforces is a warning (W3005)."""
+    assert "W3005" in {rule_of(line) for line in linted["warning"]}, linted["warning"]
+
+
+def test_cfn_lint__catches_a_broken_template(linted):
+    """The lint test can fail: a table without a key schema is an error."""
+    assert any(rule_of(line).startswith("E") for line in linted["broken"]), linted["broken"]
 
 
 # ---------------------------------------------------------------- the SAM transform, offline
@@ -140,13 +168,10 @@ def test_sam_transform__other_parameter_values_too():
     assert "AlarmEmailSubscription" in out["Resources"]
 
 
-def test_sam_transform__its_output_lints_without_errors(transformed, tmp_path):
-    path = tmp_path / "transformed.json"
-    path.write_text(json.dumps(transformed))
-    p = lint(path)
+def test_sam_transform__its_output_lints_without_errors(linted):
     # W1020: SAM itself writes layer names as Fn::Sub after substituting the parameters.
-    other = [line for line in p.stdout.splitlines() if line.strip() and ":W1020:" not in line]
-    assert p.returncode & 2 == 0 and other == [], p.stdout
+    other = [line for line in linted["transformed"] if rule_of(line) != "W1020"]
+    assert other == [], "\n".join(other)
 
 
 # ---------------------------------------------------------------- IAM: least privilege

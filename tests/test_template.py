@@ -14,24 +14,8 @@ from vvolguard.adapters import models
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_cfn_lint__reports_no_errors():
-    exe = Path(sys.executable).with_name("cfn-lint")
-    p = subprocess.run([str(exe), "--format", "parseable", str(ROOT / "template.yaml")], capture_output=True, text=True)
-    errors = [line for line in p.stdout.splitlines() if ":E" in line or line.split(":")[-2:-1] == ["E"]]
-    assert p.returncode in (0, 4, 8, 12), p.stdout + p.stderr  # 2 = errors; 4/8 = warnings/informational only
-    assert p.returncode & 2 == 0, p.stdout
-    assert not errors, p.stdout
-
-
-def test_cfn_lint__catches_a_broken_template(tmp_path):
-    """The lint test can fail: a table without a key schema is an error."""
-    broken = (ROOT / "template.yaml").read_text().replace(
-        "      KeySchema:\n        - {AttributeName: host_id, KeyType: HASH}\n", "", 1)
-    path = tmp_path / "broken.yaml"
-    path.write_text(broken)
-    exe = Path(sys.executable).with_name("cfn-lint")
-    p = subprocess.run([str(exe), str(path)], capture_output=True, text=True)
-    assert p.returncode & 2, p.stdout
+# cfn-lint (no errors, no warnings, and that it catches a broken template) runs once, in
+# tests/test_deploy_template.py.
 
 
 def _model_schema(model) -> tuple[list[dict], dict[str, list[dict]]]:
