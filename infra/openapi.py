@@ -180,6 +180,11 @@ def answer_schemas() -> dict[str, Any]:
             "lease_expires_at": {"type": "string", "format": "date-time", "pattern": UTC_SECOND,
                                  "description": "When the reconciler detaches the volume unless it is detached "
                                                 "before (UTC, whole seconds)."},
+            "provider_volume_id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$",
+                                   "description": "On a `done` `attach`: the storage provider's id of the volume "
+                                                  "(EBS: `vol-...`), so that a host can find the device "
+                                                  "(`/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol...`).",
+                                   "examples": ["vol-0abc1234def567890"]},
             "software": {"type": "array", "items": _plain("app", "A product's name."),
                          "description": "The qualifying products, strongest first: on a `select`, and on a "
                                         "`done` `attach` of a volume with `min_key_bits` (which product the "
@@ -196,7 +201,8 @@ def answer_schemas() -> dict[str, Any]:
         },
         "examples": [{"event_id": "e-1", "duplicate": False, "decisions": [
             {"volume_id": "vvol-1", "action": "attach", "outcome": "done", "reason": "attach_on=preboot",
-             "device": "/dev/sdf", "lease_expires_at": "2026-11-27T05:15:00Z"}]}],
+             "device": "/dev/sdf", "lease_expires_at": "2026-11-27T05:15:00Z",
+             "provider_volume_id": "vol-0abc1234def567890"}]}],
     }
     return {"EventAnswer": answer, "Decision": decision}
 

@@ -163,6 +163,11 @@ def test_vm_preboot_attaches_the_preboot_volume_to_the_vms_instance_with_device_
     assert attached_volume_ids() == {"vvol-1"}  # nothing of vm-2..vm-5
     item = policy_item("vvol-1")
     assert item.attached and item.instance_id == inst["InstanceId"] and item.device == d["device"]
+    # a done attach names the provider's volume, so that a host can find the device
+    assert d["provider_volume_id"] == managed_volumes()["vvol-1"]["VolumeId"] == item.provider_volume_id
+    # the repeat answers the same, provider id included
+    code, again = webhook.send("vm.preboot", "vm-1", event_id=body["event_id"])
+    assert code == 200 and again["duplicate"] is True and again["decisions"][0]["provider_volume_id"] == d["provider_volume_id"]
 
     # vm.booted detaches it again (detach_on: postboot); the volume stays at the provider
     code, body = webhook.send("vm.booted", "vm-1")

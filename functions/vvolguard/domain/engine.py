@@ -57,6 +57,7 @@ class Decision:
     device: str | None = None
     lease_expires_at: datetime | None = None
     software: list[str] | None = None
+    provider_volume_id: str | None = None  # a done attach: the provider's id, so the host finds the device
     # state effects the service writes (not part of the answer)
     failed_passwords: int | None = None
     locked_until: datetime | None = None
@@ -75,6 +76,8 @@ class Decision:
             out["device"] = self.device
         if self.lease_expires_at:
             out["lease_expires_at"] = self.lease_expires_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if self.provider_volume_id and self.action == "attach" and self.outcome == "done":
+            out["provider_volume_id"] = self.provider_volume_id
         if self.software is not None:
             out["software"] = list(self.software)
         return out

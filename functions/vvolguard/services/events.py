@@ -494,6 +494,7 @@ class EventService:
                         done.append(o)
                     if d.action == "attach":
                         d.device = self.provider.attach(who, vol_id, instance, d.device)
+                        d.provider_volume_id = vol_id
                         o.updates.update(attached=True, instance_id=instance.instance_id, zone=instance.zone,
                                          device=d.device, attached_at=now, lease_expires_at=d.lease_expires_at,
                                          expiry_shard=expiry_shard("L", item.volume_id),
@@ -518,6 +519,7 @@ class EventService:
                 except ProviderRefused as exc:
                     d.outcome, d.reason = "failed", exc.reason
                     d.device = d.device if d.action != "attach" else None
+                    d.provider_volume_id = None
                     d.lease_expires_at = None
                     d.software = None if d.action == "attach" else d.software
                 outcomes[d.volume_id] = o
