@@ -457,6 +457,7 @@ BAD_ENROLLS = [  # (case, host id, mac, serial, hardware, text the one stderr li
     ("host-id-space", "host 1", MAC, SERIAL, "", "host id"),
     ("host-id-too-long", "h" * 65, MAC, SERIAL, "", "host id"),
     ("host-id-slash", "host/1", MAC, SERIAL, "", "host id"),
+    ("host-id-reserved-for-ec2-vms", "aws-ec2", MAC, SERIAL, "", "reserved"),
     ("mac-short", "host-1", "02:00:00:00:00", SERIAL, "", "--mac"),
     ("mac-not-hex", "host-1", "zz:00:00:00:00:01", SERIAL, "", "--mac"),
     ("mac-dots", "host-1", "0200.0000.0001", SERIAL, "", "--mac"),

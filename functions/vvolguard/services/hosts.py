@@ -13,6 +13,7 @@ from vvolguard.adapters.audit import AuditLog, AuditRecord
 from vvolguard.adapters.models import EXPIRY_SHARDS, GrantItem, HostItem, PolicyItem
 from vvolguard.domain import hostkeys
 from vvolguard.domain.policy import ID_RE
+from vvolguard.domain.policy_diff import RESERVED_HOSTS  # EC2 VMs' host: vvolguard itself, never enrolled
 from vvolguard.domain.secrets import credential_digest, new_host_secret, normalize_mac
 from vvolguard.errors import AlreadyExists, ConcurrentModification, InvalidInput, NotFound
 from vvolguard.services.alerts import audit_ref, raise_alert
@@ -79,6 +80,9 @@ class HostService:
         """Enroll a new host; returns its id and secret (the only time the secret is shown). With
         ``public_key`` (docs/host-keys.md) the host signs with its Ed25519 key and no secret exists."""
         validate_host_id(host_id)
+        if host_id in RESERVED_HOSTS:
+            raise InvalidInput(f"host id {host_id} is reserved: vvolguard itself acts as the host of EC2 VMs "
+                               "(docs/architecture.md#where-a-volume-attaches)")
         validate_credentials(mac, serial, hardware)
         key = parse_key(public_key) if public_key is not None else None
         if HostItem.count(host_id, consistent_read=True):
