@@ -132,6 +132,17 @@ class PolicyItem(StateItem, discriminator="policy"):
     inventory = ListAttribute(of=UnicodeAttribute, null=True)
     inventory_at = UTCDateTimeAttribute(null=True)
 
+    @classmethod
+    def detached_actions(cls, clear_busy: bool = False) -> list:
+        """The update that records the volume as detached (lease out of the expiry index, state version up),
+        as the reconciler, a quarantine and a host revocation write it; ``clear_busy`` also ends an event's
+        claim on the volume."""
+        actions = [cls.attached.set(False), cls.device.remove(), cls.attached_at.remove(),
+                   cls.lease_expires_at.remove(), cls.expiry_shard.remove(), cls.expiry_at.remove()]
+        if clear_busy:
+            actions += [cls.busy_event.remove(), cls.busy_until.remove()]
+        return actions + [cls.state_version.add(1)]
+
 
 class GrantItem(StateItem, discriminator="grant"):
     """A live-migration grant (sk = ``GRANT#<destination>``): the destination may use the VM's volumes."""

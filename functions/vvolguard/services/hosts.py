@@ -270,11 +270,7 @@ class HostRevocation:
                               detail={"instance": item.instance_id or "", "device": item.device or ""})
 
             def write(tx: Tx, it=item) -> None:
-                tx.update(it, actions=[PolicyItem.attached.set(False), PolicyItem.device.remove(),
-                                       PolicyItem.attached_at.remove(), PolicyItem.lease_expires_at.remove(),
-                                       PolicyItem.expiry_shard.remove(), PolicyItem.expiry_at.remove(),
-                                       PolicyItem.busy_event.remove(), PolicyItem.busy_until.remove(),
-                                       PolicyItem.state_version.add(1)],
+                tx.update(it, actions=PolicyItem.detached_actions(clear_busy=True),
                           condition=PolicyItem.state_version == it.state_version)
 
             try:

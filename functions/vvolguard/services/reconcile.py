@@ -159,10 +159,7 @@ class Reconciler:
                           detail={"instance": item.instance_id or "", "device": item.device or ""})
 
         def write(tx: Tx) -> None:
-            tx.update(item, actions=[PolicyItem.attached.set(False), PolicyItem.device.remove(),
-                                     PolicyItem.attached_at.remove(), PolicyItem.lease_expires_at.remove(),
-                                     PolicyItem.expiry_shard.remove(), PolicyItem.expiry_at.remove(),
-                                     PolicyItem.state_version.add(1)],
+            tx.update(item, actions=PolicyItem.detached_actions(),
                       condition=PolicyItem.state_version == item.state_version)
 
         try:
