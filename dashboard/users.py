@@ -78,29 +78,28 @@ def reset_password(username: str):
     return _done(f"New password set for {name}; their sessions have ended.")
 
 
+def _confirmed(username: str, verb: str, change, done: str):
+    """Disable or remove: only with the confirm box ticked; ``change(name, actor=...)`` is the service call."""
+    name = _name(username)
+    past = "disabled" if verb == "disable" else "removed"
+    if not request.form.get("confirm"):
+        flash(f"Not {past}: tick the box next to {verb.capitalize()} to confirm {verb[:-1]}ing {name}.", "error")
+        return redirect(url_for("users.list_users"))
+    try:
+        change(name, actor=actor())
+    except VvgError as exc:
+        return _refused(f"{name} not {past}", exc)
+    return _done(done.format(name=name))
+
+
 @bp.post("/users/<username>/disable")
 @role_required("admin")
 def disable(username: str):
-    name = _name(username)
-    if not request.form.get("confirm"):
-        flash(f"Not disabled: tick the box next to Disable to confirm disabling {name}.", "error")
-        return redirect(url_for("users.list_users"))
-    try:
-        _service().disable(name, actor=actor())
-    except VvgError as exc:
-        return _refused(f"{name} not disabled", exc)
-    return _done(f"Disabled {name}: they cannot sign in and their sessions have ended.")
+    return _confirmed(username, "disable", _service().disable,
+                      "Disabled {name}: they cannot sign in and their sessions have ended.")
 
 
 @bp.post("/users/<username>/remove")
 @role_required("admin")
 def remove(username: str):
-    name = _name(username)
-    if not request.form.get("confirm"):
-        flash(f"Not removed: tick the box next to Remove to confirm removing {name}.", "error")
-        return redirect(url_for("users.list_users"))
-    try:
-        _service().remove(name, actor=actor())
-    except VvgError as exc:
-        return _refused(f"{name} not removed", exc)
-    return _done(f"Removed {name}; their sessions have ended.")
+    return _confirmed(username, "remove", _service().remove, "Removed {name}; their sessions have ended.")
