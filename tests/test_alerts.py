@@ -143,7 +143,7 @@ def test_bad_signatures_spread_over_5_minutes__count_together_older_ones_do_not(
     HostService(aws).enroll("host-2", "02:00:00:00:00:02", "SN-2")
     svc = EventService(aws, provider=object())
     t0 = (datetime.now(timezone.utc) - timedelta(hours=1)).replace(second=5, microsecond=0)
-    count = lambda host, at: svc._count_unauthenticated(host, BadSignature("x"), at)  # noqa: E731
+    count = lambda host, at: svc.refusals.count_unauthenticated(host, BadSignature("x"), at)  # noqa: E731
     count("host-1", t0 - timedelta(minutes=5))  # outside the window that ends at t0 + 4 min
     count("host-1", t0)
     count("host-2", t0)

@@ -519,7 +519,7 @@ def test_answer_converts_a_non_utc_lease_to_utc_before_writing_z():
 
 def test_answer_omits_the_keys_a_decision_does_not_have():
     d = Decision("vvol-1", "detach", "skipped", "not_attached", policy_version=3, failed_passwords=0,
-                 locked_until=NOW, touch=True)
+                 locked_until=NOW)
     assert d.answer() == {"volume_id": "vvol-1", "action": "detach", "outcome": "skipped", "reason": "not_attached"}
 
 

@@ -48,7 +48,7 @@ class AlertStore:
                         label="key")
                 tx.save(item, condition=AlertItem.pk.does_not_exist(), label="alert")
         except TransactWriteError as exc:
-            failed, _ = tx.failed(exc)
+            failed, _ = tx.cancellation(exc)
             if "key" in failed:
                 return None
             raise

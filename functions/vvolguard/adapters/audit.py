@@ -209,7 +209,7 @@ class AuditLog:
                     for c, (items, new_head) in built.items():
                         self.add_to(tx, heads[c], items, new_head)
             except TransactWriteError as exc:
-                failed, conflict = tx.failed(exc)
+                failed, conflict = tx.cancellation(exc)
                 if "extra" in failed:
                     raise ConcurrentModification("the item changed since it was read; read it again and retry") from None
                 if failed or conflict:

@@ -6,12 +6,20 @@ operation in the same grouped order and maps the reasons back to labels.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from pynamodb.exceptions import TransactWriteError
 from pynamodb.transactions import TransactWrite
 
 DEFAULT = "extra"
+
+
+class Cancellation(NamedTuple):
+    """Why a transaction was cancelled: the labels whose condition failed, and whether any operation lost
+    to a concurrent transaction (then retrying may succeed)."""
+
+    failed: set[str]
+    conflict: bool
 
 
 class Tx(TransactWrite):
@@ -47,8 +55,8 @@ class Tx(TransactWrite):
         """Labels in the order the operations were sent."""
         return self._labels["check"] + self._labels["delete"] + self._labels["put"] + self._labels["update"]
 
-    def failed(self, exc: TransactWriteError) -> tuple[set[str], bool]:
-        """(labels whose condition failed, whether any operation lost to a concurrent transaction)."""
+    def cancellation(self, exc: TransactWriteError) -> Cancellation:
+        """What cancelled this transaction, read from ``exc``'s cancellation reasons."""
         labels = self.sent_labels()
         failed, conflict = set(), False
         for i, r in enumerate(exc.cancellation_reasons or []):
@@ -60,4 +68,4 @@ class Tx(TransactWrite):
                 conflict = True
         if exc.cause_response_code == "TransactionConflictException":
             conflict = True
-        return failed, conflict
+        return Cancellation(failed, conflict)

@@ -1,4 +1,7 @@
-"""Host events (docs/webhook-api.md): the strict schema, parsed into a typed request. Pure."""
+"""Host events (docs/webhook-api.md): the strict schema, parsed into a typed request. Pure.
+
+Which fields each type takes comes from the event registry (``vvolguard.domain.registry``); this module knows
+the fields themselves."""
 from __future__ import annotations
 
 import json
@@ -7,33 +10,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from vvolguard.domain.policy import ID_RE, no_duplicate_keys
+from vvolguard.domain.constants import EVENT_ID_RE, ID_RE, KEY_BITS, PASSWORD_LEN
+from vvolguard.domain.policy import no_duplicate_keys
 from vvolguard.errors import InvalidEvent, InvalidJson
 
 MAX_BODY = 64 * 1024
-EVENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 RFC3339_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})\Z")
 MAX_APPS = 64
-PASSWORD_LEN = (1, 256)  # characters (code points), inclusive
-KEY_BITS = (1, 65536)  # guest.inventory apps[].key_bits, inclusive
 MAX_AHEAD_S = 300  # an occurred_at further ahead of the server's clock is refused (it would make later events stale)
 
-# type -> (required fields beyond the common ones, optional fields)
-TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "vm.created": ((), ()),
-    "vm.preboot": ((), ()),
-    "vm.booted": ((), ()),
-    "vm.shutdown": ((), ()),
-    "app.started": (("app",), ()),
-    "app.stopped": (("app",), ()),
-    "license.check": (("app",), ()),
-    "license.verified": (("app",), ()),
-    "volume.attach_request": (("volume_id",), ("password",)),
-    "volume.detach_request": (("volume_id",), ()),
-    "vm.migrate.start": (("destination_host",), ()),
-    "vm.migrate.complete": (("source_host",), ()),
-    "guest.inventory": (("apps",), ()),
-}
 COMMON = ("event_id", "type", "vm_id")
 OPTIONAL_COMMON = ("occurred_at",)
 
@@ -53,11 +38,11 @@ def _id_schema(rx: re.Pattern[str]) -> dict[str, Any]:
 
 
 # What parse_event accepts, field by field, as JSON Schema fragments (draft 2020-12). infra/openapi.py builds
-# the webhook's OpenAPI document from these, TYPES, COMMON and OPTIONAL_COMMON; tests/test_openapi.py checks
+# the webhook's OpenAPI document from these, the registry's entries, COMMON and OPTIONAL_COMMON; tests/test_openapi.py checks
 # the document against parse_event. Metadata only: parse_event does not read it.
 FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
     "event_id": _id_schema(EVENT_ID_RE),
-    "type": {"type": "string", "enum": list(TYPES)},
+    "type": {"type": "string"},  # one of the registry's types (the document writes each as a const)
     "vm_id": _id_schema(ID_RE),
     "occurred_at": {"type": "string", "format": "date-time", "pattern": json_pattern(RFC3339_RE)},
     "app": _id_schema(ID_RE),
@@ -196,9 +181,10 @@ def parse_doc(doc: Any, now: datetime | None = None) -> Event:
     if not isinstance(doc, dict):
         raise InvalidEvent("the body must be a JSON object")
     etype = doc.get("type")
-    if not isinstance(etype, str) or etype not in TYPES:
-        raise InvalidEvent(f"type must be one of {', '.join(TYPES)}")
-    required, optional = TYPES[etype]
+    if not isinstance(etype, str):
+        raise InvalidEvent(f"type must be one of {', '.join(_registry.REGISTRY)}")
+    spec = _registry.entry(etype)
+    required, optional = spec.required, spec.optional
     allowed = set(COMMON) | set(OPTIONAL_COMMON) | set(required) | set(optional)
     unknown = sorted(str(k)[:40] for k in doc if k not in allowed)
     if unknown:
@@ -241,3 +227,13 @@ def parse_doc(doc: Any, now: datetime | None = None) -> Event:
             out.append(Software(name, typ, bits))
         kwargs["apps"] = tuple(out)
     return Event(event_id=event_id, type=etype, vm_id=vm_id, **kwargs)
+
+
+from vvolguard.domain import registry as _registry  # noqa: E402 (the registry's entries use Event)
+
+
+def __getattr__(name: str) -> Any:
+    """``TYPES``: type -> (required fields beyond the common ones, optional fields), from the registry."""
+    if name == "TYPES":
+        return {e.name: (e.required, e.optional) for e in _registry.ENTRIES}
+    raise AttributeError(name)

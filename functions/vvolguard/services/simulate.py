@@ -9,12 +9,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from vvolguard.adapters.models import HostItem
-from vvolguard.domain.engine import Decision, decide
+from vvolguard.domain.engine import Decision
 from vvolguard.domain.events import parse_event
-from vvolguard.domain.policy import ID_RE
+from vvolguard.domain.constants import ID_RE
 from vvolguard.errors import InvalidInput, VvgError
 from vvolguard.services.auth import AuthenticatedHost
-from vvolguard.services.events import EventService, view_of
+from vvolguard.services.events import EventService
 from vvolguard.settings import Settings
 
 
@@ -71,14 +71,7 @@ class Simulator:
         sim.volumes = len(part.policies)
         who = AuthenticatedHost(host.host_id, int(host.secret_version), host.cred_hash)
         try:
-            mine = self.events._authorize(who, event, part, now)  # the webhook's own rule, unchanged
+            sim.decisions = self.events.decisions(who, event, part, now)  # the webhook's own rule and engine
         except VvgError as exc:
             sim.status, sim.code, sim.message = exc.status_code, exc.code, exc.message
-            return sim
-        grants = tuple(part.live_grants(now))
-        if event.type == "vm.migrate.complete" and host_id not in grants:
-            sim.decisions = [Decision(p.volume_id, "revoke", "skipped", "already_complete", int(p.policy_version))
-                             for p in sorted(mine, key=lambda p: p.volume_id)]
-        else:
-            sim.decisions = decide(event, [view_of(p, grants) for p in mine], now)
         return sim
