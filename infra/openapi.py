@@ -2,9 +2,11 @@
 
     python -m infra.openapi > openapi.yaml
 
-One source: every event schema comes from ``vvolguard.domain.events`` (TYPES, COMMON, OPTIONAL_COMMON and the
-per-field JSON Schema fragments FIELD_SCHEMAS that mirror parse_event's checks), every error from
-``vvolguard.errors`` (status and code). This module only adds prose, examples and the answer's shape.
+One source: every event type (its fields, description and example) comes from the event registry
+(``vvolguard.domain.registry``), every field's JSON Schema from ``vvolguard.domain.events`` (COMMON,
+OPTIONAL_COMMON and FIELD_SCHEMAS, which mirror parse_event's checks), the answer's vocabulary from
+``vvolguard.domain.constants``, every error from ``vvolguard.errors`` (status and code). This module only adds
+the fields' prose and the answer's shape.
 ``tests/test_openapi.py`` checks that the committed openapi.yaml is exactly what this prints, that it is a
 valid OpenAPI 3.1 document, and that the handler and the document agree.
 """
@@ -20,32 +22,10 @@ import yaml
 from infra.template import ROOT
 from vvolguard import errors
 from vvolguard.domain import events as ev
+from vvolguard.domain.constants import ANSWERED_OUTCOMES, Action
+from vvolguard.domain.registry import REGISTRY
 
 # ---------------------------------------------------------------- prose (the contract's words)
-
-TYPE_DOCS: dict[str, str] = {
-    "vm.created": "Creates the VM's volumes that do not exist yet at the provider, assigned to this host only.",
-    "vm.preboot": "Attaches the VM's volumes with `attach_on: preboot`.",
-    "vm.booted": "Detaches the VM's volumes with `detach_on: postboot`.",
-    "vm.shutdown": "Detaches every volume still attached to the VM, whatever its `detach_on`.",
-    "app.started": "Attaches the volumes whose `app` matches and whose `attach_on` is `app_start` "
-                   "(denied `not_authorized_app` when the volume's `authorized_apps` does not list it).",
-    "app.stopped": "Detaches the volumes whose `app` matches and whose `detach_on` is `app_stop`.",
-    "license.check": "Attaches the license volumes of that app (`attach_on: license_check`).",
-    "license.verified": "Detaches the license volumes of that app (`detach_on: license_verified`).",
-    "volume.attach_request": "Attaches one `request` volume, checking its password; 5 wrong passwords in a row "
-                             "lock it for 15 minutes (denied `bad_password` / `locked`).",
-    "volume.detach_request": "Detaches one volume.",
-    "vm.migrate.start": "Sent by the VM's host: grants `destination_host` access to every volume of the VM "
-                        "(until `vm.migrate.complete`, or at most 3600 s).",
-    "vm.migrate.complete": "Sent by the destination: revokes `source_host`; the destination becomes the VM's host.",
-    "guest.inventory": "Selects, per volume, every installed product of type `disk_encryption` whose `key_bits` "
-                       "meets the volume's `min_key_bits` (all of them when it has none), strongest first; none "
-                       "qualifying is `denied` (`no_qualifying_software`). The inventory is kept with the VM's "
-                       "state: while the latest one offers no qualifying product, every attach of a volume with "
-                       "`min_key_bits` is `denied` (`no_qualifying_software`); a VM that never sent one is not "
-                       "refused. An inventory older than the kept one is `skipped` (`stale`).",
-}
 
 FIELD_DOCS: dict[str, str] = {
     "event_id": "Unique per event and host. A repeat with the same body is answered idempotently "
@@ -65,33 +45,6 @@ FIELD_DOCS: dict[str, str] = {
 
 APP_ITEM_DOCS = {"name": "The product's name.", "type": "Its kind, e.g. `disk_encryption`.",
                  "key_bits": "Its key size in bits (a JSON integer, not `256.0`)."}
-
-EXAMPLES: dict[str, dict[str, Any]] = {
-    "vm.created": {"event_id": "host-1:vm-1:0001", "type": "vm.created", "vm_id": "vm-1",
-                   "occurred_at": "2026-11-27T05:00:00Z"},
-    "vm.preboot": {"event_id": "host-1:vm-1:0002", "type": "vm.preboot", "vm_id": "vm-1",
-                   "occurred_at": "2026-11-27T05:00:01Z"},
-    "vm.booted": {"event_id": "host-1:vm-1:0003", "type": "vm.booted", "vm_id": "vm-1",
-                  "occurred_at": "2026-11-27T05:00:30Z"},
-    "vm.shutdown": {"event_id": "host-1:vm-2:0004", "type": "vm.shutdown", "vm_id": "vm-2"},
-    "app.started": {"event_id": "host-1:vm-4:0005", "type": "app.started", "vm_id": "vm-4", "app": "A1"},
-    "app.stopped": {"event_id": "host-1:vm-4:0006", "type": "app.stopped", "vm_id": "vm-4", "app": "A1"},
-    "license.check": {"event_id": "host-1:vm-3:0007", "type": "license.check", "vm_id": "vm-3", "app": "L1"},
-    "license.verified": {"event_id": "host-1:vm-3:0008", "type": "license.verified", "vm_id": "vm-3",
-                         "app": "L1"},
-    "volume.attach_request": {"event_id": "host-1:vm-1:0009", "type": "volume.attach_request", "vm_id": "vm-1",
-                              "volume_id": "vvol-6", "password": "s3cret"},
-    "volume.detach_request": {"event_id": "host-1:vm-1:0010", "type": "volume.detach_request", "vm_id": "vm-1",
-                              "volume_id": "vvol-6"},
-    "vm.migrate.start": {"event_id": "host-1:vm-2:0011", "type": "vm.migrate.start", "vm_id": "vm-2",
-                         "destination_host": "host-2"},
-    "vm.migrate.complete": {"event_id": "host-2:vm-2:0001", "type": "vm.migrate.complete", "vm_id": "vm-2",
-                            "source_host": "host-1"},
-    "guest.inventory": {"event_id": "host-1:vm-1:0012", "type": "guest.inventory", "vm_id": "vm-1",
-                        "apps": [{"name": "BitLocker", "type": "disk_encryption", "key_bits": 256},
-                                 {"name": "LUKS", "type": "disk_encryption", "key_bits": 512},
-                                 {"name": "ClamAV", "type": "antivirus", "key_bits": 1}]},
-}
 
 # Every error POST /v1/events answers (docs/webhook-api.md), in the contract's order, with when it happens.
 WEBHOOK_ERRORS: list[tuple[type[errors.VvgError], str]] = [
@@ -115,8 +68,8 @@ STATUS_NAMES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "
                 413: "PayloadTooLarge", 503: "ProviderUnavailable"}
 
 # The answer's vocabulary (docs/webhook-api.md).
-ACTIONS = ["create", "attach", "detach", "grant", "revoke", "select"]
-OUTCOMES = ["done", "skipped", "denied", "failed"]
+ACTIONS = [a.value for a in Action]
+OUTCOMES = ANSWERED_OUTCOMES
 UTC_SECOND = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$"
 
 
@@ -136,15 +89,15 @@ def _field(name: str) -> dict[str, Any]:
 
 def event_schema(etype: str) -> dict[str, Any]:
     """One event type's body: exactly the fields parse_event allows for it."""
-    required, optional = ev.TYPES[etype]
+    spec = REGISTRY[etype]
+    required, optional = spec.required, spec.optional
     props: dict[str, Any] = {}
     for name in ev.COMMON + required + ev.OPTIONAL_COMMON + optional:
         props[name] = _field(name)
     props["type"] = {"type": "string", "const": etype, "description": FIELD_DOCS["type"]}
-    example = EXAMPLES[etype]
-    return {"title": etype, "description": TYPE_DOCS[etype], "type": "object",
+    return {"title": etype, "description": spec.doc, "type": "object",
             "required": list(ev.COMMON + required), "additionalProperties": False,
-            "properties": props, "examples": [example]}
+            "properties": props, "examples": [spec.example]}
 
 
 def error_schema(status: int, classes: list[type[errors.VvgError]]) -> dict[str, Any]:
@@ -169,7 +122,8 @@ def answer_schemas() -> dict[str, Any]:
             "volume_id": _plain("volume_id", "The volume decided about."),
             "action": {"type": "string", "enum": ACTIONS,
                        "description": "What was decided; `select` carries `software`, and so does a `done` "
-                                      "`attach` of a volume with `min_key_bits` after an inventory."},
+                                      "`attach` of a volume with `min_key_bits` after an inventory; `renew` "
+                                      "(vm.heartbeat) carries the new `lease_expires_at`."},
             "outcome": {"type": "string", "enum": OUTCOMES,
                         "description": "`done`; `skipped` (already in that state, or `stale`); `denied` (with the "
                                        "reason: `bad_password`, `locked`, `not_authorized_app` ...); `failed` "
@@ -220,12 +174,12 @@ def _version() -> str:
 
 def build() -> dict[str, Any]:
     """The whole document."""
-    missing = set(ev.TYPES) ^ set(TYPE_DOCS) | set(ev.TYPES) ^ set(EXAMPLES) | set(ev.FIELD_SCHEMAS) ^ set(FIELD_DOCS)
+    missing = set(ev.FIELD_SCHEMAS) ^ set(FIELD_DOCS)
     if missing:
-        raise SystemExit(f"infra/openapi.py: document these event types/fields too: {sorted(missing)}")
+        raise SystemExit(f"infra/openapi.py: document these event fields too: {sorted(missing)}")
     schemas: dict[str, Any] = {}
     mapping: dict[str, str] = {}
-    for etype in ev.TYPES:
+    for etype in REGISTRY:
         name = schema_name(etype)
         schemas[name] = event_schema(etype)
         mapping[etype] = f"#/components/schemas/{name}"
@@ -251,7 +205,7 @@ def build() -> dict[str, Any]:
                 "schema": {"$ref": f"#/components/schemas/{name}Error"},
                 "examples": {c.code: {"value": c().body()} for c, _ in items}}}}
         event_responses[str(status)] = {"$ref": f"#/components/responses/{name}"}
-    request_examples = {t: {"summary": t, "value": EXAMPLES[t]} for t in ev.TYPES}
+    request_examples = {t: {"summary": t, "value": spec.example} for t, spec in REGISTRY.items()}
     return {
         "openapi": "3.1.0",
         "info": {

@@ -32,6 +32,7 @@ TYPE_FIELDS: dict[str, dict[str, object]] = {
     "vm.migrate.start": {"destination_host": "host-2"},
     "vm.migrate.complete": {"source_host": "host-1"},
     "guest.inventory": {"apps": []},
+    "vm.heartbeat": {},
 }
 TYPES = list(TYPE_FIELDS)
 # type -> optional fields beyond occurred_at

@@ -40,7 +40,7 @@ CONTRACT_ERRORS = {
 }
 CONTRACT_TYPES = {"vm.created", "vm.preboot", "vm.booted", "vm.shutdown", "app.started", "app.stopped",
                   "license.check", "license.verified", "volume.attach_request", "volume.detach_request",
-                  "vm.migrate.start", "vm.migrate.complete", "guest.inventory"}
+                  "vm.migrate.start", "vm.migrate.complete", "guest.inventory", "vm.heartbeat"}
 
 
 # ---------------------------------------------------------------------------------------------- the document

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from vvolguard.adapters import aws
 from vvolguard.adapters.audit import HEAD_SK
 from vvolguard.adapters.models import (
     ChainHead,
@@ -34,7 +35,7 @@ from vvolguard.adapters.tx import Tx
 from vvolguard.domain.constants import Action, Outcome
 from vvolguard.domain.engine import BUSY_SECONDS, Decision, VolumeView
 from vvolguard.domain.events import Event
-from vvolguard.domain.fingerprint import same_body
+from vvolguard.domain.fingerprint import body_key, body_mac, password_tag, same_body
 from vvolguard.errors import EventConflict, EventInProgress
 from vvolguard.services.auth import AuthenticatedHost
 from vvolguard.settings import Settings
@@ -90,6 +91,11 @@ class BodyPrint:
     mac: str
     tag: str | None
     raw: bytes = field(repr=False)
+
+    @classmethod
+    def of(cls, settings: Settings, raw: bytes, doc: dict[str, Any]) -> BodyPrint:
+        key = body_key(aws.audit_key(settings.region, settings.audit_key_secret_id))
+        return cls(body_mac(key, raw, doc), password_tag(raw) if "password" in doc else None, raw)
 
 
 @dataclass(frozen=True)
@@ -243,8 +249,8 @@ class VolumeStateStore:
                       condition=PolicyItem.busy_event == ctx.key, label="claim")
 
     def migration(self, tx: Tx, ctx: EventContext, decisions: list[Decision], finished: set[str]) -> None:
-        """The table side of a migration, in the same transaction as its audit records: a grant for the
-        destination, or (completed) the grant's removal and the VM's volumes handed to the destination."""
+        """The table side of a migration (other types: none), in the same transaction as its audit records: a
+        grant for the destination, or (completed) the grant's removal and the VM's volumes handed over."""
         event, host = ctx.event, ctx.host
         if event.type == "vm.migrate.start":
             expires = ctx.now + timedelta(seconds=self.settings.migration_grant_seconds)

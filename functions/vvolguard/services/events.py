@@ -3,10 +3,9 @@
 A warm event costs three DynamoDB round trips: one Query of the VM's partition (policies, their state and the
 audit chain head), one transaction that claims the event and the volumes it will change (so duplicates and
 races lose there, before any provider call), and one transaction that records the outcome, the audit records
-and the event's answer. Events that need no provider call (a heartbeat's renewals, a selection, a denial)
-take two. What each event type means is its entry in ``domain/registry.py``; the writes belong to the stores
-in ``services/event_stores.py`` (one shared transaction per step); the provider work to the executors in
-``services/executors.py``.
+and the answer. Events needing no provider call (a heartbeat's renewals, a denial) take two. Each event type is
+an entry of ``domain/registry.py``; writes belong to ``services/event_stores.py`` (one shared transaction per
+step), provider work to ``services/executors.py``.
 """
 from __future__ import annotations
 
@@ -16,17 +15,15 @@ from typing import Any
 
 from pynamodb.exceptions import TransactWriteError
 
-from vvolguard.adapters import aws
-from vvolguard.adapters.audit import AuditLog, AuditRecord
+from vvolguard.adapters.audit import AuditLog
 from vvolguard.adapters.provider import EbsProvider, HostIdentity, StorageProvider
-from vvolguard.domain.constants import ID_RE, rfc3339
+from vvolguard.domain.constants import ID_RE
 from vvolguard.domain.engine import Decision, decide, refuse_attaches
 from vvolguard.domain.events import MAX_BODY, Event, loads, parse_doc
-from vvolguard.domain.fingerprint import body_key, body_mac, password_tag
 from vvolguard.domain.registry import Scope, entry
 from vvolguard.errors import AuthError, EventInProgress, PayloadTooLarge, ProviderUnavailable, UnknownHost, VvgError
-from vvolguard.services.alerts import raise_alert
 from vvolguard.services.auth import AuthenticatedHost, HostAuthenticator
+from vvolguard.services.event_records import answer_of, raise_alerts, records_of
 from vvolguard.services.event_refusals import Refusals, backoff
 from vvolguard.services.event_stores import (BodyPrint, EventContext, HostGuard, IdempotencyStore, Partition,
                                              VolumeStateStore, decision_state, new_tx, view_of)
@@ -68,7 +65,7 @@ class EventService:
             doc = loads(body)
             event = parse_doc(doc, now)
             try:
-                return self._process(host, event, self._print(body, doc), now)
+                return self._process(host, event, BodyPrint.of(self.settings, body, doc), now)
             except _HostChanged:
                 raise self.auth.recheck(host_id, ts, sig, body) or UnknownHost("the host changed; retry") from None
         except VvgError as exc:
@@ -81,10 +78,6 @@ class EventService:
                 else:
                     self.refusals.audit_refusal(host.host_id, event, exc)
             raise exc from None
-
-    def _print(self, raw: bytes, doc: dict[str, Any]) -> BodyPrint:
-        key = body_key(aws.audit_key(self.settings.region, self.settings.audit_key_secret_id))
-        return BodyPrint(body_mac(key, raw, doc), password_tag(raw) if "password" in doc else None, raw)
 
     def read_partition(self, vm_id: str) -> Partition:
         return self.state.read(vm_id)
@@ -110,18 +103,18 @@ class EventService:
                 decisions = refuse_attaches(decisions)
             try:
                 if not any(d.needs_provider for d in decisions):
-                    answer = _answer(event, decisions)
+                    answer = answer_of(event, decisions)
                     if self._claim(ctx, decisions, answer):
-                        self._alerts(ctx, decisions, ctx.part.head)
+                        raise_alerts(self.settings, ctx, decisions, ctx.part.head)
                         return answer
                     continue
                 if not self._claim(ctx, decisions):
                     continue
             except _Duplicate as dup:
-                return dup.answer
+                return dup.args[0]
             jobs = self._act(ctx, decisions)
-            answer = _answer(event, decisions)
-            self._alerts(ctx, decisions, self._record(ctx, jobs, decisions, answer))
+            answer = answer_of(event, decisions)
+            raise_alerts(self.settings, ctx, decisions, self._record(ctx, jobs, decisions, answer))
             return answer
         raise EventInProgress("the VM's state is changing under concurrent events; retry with the same event_id")
 
@@ -139,12 +132,11 @@ class EventService:
                 self.hosts.check(tx, ctx.host, ctx.now)
                 self.state.claim(tx, ctx, decisions, updates)
                 if answer is not None:
-                    records = self._records(ctx, decisions, {})
+                    records = records_of(ctx, decisions, {})
                     if records:
                         items, new_head = self.audit.build(ctx.vm_pk, ctx.part.head, records)
                         self.audit.add_to(tx, ctx.part.head, items, new_head)
-                    if ctx.event.type.startswith("vm.migrate."):
-                        self.state.migration(tx, ctx, decisions, set())
+                    self.state.migration(tx, ctx, decisions, set())
         except TransactWriteError as exc:
             why = tx.cancellation(exc)
             if "host" in why.failed:  # first: a revoked host or an old secret never gets a stored answer
@@ -160,6 +152,7 @@ class EventService:
     def _act(self, ctx: EventContext, decisions: list[Decision]) -> dict[str, Job]:
         """The provider phase; after an outage, free what the event claimed and mark it failed, so it can be
         retried (with the same or another body: a refused request does not use up its id)."""
+        claimed = [d.volume_id for d in decisions if d.needs_provider]
         try:
             return carry_out(Run(self.provider, ctx, HostIdentity(ctx.host.host_id, ctx.host.cred_hash)), decisions)
         except ProviderUnavailable:
@@ -167,7 +160,7 @@ class EventService:
             try:
                 with tx:
                     self.idempotency.release(tx, ctx)
-                    self.state.release(tx, ctx, [d.volume_id for d in decisions if d.needs_provider])
+                    self.state.release(tx, ctx, claimed)
             except TransactWriteError:
                 log.exception("could not release event %s", ctx.key)
             raise
@@ -175,7 +168,7 @@ class EventService:
     def _record(self, ctx: EventContext, jobs: dict[str, Job], decisions: list[Decision],
                 answer: dict[str, Any]) -> tuple[int, str]:
         """The outcome, the records and the answer in one transaction; the chain head it appended after."""
-        records = self._records(ctx, decisions, jobs)
+        records = records_of(ctx, decisions, jobs)
         head = ctx.part.head
         for attempt in range(ATTEMPTS * 2):
             if attempt:
@@ -188,8 +181,7 @@ class EventService:
                     for job in jobs.values():
                         self.state.finish(tx, ctx, job.item, job.decision.outcome == "done", job.updates)
                     self.audit.add_to(tx, head, items, new_head)
-                    if ctx.event.type.startswith("vm.migrate."):
-                        self.state.migration(tx, ctx, decisions, set(jobs))
+                    self.state.migration(tx, ctx, decisions, set(jobs))
                 return head
             except TransactWriteError as exc:
                 if "claim" in tx.cancellation(exc).failed:
@@ -198,48 +190,10 @@ class EventService:
                 head = self.audit.head(ctx.vm_pk)
         raise EventInProgress("the VM's audit chain is busy; retry with the same event_id")
 
-    @staticmethod
-    def _records(ctx: EventContext, decisions: list[Decision], jobs: dict[str, Job]) -> list[AuditRecord]:
-        """One audit record per decision (docs/audit-export.md)."""
-        recs = []
-        for d in decisions:
-            detail = {}
-            if d.device and d.outcome == "done":
-                detail["device"] = d.device
-            if d.lease_expires_at and d.outcome == "done":
-                detail["lease_expires_at"] = rfc3339(d.lease_expires_at)
-            if d.software is not None:
-                detail["software"] = ",".join(d.software)
-            job = jobs.get(d.volume_id)
-            if job and job.updates.get("provider_volume_id"):
-                detail["created"] = job.updates["provider_volume_id"]
-            recs.append(AuditRecord(actor=f"host:{ctx.host.host_id}", action=d.action, outcome=d.outcome,
-                                    reason=d.reason, vm_id=ctx.event.vm_id, volume_id=d.volume_id,
-                                    host_id=ctx.host.host_id, event_id=ctx.event.event_id, event_type=ctx.event.type,
-                                    policy_version=d.policy_version, detail=detail))
-        return recs
-
-    def _alerts(self, ctx: EventContext, decisions: list[Decision], head: tuple[int, str]) -> None:
-        """After the event is recorded (docs/alerts.md): a volume it locked raises volume_locked, its audit
-        record being the decision's (one record per decision, appended after ``head``)."""
-        for i, d in enumerate(decisions):
-            if d.locked_until is not None:
-                raise_alert(self.settings, "volume_locked", vm_id=ctx.event.vm_id, volume_id=d.volume_id,
-                            host_id=ctx.host.host_id, ref=f"VM#{ctx.event.vm_id}/{head[0] + i + 1}", now=ctx.now,
-                            detail=f"{d.volume_id} locked until {rfc3339(d.locked_until)} after wrong passwords")
-
-
-def _answer(event: Event, decisions: list[Decision]) -> dict[str, Any]:
-    return {"event_id": event.event_id, "duplicate": False, "decisions": [d.answer() for d in decisions]}
-
 
 class _HostChanged(Exception):
     """The host was revoked or its secret rotated since it was authenticated from the cache."""
 
 
 class _Duplicate(Exception):
-    """Carries the stored answer of a repeated event."""
-
-    def __init__(self, answer: dict[str, Any]) -> None:
-        super().__init__("duplicate")
-        self.answer = answer
+    """Carries the stored answer of a repeated event (its only argument)."""

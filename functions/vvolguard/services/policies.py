@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal
 
 from vvolguard.adapters.tx import Tx
 
@@ -75,6 +76,37 @@ def _changes(old: PolicyItem, spec: PolicySpec) -> list[str]:
     return [f for f in POLICY_FIELDS if old_spec[f] != new[f]]
 
 
+@dataclass(frozen=True)
+class Op:
+    """One conditional write of a planned policy change, with the write that takes it back (``inverse``)."""
+
+    kind: Literal["save", "delete", "update"]
+    item: PolicyItem
+    condition: Any
+    actions: list | None = None
+    inverse: Op | None = None
+
+    @classmethod
+    def save(cls, item: PolicyItem, condition: Any, inverse: Op | None = None) -> Op:
+        return cls("save", item, condition, None, inverse)
+
+    @classmethod
+    def delete(cls, item: PolicyItem, condition: Any, inverse: Op | None = None) -> Op:
+        return cls("delete", item, condition, None, inverse)
+
+    @classmethod
+    def update(cls, item: PolicyItem, condition: Any, actions: list, inverse: Op | None = None) -> Op:
+        return cls("update", item, condition, actions, inverse)
+
+    def add_to(self, tx: Tx) -> None:
+        if self.kind == "save":
+            tx.save(self.item, condition=self.condition)
+        elif self.kind == "delete":
+            tx.delete(self.item, condition=self.condition)
+        else:
+            tx.update(self.item, actions=self.actions, condition=self.condition)
+
+
 class PolicyService:
     """Reads and writes of the policy table; every change is audited in the same transaction."""
 
@@ -118,11 +150,11 @@ class PolicyService:
     # ---- writes
 
     def _plan(self, spec: PolicySpec, actor: str, existing: PolicyItem | None,
-              expected_version: int | None = None) -> tuple[str, list, list[AuditRecord]]:
+              expected_version: int | None = None) -> tuple[str, list[Op], list[AuditRecord]]:
         """(outcome, write ops, audit records) for one spec; raises before anything is written.
 
-        Each op carries its inverse as a fifth element, so an apply split over several transactions
-        can be undone if a later one fails."""
+        Each op carries its inverse (:class:`Op`), so an apply split over several transactions can be undone
+        if a later one fails."""
         now = datetime.now(timezone.utc)
         if expected_version is not None:
             have = int(existing.policy_version) if existing else 0
@@ -146,8 +178,8 @@ class PolicyService:
             rec = AuditRecord(actor=actor, action="policy_create", outcome="done", vm_id=spec.vm_id,
                               volume_id=spec.volume_id, policy_version=1, reason="created",
                               detail={"fields": ",".join(POLICY_FIELDS), "password": "set" if password_hash else "none"})
-            undo = ("delete", item, PolicyItem.policy_version == 1)
-            return "created", [("save", item, PolicyItem.pk.does_not_exist(), None, undo)], [rec]
+            undo = Op.delete(item, PolicyItem.policy_version == 1)
+            return "created", [Op.save(item, PolicyItem.pk.does_not_exist(), inverse=undo)], [rec]
         changed = _changes(existing, spec)
         if not changed and not pw_changed:
             return "unchanged", [], []
@@ -162,8 +194,9 @@ class PolicyService:
             item = PolicyItem(pk=vm_pk(spec.vm_id), sk=policy_sk(spec.volume_id), volume_id=spec.volume_id,
                               policy_version=version, updated_at=now, updated_by=actor, password_hash=password_hash,
                               provider_volume_id=existing.provider_volume_id, **_field_values(spec))
-            ops = [("delete", existing, cond, None, ("save", existing, PolicyItem.pk.does_not_exist())),
-                   ("save", item, PolicyItem.pk.does_not_exist(), None, ("delete", item, PolicyItem.policy_version == version))]
+            ops = [Op.delete(existing, cond, inverse=Op.save(existing, PolicyItem.pk.does_not_exist())),
+                   Op.save(item, PolicyItem.pk.does_not_exist(),
+                           inverse=Op.delete(item, PolicyItem.policy_version == version))]
             recs = [
                 AuditRecord(actor=actor, action="policy_update", outcome="done", vm_id=existing.vm_id,
                             volume_id=spec.volume_id, policy_version=version, reason=f"moved to {spec.vm_id}", detail=detail),
@@ -186,27 +219,22 @@ class PolicyService:
         if pw_changed:
             restore.append(PolicyItem.password_hash.set(existing.password_hash) if existing.password_hash
                            else PolicyItem.password_hash.remove())
-        undo = ("update", existing, PolicyItem.policy_version == version, restore)
-        return "updated", [("update", existing, cond, actions, undo)], [rec]
+        undo = Op.update(existing, PolicyItem.policy_version == version, restore)
+        return "updated", [Op.update(existing, cond, actions, inverse=undo)], [rec]
 
-    def _write(self, ops: list, recs: list[AuditRecord]) -> None:
+    def _write(self, ops: list[Op], recs: list[AuditRecord]) -> None:
         """One transaction: ``ops`` (conditional) and their audit records."""
         def extra(tx: Tx) -> None:
             for op in ops:
-                if op[0] == "save":
-                    tx.save(op[1], condition=op[2])
-                elif op[0] == "delete":
-                    tx.delete(op[1], condition=op[2])
-                else:
-                    tx.update(op[1], actions=op[3], condition=op[2])
+                op.add_to(tx)
 
         self.audit.append(recs, extra=extra)
 
-    def _commit(self, batches: list[tuple[list, list[AuditRecord]]]) -> None:
+    def _commit(self, batches: list[tuple[list[Op], list[AuditRecord]]]) -> None:
         """Write planned changes in as few transactions as DynamoDB's item limit allows; if a later
         transaction fails, the earlier ones are undone (and that is audited), so apply stays all or nothing."""
-        chunks: list[tuple[list, list[AuditRecord]]] = []
-        ops: list = []
+        chunks: list[tuple[list[Op], list[AuditRecord]]] = []
+        ops: list[Op] = []
         recs: list[AuditRecord] = []
         for b_ops, b_recs in batches:
             chains = {r.vm_id for r in recs} | {r.vm_id for r in b_recs}
@@ -217,7 +245,7 @@ class PolicyService:
             recs = recs + list(b_recs)
         if ops:
             chunks.append((ops, recs))
-        done: list[tuple[list, list[AuditRecord]]] = []
+        done: list[tuple[list[Op], list[AuditRecord]]] = []
         for c_ops, c_recs in chunks:
             try:
                 self._write(c_ops, c_recs)
@@ -230,9 +258,9 @@ class PolicyService:
                 raise
             done.append((c_ops, c_recs))
 
-    def _undo(self, done: list[tuple[list, list[AuditRecord]]]) -> None:
+    def _undo(self, done: list[tuple[list[Op], list[AuditRecord]]]) -> None:
         for c_ops, c_recs in reversed(done):
-            undo_ops = [op[4] for op in reversed(c_ops) if len(op) > 4 and op[4] is not None]
+            undo_ops = [op.inverse for op in reversed(c_ops) if op.inverse is not None]
             undo_recs = [AuditRecord(actor=r.actor, action=r.action.replace("policy_", "policy_undo_"), outcome="done",
                                      vm_id=r.vm_id, volume_id=r.volume_id, policy_version=r.policy_version,
                                      reason="apply failed later; change undone") for r in c_recs]
@@ -304,5 +332,5 @@ class PolicyService:
                                     policy_version=int(item.policy_version), reason="policy deleted"))
         recs.append(AuditRecord(actor=actor, action="policy_delete", outcome="done", vm_id=item.vm_id, volume_id=volume_id,
                                 policy_version=int(item.policy_version), reason="deleted"))
-        self._write([("delete", item, PolicyItem.policy_version == item.policy_version)], recs)
+        self._write([Op.delete(item, PolicyItem.policy_version == item.policy_version)], recs)
         return {"volume_id": volume_id, "deleted": True, "detached": detached}
