@@ -119,7 +119,7 @@ def test_every_response_is_documented_with_the_contracts_codes():
         by_status.setdefault(status, set()).add(code)
     assert by_status == CONTRACT_ERRORS
     decision = DOC.doc["components"]["schemas"]["Decision"]
-    assert set(decision["properties"]["action"]["enum"]) == {"create", "attach", "detach", "grant", "revoke", "select"}
+    assert set(decision["properties"]["action"]["enum"]) == {"create", "attach", "detach", "grant", "revoke", "select", "renew"}
     assert set(decision["properties"]["outcome"]["enum"]) == {"done", "skipped", "denied", "failed"}
     assert set(decision["required"]) == {"volume_id", "action", "outcome", "reason"}
     assert {"device", "lease_expires_at", "software"} <= set(decision["properties"])
@@ -132,14 +132,15 @@ def test_the_generator_lists_every_error_the_event_path_can_raise():
     import inspect
 
     from vvolguard import errors
-    from vvolguard.domain import events as domain_events
-    from vvolguard.services import auth, events as service_events
+    from vvolguard.domain import events as domain_events, registry
+    from vvolguard.services import auth, event_refusals, event_stores, events as service_events, executors
 
     from vvolguard.adapters.provider import ProviderRefused
 
     bases = {errors.VvgError, errors.AuthError, errors.InvalidInput, errors.Conflict}
     bases.add(ProviderRefused)  # never answered as an error: the service turns it into a `failed` decision
-    raised = {obj for mod in (domain_events, auth, service_events) for obj in vars(mod).values()
+    path = (domain_events, registry, auth, service_events, event_stores, event_refusals, executors)
+    raised = {obj for mod in path for obj in vars(mod).values()
               if inspect.isclass(obj) and issubclass(obj, errors.VvgError) and obj not in bases}
     assert raised == {cls for cls, _ in openapi.WEBHOOK_ERRORS}
 
