@@ -291,6 +291,21 @@ class Fleet:
         self.raw_ec2.detach_volume(VolumeId=self.floor_vol, InstanceId=self.floor_inst)
         return dt
 
+    def heartbeats(self, vms: list[int], n: int) -> dict:
+        """vm.heartbeat of VMs whose preboot volume stays attached until shutdown (attached since the storm),
+        counted the way a warm preboot's calls are (docs/webhook-api.md: at most 2 DynamoDB, no provider call)."""
+        held = [i for i in vms if PATTERNS[i % len(PATTERNS)]["attach_on"] == "preboot"
+                and PATTERNS[i % len(PATTERNS)]["detach_on"] != "postboot"]
+        ddb_each: list[int] = []
+        prov_each: list[int] = []
+        for k in range(n):
+            vm, host = self.vm(held[k % len(held)])
+            _, c, body = self.send("vm.heartbeat", vm, host, f"hb-{self.args.tag}-{k}")
+            assert [(d["action"], d["outcome"]) for d in body["decisions"]] == [("renew", "done")], body
+            ddb_each.append(c["dynamodb"])
+            prov_each.append(c["ec2"] + c["sts"])
+        return {"ddb_calls_per_event": max(ddb_each), "provider_calls_per_event": max(prov_each)}
+
     def warm(self, vms: list[int], pairs: int, with_floor: bool, pick=None) -> dict:
         """Warm single-volume preboots (volume exists, sessions cached), alternating with the floor; ``pick(k)``
         chooses the (vm, host) of the k-th instead (the key hosts' VMs)."""
@@ -359,6 +374,10 @@ def main() -> int:
               f"(ratio {warm['floor_ratio']:.2f}); at most {warm['ddb_calls_per_event']} DynamoDB round trips and "
               f"{warm['provider_calls_per_event']} provider calls per event (mean {warm['ddb_calls_mean']:.2f} and "
               f"{warm['provider_calls_mean']:.2f})", flush=True)
+        # 3a. Heartbeats of the VMs whose volume the storm left attached (detach_on: shutdown).
+        beat = fleet.heartbeats(list(range(args.vms)), max(5, args.pairs // 10))
+        print(f"[heartbeat]     at most {beat['ddb_calls_per_event']} DynamoDB round trips and "
+              f"{beat['provider_calls_per_event']} provider calls per vm.heartbeat", flush=True)
         # 3b. The same for Ed25519 key hosts, alternating with the same floor.
         kv = fleet.add_key_vms(args.key_vms)
         args.tag = "warm-ed25519"
@@ -396,7 +415,8 @@ def main() -> int:
         "floor_p50_ms": round(warm["floor_p50_ms"], 2), "storm_ddb_calls_per_event": round(storm["ddb_calls_per_event"], 2),
         "storm_provider_calls_per_event": round(storm["provider_calls_per_event"], 2),
         f"p50_ms_{args.small}_policies": round(small["p50_ms"], 2), f"p50_ms_{args.big}_policies": round(big["p50_ms"], 2),
-        "policies_p50_ratio": round(ratio, 3), "retried_503": fleet.retries, "policies_floor_normalized_ratio": round(normalized, 3),
+        "policies_p50_ratio": round(ratio, 3), "retried_503": fleet.retries,
+        "heartbeat_ddb_calls": beat["ddb_calls_per_event"], "heartbeat_provider_calls": beat["provider_calls_per_event"], "policies_floor_normalized_ratio": round(normalized, 3),
         **keyprov,
     }))
     return 0
