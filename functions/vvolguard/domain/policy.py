@@ -2,23 +2,21 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
+from vvolguard.domain.constants import DEFAULT_LEASE_S, ID_RE, KEY_BITS, PASSWORD_LEN
 from vvolguard.errors import PolicyValidationError
-
-ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 ATTACH_ON = ("preboot", "app_start", "license_check", "request")
 DETACH_ON = ("postboot", "shutdown", "app_stop", "license_verified", "request")
 APP_TRIGGERS = {"app_start", "app_stop", "license_check", "license_verified"}
 MAX_SIZE_MB = 1048576
 MAX_LEASE = 86400
-DEFAULT_LEASE = 900
-MAX_PASSWORD_LEN = 256
-MAX_KEY_BITS = 65536
+DEFAULT_LEASE = DEFAULT_LEASE_S
+MAX_PASSWORD_LEN = PASSWORD_LEN[1]
+MAX_KEY_BITS = KEY_BITS[1]
 MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_VOLUMES = 10000
 

@@ -13,11 +13,11 @@ from vvolguard.adapters.tx import Tx
 
 from vvolguard.adapters.audit import AuditLog, AuditRecord
 from vvolguard.adapters.models import UserItem
+from vvolguard.domain.constants import ROLES  # noqa: F401 (re-exported for the dashboard)
 from vvolguard.domain.secrets import check_password, hash_password
 from vvolguard.errors import AlreadyExists, ConcurrentModification, Conflict, InvalidInput, NotFound
 from vvolguard.settings import Settings
 
-ROLES = ("viewer", "editor", "admin")
 USERNAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 MIN_PASSWORD, MAX_PASSWORD = 8, 256
 # A real hash to check against when the user does not exist, so timing says nothing.
