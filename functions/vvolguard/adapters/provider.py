@@ -20,7 +20,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from vvolguard.adapters import aws
-from vvolguard.errors import ProviderRefused, ProviderUnavailable, VvgError  # noqa: F401 (ProviderRefused: re-exported)
+from vvolguard.errors import ProviderRefused, ProviderUnavailable  # ProviderRefused: errors.py, re-exported here
 from vvolguard.settings import Settings
 
 TAG_VOLUME = "vvg:volume-id"
