@@ -39,6 +39,7 @@ from vvolguard.domain.engine import BUSY_SECONDS, Decision, VolumeView, decide, 
 from vvolguard.domain.events import MAX_BODY, Event, loads, parse_doc
 from vvolguard.domain.fingerprint import body_key, body_mac, password_tag, same_body
 from vvolguard.domain.policy import ID_RE
+from vvolguard.domain.policy_diff import RESERVED_HOSTS
 from vvolguard.errors import (
     AuthError,
     EventConflict,
@@ -135,7 +136,21 @@ class EventService:
         self.provider: StorageProvider = provider or EbsProvider(settings)
         self._touched: dict[str, float] = {}
 
-    # ---- entry point
+    # ---- entry points
+
+    def handle_internal(self, host_id: str, doc: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
+        """An event vvolguard itself sends as the reserved host ``host_id`` (``aws-ec2``, for EC2 VMs:
+        docs/ec2-vms.md): the webhook's path after authentication (parse, authorize, claim, act, record), with
+        no signature and no host record. Never reachable from the webhook: a request naming a reserved host is
+        ``401 unknown_host`` (services/auth.py). Errors are the webhook's (a VvgError with its code)."""
+        from vvolguard.services.vms import internal_host
+
+        now = now or datetime.now(timezone.utc)
+        host = internal_host(self.settings, host_id)  # refuses any host that is not reserved
+        raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        if len(raw) > MAX_BODY:
+            raise PayloadTooLarge(f"the body is over {MAX_BODY} bytes")
+        return self._process(host, parse_doc(doc, now), self._print(raw, doc), now)
 
     def handle(self, headers: dict[str, str], body: bytes, now: datetime | None = None) -> dict[str, Any]:
         """The answer to one request, or a VvgError carrying the contract's status and code.
@@ -362,6 +377,8 @@ class EventService:
     def _host_check(self, tx: Tx, host: AuthenticatedHost, now: datetime) -> None:
         """The host is still active with the same secret; at most once a minute also its last_seen_at
         (a write on every event would make one host's concurrent events conflict on its item)."""
+        if host.host_id in RESERVED_HOSTS:  # vvolguard itself (handle_internal): no host record to check
+            return
         cond = (HostItem.status == "active") & (HostItem.secret_version == host.secret_version)
         if host.fingerprint:  # a key host: the very key it was verified with
             cond = cond & (HostItem.fingerprint == host.fingerprint)
