@@ -102,38 +102,44 @@ def test_vm_stop__stops_then_detaches_everything(ec2vm, vvg):
     assert attached_volume_ids() == {"vvol-e1", "vvol-e2"} and len(managed_volumes()) >= 3
 
 
-@pytest.mark.parametrize("vm_id, setup, message", [
-    ("vm-nope", None, "no policy names VM vm-nope"),
-    ("vm-1", None, "not an EC2 VM"),                       # the demo host's VM
-    ("vm-e1", "running", "is running; only a stopped instance"),
-    ("vm-e1", "no-instance", "no instance is tagged"),
-    ("vm-e1", "quarantined", "quarantined"),
+# Ordered so that each case's set-up leaves the next one's ground as it needs it (one fixture, one test).
+START_REFUSALS = [
     ("bad id!", None, "VM id must match"),
     ("x" * 65, None, "VM id must match"),
-])
-def test_vm_start__refused_in_one_line_and_nothing_changes(ec2vm, vvg, vm_id, setup, message):
-    if setup == "running":
-        ec2_client().start_instances(InstanceIds=[ec2vm["instance_id"]])
-    elif setup == "no-instance":
-        ec2_client().terminate_instances(InstanceIds=[ec2vm["instance_id"]])
-    elif setup == "quarantined":
-        assert vvg("vm", "quarantine", "vm-e1").code == 0
-    before, audit_before = _snapshot(), len(_audit(vvg, vm_id)) if vm_id == "vm-e1" else None
-    r = vvg("vm", "start", vm_id)
-    assert r.code != 0 and r.out == ""
-    assert message in r.err and len(r.err.strip().splitlines()) == 1, r
-    assert _snapshot() == before
-    if audit_before is not None:
-        assert len(_audit(vvg, vm_id)) == audit_before
+    ("vm-nope", None, "no policy names VM vm-nope"),
+    ("vm-1", None, "not an EC2 VM"),                       # the demo host's VM
+    ("vm-e1", "quarantined", "quarantined"),
+    ("vm-e1", "running", "is running; only a stopped instance"),
+    ("vm-e1", "no-instance", "no instance is tagged"),
+]
 
 
-@pytest.mark.parametrize("vm_id, message", [("vm-nope", "no policy names"), ("vm-2", "not an EC2 VM"),
-                                            ("../etc", "VM id must match")])
-def test_vm_stop__refused_in_one_line_and_nothing_changes(ec2vm, vvg, vm_id, message):
-    before = _snapshot()
-    r = vvg("vm", "stop", vm_id)
-    assert r.code != 0 and message in r.err and len(r.err.strip().splitlines()) == 1, r
-    assert _snapshot() == before
+def test_vm_start__refused_in_one_line_and_nothing_changes(ec2vm, vvg):
+    for vm_id, setup, message in START_REFUSALS:
+        if setup == "quarantined":
+            assert vvg("vm", "quarantine", "vm-e1").code == 0
+        elif setup == "running":
+            assert vvg("vm", "release", "vm-e1").code == 0
+            ec2_client().start_instances(InstanceIds=[ec2vm["instance_id"]])
+        elif setup == "no-instance":
+            ec2_client().terminate_instances(InstanceIds=[ec2vm["instance_id"]])
+        before, audit_before = _snapshot(), len(_audit(vvg, "vm-e1"))
+        r = vvg("vm", "start", vm_id)
+        assert r.code != 0 and r.out == "", (vm_id, r)
+        assert message in r.err and len(r.err.strip().splitlines()) == 1, (vm_id, r)
+        assert _snapshot() == before, vm_id
+        assert len(_audit(vvg, "vm-e1")) == audit_before, vm_id
+
+
+def test_vm_stop__refused_in_one_line_and_nothing_changes(ec2vm, vvg):
+    for vm_id, message in (("vm-nope", "no policy names"), ("vm-2", "not an EC2 VM"), ("../etc", "VM id must match")):
+        before = _snapshot()
+        r = vvg("vm", "stop", vm_id)
+        assert r.code != 0 and message in r.err and len(r.err.strip().splitlines()) == 1, r
+        assert _snapshot() == before
+    ec2_client().terminate_instances(InstanceIds=[ec2vm["instance_id"]])
+    r = vvg("vm", "stop", "vm-e1")
+    assert r.code != 0 and "no instance is tagged" in r.err, r
 
 
 def test_vm_start__a_failed_attach_starts_nothing_and_leaves_nothing_attached(ec2vm, vvg):
@@ -249,7 +255,7 @@ def test_lifecycle__status_checks_not_passed_yet_sends_no_booted(ec2vm, vvg, lif
     assert attached_volume_ids() == {"vvol-e1", "vvol-e2"}
 
 
-@pytest.mark.parametrize("state", ["stopping", "stopped", "shutting-down", "terminated"])
+@pytest.mark.parametrize("state", ["stopped", "terminated"])
 def test_lifecycle__stop_or_terminate_sends_shutdown(ec2vm, vvg, lifecycle_handler, state):
     assert vvg("vm", "start", "vm-e1").code == 0
     at = datetime.now(timezone.utc)
@@ -274,7 +280,7 @@ def test_lifecycle__a_late_stop_notification_never_detaches_a_new_boot(ec2vm, vv
     assert "vvol-e2" in attached_volume_ids()
 
 
-@pytest.mark.parametrize("event, why", [
+MALFORMED = [
     ({}, "not_an_ec2_state_change"),
     ({"source": "aws.ec2", "detail-type": "EC2 Spot Instance Interruption Warning", "detail": {}}, "not_an_ec2_state_change"),
     ({"source": "evil", "detail-type": "EC2 Instance State-change Notification", "detail": {}}, "not_an_ec2_state_change"),
@@ -289,12 +295,15 @@ def test_lifecycle__a_late_stop_notification_never_detaches_a_new_boot(ec2vm, vv
       "detail": {"instance-id": "i-0123456789abcdef0", "state": "stopped"}}, "time_ahead"),
     ({"source": "aws.ec2", "detail-type": "EC2 Instance State-change Notification", "time": "2026-01-01T00:00:00Z",
       "detail": {"instance-id": "i-" + "a" * 5000, "state": "stopped"}}, "bad_instance_id"),
-])
-def test_lifecycle__malformed_or_foreign_notifications_are_dropped_and_change_nothing(ec2vm, vvg, lifecycle_handler,
-                                                                                     event, why):
+]
+
+
+def test_lifecycle__malformed_or_foreign_notifications_are_dropped_and_change_nothing(ec2vm, vvg, lifecycle_handler):
     assert vvg("vm", "start", "vm-e1").code == 0
     before = _snapshot()
-    assert lifecycle_handler(event, None) == {"ignored": why}
+    for event, why in MALFORMED:
+        assert lifecycle_handler(event, None) == {"ignored": why}, event
+    assert lifecycle_handler([1, 2], None) == {"ignored": "not_an_ec2_state_change"}
     assert _snapshot() == before
 
 

@@ -257,9 +257,10 @@ class VmService:
         state = inst.state
         if state in ("pending", "running"):
             state = self.ec2.stop(inst.instance_id)
-        deadline = time.monotonic() + wait_s
+        deadline, pause = time.monotonic() + wait_s, 0.2
         while state != "stopped" and time.monotonic() < deadline:
-            time.sleep(2)
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
             now_inst = self.ec2.get(inst.instance_id)
             state = now_inst.state if now_inst else "terminated"
         now = datetime.now(timezone.utc)
