@@ -28,6 +28,7 @@ FUNCTION_DEPS = ROOT / "functions" / "requirements.txt"
 # Variables the code reads that must never be set in AWS (each with the reason).
 LOCAL_ONLY = {
     "VVG_DASHBOARD_INSECURE_COOKIES": "session cookies without Secure, for plain http on loopback (make run)",
+    "VVG_EC2_POLL_SECONDS": "the local stack's poller of EC2 instance states; in AWS an EventBridge rule (docs/ec2-vms.md)",
 }
 # Variables read only by the `vvg` CLI on an operator's machine, never by a function.
 CLI_ONLY_MODULES = {"vvolguard.cli"}
@@ -139,16 +140,19 @@ def test_sam_transform__runs_offline_and_makes_the_expected_resources(transforme
     kinds: dict[str, list[str]] = {}
     for name, res in transformed["Resources"].items():
         kinds.setdefault(res["Type"], []).append(name)
-    assert sorted(kinds["AWS::Lambda::Function"]) == ["DashboardFunction", "EventsFunction", "HealthFunction",
-                                                     "ReconcileFunction"]
+    assert sorted(kinds["AWS::Lambda::Function"]) == ["DashboardFunction", "Ec2LifecycleFunction", "EventsFunction",
+                                                     "HealthFunction", "ReconcileFunction"]
     assert len(kinds["AWS::Lambda::LayerVersion"]) == 2
     assert len(kinds["AWS::ApiGatewayV2::Api"]) == 1 and len(kinds["AWS::ApiGatewayV2::Stage"]) == 1
-    rule = transformed["Resources"][kinds["AWS::Events::Rule"][0]]["Properties"]
-    assert rule["ScheduleExpression"] == "rate(1 minute)"
+    rules = [transformed["Resources"][r]["Properties"] for r in kinds["AWS::Events::Rule"]]
+    assert [r["ScheduleExpression"] for r in rules if "ScheduleExpression" in r] == ["rate(1 minute)"]
+    (ec2_rule,) = [r for r in rules if "EventPattern" in r]  # docs/ec2-vms.md
+    assert ec2_rule["EventPattern"]["detail-type"] == ["EC2 Instance State-change Notification"]
+    assert all(t["DeadLetterConfig"]["Arn"] for t in ec2_rule["Targets"])
     assert len(kinds["AWS::DynamoDB::Table"]) == 5
     # SAM made no role of its own: every function runs with the role written here.
-    assert sorted(kinds["AWS::IAM::Role"]) == ["DashboardRole", "EventsRole", "HealthRole", "ProviderRole",
-                                              "ReconcileRole"]
+    assert sorted(kinds["AWS::IAM::Role"]) == ["DashboardRole", "Ec2LifecycleRole", "EventsRole", "HealthRole",
+                                              "ProviderRole", "ReconcileRole"]
 
 
 def test_sam_transform__routes_webhook_and_dashboard_on_one_api(transformed):
@@ -259,7 +263,8 @@ def test_iam__every_action_is_a_real_one():
 
 
 def test_iam__resource_star_only_where_aws_requires_it(doc):
-    describe_only = {"ec2:DescribeVolumes", "ec2:DescribeInstances", "ec2:DescribeTags", "ec2:DescribeSnapshots"}
+    describe_only = {"ec2:DescribeVolumes", "ec2:DescribeInstances", "ec2:DescribeTags", "ec2:DescribeSnapshots",
+                     "ec2:DescribeInstanceStatus"}
     for name, path, st in statements(doc):
         if st.get("Effect") == "Deny":
             continue
@@ -294,7 +299,7 @@ def test_iam__functions_get_only_what_their_code_calls(doc):
     assert "kms:Decrypt" in granted("EventsRole")  # host secrets, to check signatures
     assert "kms:Encrypt" in granted("DashboardRole") and not {"ec2:DescribeVolumes"} & granted("DashboardRole")
     assert "ec2:DescribeVolumes" in granted("ReconcileRole")
-    for role in ("EventsRole", "ReconcileRole", "DashboardRole", "HealthRole"):
+    for role in ("EventsRole", "ReconcileRole", "DashboardRole", "HealthRole", "Ec2LifecycleRole"):
         assert not {a for a in granted(role) if a.startswith("ec2:")
                     and a not in ("ec2:DescribeVolumes", "ec2:DescribeSnapshots")}, role
         assert "iam:PassRole" not in granted(role)
