@@ -28,7 +28,7 @@ def _audit_actions(settings, vm_id="vm-e1"):
 def test_vm_page__editor_starts_and_stops_an_ec2_vm_and_sees_the_decisions(seeded_vms, ec2_page, client, login):
     login("editor")
     page = client.get("/vms/vm-e1").get_data(as_text=True)
-    assert "Start vm-e1" in page and "Stop vm-e1" in page and "Quarantine:" not in page
+    assert 'action="/vms/vm-e1/start"' in page and 'action="/vms/vm-e1/stop"' in page and "Quarantine:" not in page
     r = client.post("/vms/vm-e1/start", data={"csrf_token": csrf_token(client, "/vms/vm-e1")}, follow_redirects=True)
     page = r.get_data(as_text=True)
     assert r.status_code == 200 and "vm-e1 started" in page, page[:3000]
@@ -50,7 +50,7 @@ def test_vm_page__editor_starts_and_stops_an_ec2_vm_and_sees_the_decisions(seede
 def test_vm_page__viewer_sees_no_buttons_and_gets_403(seeded_vms, ec2_page, client, login):
     login("viewer")
     page = client.get("/vms/vm-e1").get_data(as_text=True)
-    assert "vvol-e1" in page and "Start vm-e1" not in page and "Stop vm-e1" not in page
+    assert "vvol-e1" in page and "Start instance" not in page and "Stop instance" not in page
     before, audit = _snapshot(), _audit_actions(seeded_vms.settings)
     token = csrf_token(client, "/vms/vm-e1")
     for action in ("start", "stop"):
@@ -75,7 +75,7 @@ def test_vm_page__hostile_requests_change_nothing(seeded_vms, ec2_page, app, cli
     r = client.post("/vms/vm-404/start", data={"csrf_token": token}, follow_redirects=True)
     assert "Not started: no policy names VM vm-404" in r.get_data(as_text=True)
     page = client.get("/vms/vm-1").get_data(as_text=True)
-    assert "Start vm-1" not in page  # the demo host's VM: no EC2 controls
+    assert "Start instance" not in page  # the demo host's VM: no EC2 controls
     r = client.post("/vms/vm-1/stop", data={"csrf_token": token}, follow_redirects=True)
     assert "Not stopped" in r.get_data(as_text=True) and "not an EC2 VM" in r.get_data(as_text=True)
     assert _snapshot() == before and _state(ec2_page) == "stopped"
