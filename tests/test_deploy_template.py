@@ -762,6 +762,8 @@ def needed(service: str, op: str, params: dict) -> list[tuple[str, str]]:
             return [("ec2:CreateTags", arn("volume", r)) for r in params["Resources"]]
         if op == "DeleteVolume":
             return [("ec2:DeleteVolume", arn("volume", params["VolumeId"]))]
+        if op in ("StartInstances", "StopInstances"):  # EC2 VMs (docs/ec2-vms.md)
+            return [(f"ec2:{op}", arn("instance", i)) for i in params["InstanceIds"]]
         if op == "DeleteSnapshot":
             return [("ec2:DeleteSnapshot", f"arn:aws:ec2:{REGION}::snapshot/{params['SnapshotId']}")]
         return [(f"ec2:{op}", "*")]
@@ -929,3 +931,40 @@ def test_iam_calls__the_operator_policy_covers_the_vvg_cli(webhook, calls, vvg, 
         "kms:Sign", "kms:Verify", "s3:PutObject", "s3:GetObject", "s3:ListObjectVersions",
         "ebs:StartSnapshot", "ebs:PutSnapshotBlock", "ebs:CompleteSnapshot", "ec2:CreateVolume", "ec2:DeleteSnapshot",
         "ec2:DeleteVolume", "kms:Decrypt", "kms:DescribeKey", "ec2:DescribeSnapshots"})
+
+
+def test_iam_calls__the_ec2_lifecycle_and_reconcile_roles_cover_ec2_vms(webhook, calls, vvg):
+    """docs/ec2-vms.md: `vvg vm start` (operator), a notification of the lifecycle function, the reconciler's
+    vm.booted and `vvg vm stop`, each checked against the role that makes it."""
+    from datetime import datetime, timezone
+
+    from tests.test_ec2_vms import EC2_POLICIES, _instance
+    from vvolguard.domain.policy import parse_policy_text
+    from vvolguard.handlers import ec2_lifecycle
+    from vvolguard.handlers import reconcile as reconcile_handler
+    from vvolguard.services.policies import PolicyService
+    from vvolguard.services.vms import notification
+
+    PolicyService(webhook.settings).apply(parse_policy_text(EC2_POLICIES), actor="cli")
+    iid = _instance("vm-e1")
+    with calls:
+        assert vvg("vm", "start", "vm-e1").code == 0
+    assert_granted(calls, "OperatorPolicy", {"ec2:StartInstances", "ec2:AttachVolume", "ec2:CreateVolume",
+                                             "dynamodb:TransactWriteItems", "ec2:DescribeInstances"})
+    calls.items.clear()
+    with calls:
+        summary = reconcile_handler.handler({"source": "aws.events"}, None)
+    assert summary["ec2_booted"] == 1, summary
+    assert_granted(calls, "ReconcileRole", {"ec2:DescribeInstanceStatus", "ec2:DetachVolume", "dynamodb:TransactWriteItems"})
+    calls.items.clear()
+    ec2_lifecycle.reset()
+    from tests.conftest import ec2_client
+
+    ec2_client().stop_instances(InstanceIds=[iid])
+    with calls:
+        out = ec2_lifecycle.handler(notification(iid, "stopped", datetime.now(timezone.utc)), None)
+    assert [s["type"] for s in out["sent"]] == ["vm.shutdown"], out
+    assert_granted(calls, "Ec2LifecycleRole", {"ec2:DescribeInstances", "ec2:DetachVolume", "dynamodb:Query",
+                                               "dynamodb:TransactWriteItems", "sts:AssumeRole",
+                                               "secretsmanager:GetSecretValue"})
+    ec2_lifecycle.reset()
