@@ -376,3 +376,29 @@ def test_poller__feeds_changes_and_running_instances_to_the_lifecycle_handler(ec
     ec2_client().stop_instances(InstanceIds=[ec2vm["instance_id"]])
     poller.poll()
     assert attached_volume_ids() == set()
+
+
+# ---- the reconciler and break-glass act for aws-ec2 too
+
+
+def test_reconcile__an_expired_lease_of_an_ec2_vm_is_detached_at_the_provider(ec2vm, vvg):
+    """Before: the reconciler found no enrolled aws-ec2, marked the volume detached and left it attached."""
+    from vvolguard.adapters.models import PolicyItem
+
+    assert vvg("vm", "start", "vm-e1").code == 0
+    item = PolicyItem.get("VM#vm-e1", "POLICY#vvol-e2")
+    past = datetime.now(timezone.utc) - timedelta(seconds=5)
+    from vvolguard.adapters.models import expiry_key
+
+    item.update(actions=[PolicyItem.lease_expires_at.set(past), PolicyItem.expiry_at.set(expiry_key(past))])
+    r = vvg("reconcile")
+    assert r.code == 0 and r.json()["expired_leases"] == 1, r
+    assert "vvol-e2" not in attached_volume_ids()
+    assert not PolicyItem.get("VM#vm-e1", "POLICY#vvol-e2").attached
+
+
+def test_quarantine__detaches_an_ec2_vms_volumes_at_the_provider(ec2vm, vvg):
+    assert vvg("vm", "start", "vm-e1").code == 0
+    r = vvg("vm", "quarantine", "vm-e1", "--reason", "test")
+    assert r.code == 0 and r.json()["detached"] == 2, r
+    assert attached_volume_ids() == set()

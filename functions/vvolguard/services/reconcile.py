@@ -66,9 +66,12 @@ class Reconciler:
         if not host_id:
             return None
         if host_id not in self._who:
+            from vvolguard.services.vms import reserved_identity
+
+            reserved = reserved_identity(self.settings, host_id)  # aws-ec2 (EC2 VMs): vvolguard itself
             try:
-                h = HostItem.get(host_id)
-                self._who[host_id] = HostIdentity(h.host_id, h.cred_hash)
+                h = reserved or HostItem.get(host_id)
+                self._who[host_id] = reserved or HostIdentity(h.host_id, h.cred_hash)
             except HostItem.DoesNotExist:
                 self._who[host_id] = None
         return self._who[host_id]

@@ -62,6 +62,15 @@ def internal_host(settings: Settings, host_id: str) -> AuthenticatedHost:
     return AuthenticatedHost(host_id=host_id, secret_version=0, cred_hash=cred)
 
 
+def reserved_identity(settings: Settings, host_id: str) -> HostIdentity | None:
+    """The provider identity of a reserved host (vvolguard acting as ``aws-ec2``), or None for any other
+    host: the reconciler and quarantine act for EC2 VMs' volumes with it."""
+    if host_id not in RESERVED_HOSTS:
+        return None
+    host = internal_host(settings, host_id)
+    return HostIdentity(host.host_id, host.cred_hash)
+
+
 def validate_vm(vm_id: Any) -> str:
     if not isinstance(vm_id, str) or not ID_RE.match(vm_id):
         raise InvalidInput("VM id must match [A-Za-z0-9._-]{1,64}")
