@@ -1,5 +1,5 @@
 """/vms/<vm_id>: one VM's policies and attachments, its quarantine and its recent audit; admins quarantine
-and release it there (break-glass, docs/break-glass.md)."""
+and release it there (break-glass, docs/break-glass.md); editors start and stop an EC2 VM (docs/ec2-vms.md)."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -13,6 +13,7 @@ from vvolguard.errors import VvgError
 from vvolguard.services.keys import key_states
 from vvolguard.services.policies import PolicyService
 from vvolguard.services.quarantine import MAX_REASON, QuarantineService
+from vvolguard.services.vms import is_ec2_vm
 
 bp = Blueprint("vms", __name__)
 
@@ -43,7 +44,8 @@ def vm_page(vm_id: str):
     audit = list(AuditLog(settings).list(vm_id=vm_id, limit=20))
     keyvols = key_states(p.volume_id for p in policies)  # one BatchGet (docs/key-volume.md), never key bytes
     return render_template("vms/page.html", vm_id=vm_id, policies=policies, quarantine=quarantine, audit=audit,
-                           keyvols=keyvols, now=datetime.now(timezone.utc), max_reason=MAX_REASON)
+                           keyvols=keyvols, now=datetime.now(timezone.utc), max_reason=MAX_REASON,
+                           ec2_vm=is_ec2_vm(policies))
 
 
 @bp.post("/vms/<vm_id>/quarantine")
@@ -72,4 +74,43 @@ def release(vm_id: str):
         flash(f"Not released: {exc.message}", "error")
         return redirect(url_for("vms.vm_page", vm_id=vm_id))
     flash(f"{vm_id} is released: its policies decide its attaches again.", "ok")
+    return redirect(url_for("vms.vm_page", vm_id=vm_id))
+
+
+def _decisions(out: dict) -> str:
+    """The decisions of a start or stop, one short clause each (volume, action, outcome, reason)."""
+    parts = [f"{d['volume_id']} {d['action']} {d['outcome']}" + (f" ({d['reason']})" if d.get("reason") else "")
+             for d in out.get("decisions", []) if d.get("outcome") != "skipped"]
+    return "; ".join(parts) if parts else "no volume changed"
+
+
+@bp.post("/vms/<vm_id>/start")
+@role_required("editor")
+def start(vm_id: str):
+    """EC2 VM: create its missing volumes, attach the preboot ones to the stopped instance, start it."""
+    from vvolguard.services.vms import VmService
+
+    _vm(vm_id)
+    try:
+        out = VmService(current_app.config["VVG_SETTINGS"]).start(vm_id, actor=actor())
+    except VvgError as exc:
+        flash(f"Not started: {exc.message}", "error")
+        return redirect(url_for("vms.vm_page", vm_id=vm_id))
+    flash(f"{vm_id} started (instance {out['instance_id']} {out['instance_state']}): {_decisions(out)}.", "ok")
+    return redirect(url_for("vms.vm_page", vm_id=vm_id))
+
+
+@bp.post("/vms/<vm_id>/stop")
+@role_required("editor")
+def stop(vm_id: str):
+    """EC2 VM: stop the instance, then detach every volume still attached."""
+    from vvolguard.services.vms import VmService
+
+    _vm(vm_id)
+    try:
+        out = VmService(current_app.config["VVG_SETTINGS"]).stop(vm_id, actor=actor())
+    except VvgError as exc:
+        flash(f"Not stopped: {exc.message}", "error")
+        return redirect(url_for("vms.vm_page", vm_id=vm_id))
+    flash(f"{vm_id} stopped (instance {out['instance_id']} {out['instance_state']}): {_decisions(out)}.", "ok")
     return redirect(url_for("vms.vm_page", vm_id=vm_id))

@@ -148,6 +148,7 @@ class LocalStack:
             t = threading.Thread(target=self._reconcile_loop, args=(settings,), name="vvg-reconcile", daemon=True)
             t.start()
             self.threads.append(t)
+        self.ec2_poller = start_ec2_poller(settings, self._stopping)
 
     def _reconcile_loop(self, settings: Any) -> None:
         """The schedule of the template (every VVG_RECONCILE_SECONDS): a reconciler pass, which ends with the
@@ -232,6 +233,7 @@ class LocalStack:
 
     def stop(self) -> None:
         self._stopping.set()
+        stop_ec2_poller(getattr(self, "ec2_poller", None))
         self.remove_env_file()
         for srv in self.servers:
             try:
@@ -246,6 +248,36 @@ class LocalStack:
             except subprocess.TimeoutExpired:
                 self.moto.kill()
                 self.moto.wait()
+
+
+def start_ec2_poller(settings: Any, stopping: threading.Event) -> threading.Thread | None:
+    """The EC2 VMs' lifecycle in the local stack (docs/ec2-vms.md): every VVG_EC2_POLL_SECONDS (default 10,
+    0 off; independent of the reconciler) read the emulation's instance states and feed each change, as an
+    "EC2 Instance State-change Notification", to the same handler the EventBridge rule invokes in AWS."""
+    if not settings.ec2_poll_seconds:
+        return None
+
+    def loop() -> None:
+        from vvolguard.services.vms import Ec2Poller
+
+        poller = Ec2Poller(settings)
+        while not stopping.wait(settings.ec2_poll_seconds):
+            try:
+                poller.poll()
+            except Exception:  # the next poll tries again, as EventBridge would retry
+                log.exception("EC2 poll failed")
+
+    t = threading.Thread(target=loop, name="vvg-ec2-poller", daemon=True)
+    t.stopping = stopping  # type: ignore[attr-defined]
+    t.start()
+    return t
+
+
+def stop_ec2_poller(thread: threading.Thread | None) -> None:
+    """Stop the poller (its event is set by the stack's stop) and wait for a poll under way."""
+    if thread is not None:
+        thread.stopping.set()  # type: ignore[attr-defined]
+        thread.join(10)
 
 
 def main() -> int:

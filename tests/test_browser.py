@@ -159,6 +159,10 @@ def layout(stack, browser):
         "volume_id": LONG_VOLUME_ID, "vm_id": LONG_VM_ID, "host_id": "host-1", "storage_array": "S1", "size_mb": 1,
         "attach_on": "request", "detach_on": "request"}]}))
     assert r.code == 0, r
+    r = stack.vvg("policy", "apply", "-", stdin=json.dumps({"volumes": [{  # an EC2 VM: Start and Stop (docs/ec2-vms.md)
+        "volume_id": "vvol-ec2-layout", "vm_id": "vm-ec2-layout", "host_id": "aws-ec2", "storage_array": "S1",
+        "size_mb": 1, "attach_on": "request", "detach_on": "request"}]}))
+    assert r.code == 0, r
     pages = {}
     for width in WIDTHS:
         ctx = browser.new_context(viewport={"width": width, "height": 800})
@@ -212,6 +216,7 @@ PAGES = [
     ("users", "/users", "main table", None),
     ("alerts", "/alerts", "main h1", None),
     ("vm", "/vms/vm-1", "main table", None),
+    ("vm-ec2", "/vms/vm-ec2-layout", "form[action$='/start'] button", None),
     ("host-secret", "/hosts", "input#secret", _enroll),
     ("sign-out", "/logout", "main form", None),
     ("not-found", "/no-such-page", "main .card", None),

@@ -28,6 +28,7 @@ FUNCTION_DEPS = ROOT / "functions" / "requirements.txt"
 # Variables the code reads that must never be set in AWS (each with the reason).
 LOCAL_ONLY = {
     "VVG_DASHBOARD_INSECURE_COOKIES": "session cookies without Secure, for plain http on loopback (make run)",
+    "VVG_EC2_POLL_SECONDS": "the local stack's poller of EC2 instance states; in AWS an EventBridge rule (docs/ec2-vms.md)",
 }
 # Variables read only by the `vvg` CLI on an operator's machine, never by a function.
 CLI_ONLY_MODULES = {"vvolguard.cli"}
@@ -139,16 +140,19 @@ def test_sam_transform__runs_offline_and_makes_the_expected_resources(transforme
     kinds: dict[str, list[str]] = {}
     for name, res in transformed["Resources"].items():
         kinds.setdefault(res["Type"], []).append(name)
-    assert sorted(kinds["AWS::Lambda::Function"]) == ["DashboardFunction", "EventsFunction", "HealthFunction",
-                                                     "ReconcileFunction"]
+    assert sorted(kinds["AWS::Lambda::Function"]) == ["DashboardFunction", "Ec2LifecycleFunction", "EventsFunction",
+                                                     "HealthFunction", "ReconcileFunction"]
     assert len(kinds["AWS::Lambda::LayerVersion"]) == 2
     assert len(kinds["AWS::ApiGatewayV2::Api"]) == 1 and len(kinds["AWS::ApiGatewayV2::Stage"]) == 1
-    rule = transformed["Resources"][kinds["AWS::Events::Rule"][0]]["Properties"]
-    assert rule["ScheduleExpression"] == "rate(1 minute)"
+    rules = [transformed["Resources"][r]["Properties"] for r in kinds["AWS::Events::Rule"]]
+    assert [r["ScheduleExpression"] for r in rules if "ScheduleExpression" in r] == ["rate(1 minute)"]
+    (ec2_rule,) = [r for r in rules if "EventPattern" in r]  # docs/ec2-vms.md
+    assert ec2_rule["EventPattern"]["detail-type"] == ["EC2 Instance State-change Notification"]
+    assert all(t["DeadLetterConfig"]["Arn"] for t in ec2_rule["Targets"])
     assert len(kinds["AWS::DynamoDB::Table"]) == 5
     # SAM made no role of its own: every function runs with the role written here.
-    assert sorted(kinds["AWS::IAM::Role"]) == ["DashboardRole", "EventsRole", "HealthRole", "ProviderRole",
-                                              "ReconcileRole"]
+    assert sorted(kinds["AWS::IAM::Role"]) == ["DashboardRole", "Ec2LifecycleRole", "EventsRole", "HealthRole",
+                                              "ProviderRole", "ReconcileRole"]
 
 
 def test_sam_transform__routes_webhook_and_dashboard_on_one_api(transformed):
@@ -259,7 +263,8 @@ def test_iam__every_action_is_a_real_one():
 
 
 def test_iam__resource_star_only_where_aws_requires_it(doc):
-    describe_only = {"ec2:DescribeVolumes", "ec2:DescribeInstances", "ec2:DescribeTags", "ec2:DescribeSnapshots"}
+    describe_only = {"ec2:DescribeVolumes", "ec2:DescribeInstances", "ec2:DescribeTags", "ec2:DescribeSnapshots",
+                     "ec2:DescribeInstanceStatus"}
     for name, path, st in statements(doc):
         if st.get("Effect") == "Deny":
             continue
@@ -294,7 +299,7 @@ def test_iam__functions_get_only_what_their_code_calls(doc):
     assert "kms:Decrypt" in granted("EventsRole")  # host secrets, to check signatures
     assert "kms:Encrypt" in granted("DashboardRole") and not {"ec2:DescribeVolumes"} & granted("DashboardRole")
     assert "ec2:DescribeVolumes" in granted("ReconcileRole")
-    for role in ("EventsRole", "ReconcileRole", "DashboardRole", "HealthRole"):
+    for role in ("EventsRole", "ReconcileRole", "DashboardRole", "HealthRole", "Ec2LifecycleRole"):
         assert not {a for a in granted(role) if a.startswith("ec2:")
                     and a not in ("ec2:DescribeVolumes", "ec2:DescribeSnapshots")}, role
         assert "iam:PassRole" not in granted(role)
@@ -757,6 +762,8 @@ def needed(service: str, op: str, params: dict) -> list[tuple[str, str]]:
             return [("ec2:CreateTags", arn("volume", r)) for r in params["Resources"]]
         if op == "DeleteVolume":
             return [("ec2:DeleteVolume", arn("volume", params["VolumeId"]))]
+        if op in ("StartInstances", "StopInstances"):  # EC2 VMs (docs/ec2-vms.md)
+            return [(f"ec2:{op}", arn("instance", i)) for i in params["InstanceIds"]]
         if op == "DeleteSnapshot":
             return [("ec2:DeleteSnapshot", f"arn:aws:ec2:{REGION}::snapshot/{params['SnapshotId']}")]
         return [(f"ec2:{op}", "*")]
@@ -924,3 +931,40 @@ def test_iam_calls__the_operator_policy_covers_the_vvg_cli(webhook, calls, vvg, 
         "kms:Sign", "kms:Verify", "s3:PutObject", "s3:GetObject", "s3:ListObjectVersions",
         "ebs:StartSnapshot", "ebs:PutSnapshotBlock", "ebs:CompleteSnapshot", "ec2:CreateVolume", "ec2:DeleteSnapshot",
         "ec2:DeleteVolume", "kms:Decrypt", "kms:DescribeKey", "ec2:DescribeSnapshots"})
+
+
+def test_iam_calls__the_ec2_lifecycle_and_reconcile_roles_cover_ec2_vms(webhook, calls, vvg):
+    """docs/ec2-vms.md: `vvg vm start` (operator), a notification of the lifecycle function, the reconciler's
+    vm.booted and `vvg vm stop`, each checked against the role that makes it."""
+    from datetime import datetime, timezone
+
+    from tests.test_ec2_vms import EC2_POLICIES, _instance
+    from vvolguard.domain.policy import parse_policy_text
+    from vvolguard.handlers import ec2_lifecycle
+    from vvolguard.handlers import reconcile as reconcile_handler
+    from vvolguard.services.policies import PolicyService
+    from vvolguard.services.vms import notification
+
+    PolicyService(webhook.settings).apply(parse_policy_text(EC2_POLICIES), actor="cli")
+    iid = _instance("vm-e1")
+    with calls:
+        assert vvg("vm", "start", "vm-e1").code == 0
+    assert_granted(calls, "OperatorPolicy", {"ec2:StartInstances", "ec2:AttachVolume", "ec2:CreateVolume",
+                                             "dynamodb:TransactWriteItems", "ec2:DescribeInstances"})
+    calls.items.clear()
+    with calls:
+        summary = reconcile_handler.handler({"source": "aws.events"}, None)
+    assert summary["ec2_booted"] == 1, summary
+    assert_granted(calls, "ReconcileRole", {"ec2:DescribeInstanceStatus", "ec2:DetachVolume", "dynamodb:TransactWriteItems"})
+    calls.items.clear()
+    ec2_lifecycle.reset()
+    from tests.conftest import ec2_client
+
+    ec2_client().stop_instances(InstanceIds=[iid])
+    with calls:
+        out = ec2_lifecycle.handler(notification(iid, "stopped", datetime.now(timezone.utc)), None)
+    assert [s["type"] for s in out["sent"]] == ["vm.shutdown"], out
+    assert_granted(calls, "Ec2LifecycleRole", {"ec2:DescribeInstances", "ec2:DetachVolume", "dynamodb:Query",
+                                               "dynamodb:TransactWriteItems", "sts:AssumeRole",
+                                               "secretsmanager:GetSecretValue"})
+    ec2_lifecycle.reset()

@@ -141,10 +141,17 @@ def _read_key_file(name: str, option: str, private: bool = False) -> bytes:
 
 
 def cmd_vm(args: argparse.Namespace) -> int:
-    """Break-glass (docs/break-glass.md): quarantine / release a VM."""
+    """Break-glass (docs/break-glass.md): quarantine / release a VM; start / stop an EC2 VM (docs/ec2-vms.md)."""
     from vvolguard.services.quarantine import QuarantineService, validate_reason, validate_vm
 
     validate_vm(args.vm_id)
+    if args.action in ("start", "stop"):
+        from vvolguard.services.vms import VmService
+
+        settings = _services()
+        vms = VmService(settings, provider=_provider(settings))
+        _out(getattr(vms, args.action)(args.vm_id, actor=cli_actor(settings)))
+        return 0
     if args.action == "quarantine":
         validate_reason(args.reason)
     settings = _services()
@@ -728,12 +735,16 @@ def build_parser() -> argparse.ArgumentParser:
     snd.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     evt.set_defaults(func=cmd_event)
 
-    vm = sub.add_parser("vm", help="break-glass: quarantine or release a VM")
+    vm = sub.add_parser("vm", help="break-glass: quarantine or release a VM; start or stop an EC2 VM")
     vs = vm.add_subparsers(dest="action", required=True, parser_class=_Parser)
     q = vs.add_parser("quarantine", help="detach every volume of the VM now and refuse its attaches")
     q.add_argument("vm_id", help="the VM to quarantine")
     q.add_argument("--reason", default="", help="why (kept in the audit history and the alert)")
     vs.add_parser("release", help="end a VM's quarantine").add_argument("vm_id", help="the quarantined VM")
+    vs.add_parser("start", help="EC2 VM: attach its preboot volumes to the stopped instance, then start it "
+                  "(docs/ec2-vms.md)").add_argument("vm_id", help="the EC2 VM (its policies' host is aws-ec2)")
+    vs.add_parser("stop", help="EC2 VM: stop the instance, then detach its volumes (docs/ec2-vms.md)").add_argument(
+        "vm_id", help="the EC2 VM (its policies' host is aws-ec2)")
     vm.set_defaults(func=cmd_vm)
 
     rec = sub.add_parser("reconcile", help="run one pass of the reconciler now (expired leases, grants, orphans)")

@@ -9,6 +9,7 @@ from vvolguard.errors import VvgError
 
 # Whole-number settings and the range each may take (docs/webhook-hardening.md): a grant lives at most an hour.
 RANGES = {"VVG_MIGRATION_GRANT_SECONDS": (1, 3600)}
+RANGES["VVG_EC2_POLL_SECONDS"] = (0, 86400)  # the local stack's EC2 poller (docs/ec2-vms.md); 0 turns it off
 
 
 class SettingsError(VvgError):
@@ -51,6 +52,7 @@ class Settings:
     migration_grant_seconds: int = 3600
     provider_role_arn: str = "arn:aws:iam::123456789012:role/vvg-provider"
     alert_topic_arn: str = "arn:aws:sns:us-east-1:123456789012:vvg-alerts"
+    ec2_poll_seconds: int = 10
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -73,4 +75,5 @@ class Settings:
                                                  d.migration_grant_seconds),
             provider_role_arn=e.get("VVG_PROVIDER_ROLE_ARN", d.provider_role_arn),
             alert_topic_arn=e.get("VVG_ALERT_TOPIC_ARN", d.alert_topic_arn),
+            ec2_poll_seconds=_int_setting("VVG_EC2_POLL_SECONDS", e.get("VVG_EC2_POLL_SECONDS"), d.ec2_poll_seconds),
         )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from vvolguard.adapters import aws
 from vvolguard.adapters.models import HostItem
 from vvolguard.domain.policy import ID_RE
+from vvolguard.domain.policy_diff import RESERVED_HOSTS
 from vvolguard.errors import AuthError, BadSignature, MissingSignature, StaleSignature, UnknownHost
 from vvolguard.settings import Settings
 
@@ -48,6 +49,8 @@ class HostAuthenticator:
     def _load(self, host_id: str, fresh: bool = False) -> tuple[HostItem, str] | None:
         """The active host and its secret, or None for a host never enrolled *and* for a revoked one: both
         cost one consistent read and no decryption, so the answer's timing does not tell them apart."""
+        if host_id in RESERVED_HOSTS:  # vvolguard's own (docs/ec2-vms.md): never signs a webhook, whatever is stored
+            return None
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(host_id)

@@ -38,6 +38,7 @@ from vvolguard.domain.events import Event
 from vvolguard.domain.fingerprint import body_key, body_mac, password_tag, same_body
 from vvolguard.errors import EventConflict, EventInProgress
 from vvolguard.services.auth import AuthenticatedHost
+from vvolguard.domain.policy_diff import RESERVED_HOSTS
 from vvolguard.settings import Settings
 
 EVENT_TTL_S = 7 * 86400
@@ -170,6 +171,8 @@ class HostGuard:
     def check(self, tx: Tx, host: AuthenticatedHost, now: datetime) -> None:
         """A condition on the host's item; at most once a minute an update of its last_seen_at instead (a write
         on every event would make one host's concurrent events conflict on its item)."""
+        if host.host_id in RESERVED_HOSTS:  # vvolguard itself (EventService.handle_internal): no host record
+            return
         cond = (HostItem.status == "active") & (HostItem.secret_version == host.secret_version)
         if host.fingerprint:  # a key host: the very key it was verified with
             cond = cond & (HostItem.fingerprint == host.fingerprint)

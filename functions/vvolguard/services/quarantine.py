@@ -123,6 +123,12 @@ class QuarantineService:
 
     @staticmethod
     def _who(host_id: str) -> HostIdentity:
+        from vvolguard.services.vms import reserved_identity
+        from vvolguard.settings import Settings
+
+        reserved = reserved_identity(Settings.from_env(), host_id)  # an EC2 VM's volume: vvolguard acts as aws-ec2
+        if reserved is not None:
+            return reserved
         try:
             h = HostItem.get(host_id)
         except HostItem.DoesNotExist:

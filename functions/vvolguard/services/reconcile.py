@@ -38,6 +38,7 @@ class Summary:
     checkpoint: dict[str, Any] | None = None
     provisioning_leftovers: int = 0
     alerts_republished: int = 0
+    ec2_booted: int = 0
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -45,7 +46,7 @@ class Summary:
                 "orphans_detached": self.orphans_detached, "states_corrected": self.states_corrected,
                 "skipped_busy": self.skipped_busy, "attachments_seen": self.attachments_seen,
                 "refusal_windows": self.refusal_windows, "provisioning_leftovers": self.provisioning_leftovers,
-                "alerts_republished": self.alerts_republished,
+                "alerts_republished": self.alerts_republished, "ec2_booted": self.ec2_booted,
                 "checkpoint": self.checkpoint, "errors": self.errors[:20], "ok": not self.errors}
 
 
@@ -65,9 +66,12 @@ class Reconciler:
         if not host_id:
             return None
         if host_id not in self._who:
+            from vvolguard.services.vms import reserved_identity
+
+            reserved = reserved_identity(self.settings, host_id)  # aws-ec2 (EC2 VMs): vvolguard itself
             try:
-                h = HostItem.get(host_id)
-                self._who[host_id] = HostIdentity(h.host_id, h.cred_hash)
+                h = reserved or HostItem.get(host_id)
+                self._who[host_id] = reserved or HostIdentity(h.host_id, h.cred_hash)
             except HostItem.DoesNotExist:
                 self._who[host_id] = None
         return self._who[host_id]
@@ -77,7 +81,7 @@ class Reconciler:
         s = Summary()
         for step in (self._expire_leases, self._expire_grants, self._detach_orphans_and_correct,
                      self._bad_signatures, self._fold_refusals, self._remove_provisioning_leftovers,
-                     self._republish_alerts,
+                     self._republish_alerts, self._ec2_booted,
                      self._checkpoint):
             try:
                 step(now, s)
@@ -106,6 +110,29 @@ class Reconciler:
 
     def _bad_signatures(self, now: datetime, s: Summary) -> None:
         bad_signature_alerts(self.settings, now)
+
+    # ---- EC2 VMs (docs/ec2-vms.md): vm.booted once the status checks pass, if no notification brought it
+
+    def _ec2_booted(self, now: datetime, s: Summary) -> None:
+        """Every running EC2 VM whose postboot volumes are still attached gets its vm.booted once
+        DescribeInstanceStatus reports both checks passed (the same event, and id, the lifecycle sends); one
+        with other volumes attached gets this minute's vm.heartbeat (in AWS, no notification comes while an
+        instance runs). A stopped one is left to its notification and its lease."""
+        from vvolguard.services.vms import EC2_HOST, Ec2Lifecycle
+
+        instances = sorted({hit.instance_id for hit in self._all_attached_records()
+                            if hit.host_id == EC2_HOST and hit.instance_id})
+        if not instances:
+            return
+        lifecycle = Ec2Lifecycle(self.settings)
+        for iid in instances:
+            try:
+                out = lifecycle.on_state(iid, now, now, shutdown=False)
+            except VvgError as exc:
+                s.errors.append(f"ec2 {iid}: {exc.code}")
+                continue
+            s.ec2_booted += sum(1 for e in out.get("sent", []) if e["type"] == "vm.booted" and not e["duplicate"]
+                                and any(d["outcome"] == "done" for d in e["decisions"]))
 
     # ---- (h) the signed checkpoint of the audit chains' heads, after this pass's own records
 
