@@ -136,3 +136,16 @@ class ProviderUnavailable(VvgError):
 
     status_code = 503
     code = "provider_unavailable"
+
+
+class ProviderRefused(VvgError):
+    """A provider call that retrying cannot fix (instance gone, device name taken, volume in another zone,
+    IncorrectState): the event's decision for that volume is `failed` with this reason, and what the event
+    did is undone (docs/webhook-api.md)."""
+
+    status_code = 200
+    code = "provider_refused"
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(message or reason)
+        self.reason = reason

@@ -20,7 +20,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from vvolguard.adapters import aws
-from vvolguard.errors import ProviderUnavailable, VvgError
+from vvolguard.errors import ProviderRefused, ProviderUnavailable  # noqa: F401 (ProviderRefused re-exported)
 from vvolguard.settings import Settings
 
 TAG_VOLUME = "vvg:volume-id"
@@ -30,17 +30,6 @@ TAG_PROVISIONING = "vvg:provisioning"  # epoch seconds after which a leftover of
 EBS_BLOCK = 512 * 1024  # the EBS direct APIs' block size
 RETRYABLE = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "InternalError", "InternalFailure",
              "ServiceUnavailable", "Unavailable", "RequestTimeout", "IncorrectState"}
-
-
-class ProviderRefused(VvgError):
-    """The provider (or our own check of what it would allow) refused the operation."""
-
-    status_code = 409
-    code = "provider_refused"
-
-    def __init__(self, reason: str, message: str = "") -> None:
-        super().__init__(message or reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
