@@ -483,7 +483,9 @@ class EventService:
                 o = Outcome(d, item)
                 try:
                     if d.action in ("attach", "create") and instance is None:
-                        instance = (Instance(item.instance_id, item.zone) if item.instance_id and item.zone
+                        instance = (self.provider.find_host_instance(who, host.host_id)  # provider: attach_to host
+                                    if (item.attach_to or "vm") == "host" else
+                                    Instance(item.instance_id, item.zone) if item.instance_id and item.zone
                                     else self.provider.find_instance(who, event.vm_id))
                     vol_id = item.provider_volume_id
                     if d.action in ("attach", "create") and not vol_id:
@@ -513,10 +515,15 @@ class EventService:
                         self.provider.grant(who, vol_id, event.destination_host)
                         o.undo.append(("revoke", vol_id, event.destination_host))
                     elif d.action == "revoke":
+                        if item.attach_to == "host" and item.attached and vol_id:  # provider: move to this host
+                            self._move_to(who, host, item, vol_id, o)
                         self.provider.revoke(who, vol_id, event.source_host)
                         o.updates["host_id"] = host.host_id
                     d.outcome = "done"
                 except ProviderRefused as exc:
+                    self._rollback(who, [o])  # provider: what the event did for this volume is undone
+                    o.updates.clear()
+                    o.undo.clear()
                     d.outcome, d.reason = "failed", exc.reason
                     d.device = d.device if d.action != "attach" else None
                     d.provider_volume_id = None
@@ -530,6 +537,18 @@ class EventService:
             self._release(host, event, key, part, claimed)
             raise
         return outcomes
+
+    def _move_to(self, who: HostIdentity, host: AuthenticatedHost, item: PolicyItem, vol_id: str, o: Outcome) -> None:
+        """provider (attach_to host): at vm.migrate.complete the volume leaves the source host's instance for
+        this (destination) host's instance, same device (docs/deployment-modes.md)."""
+        dest = self.provider.find_host_instance(who, host.host_id)
+        if dest.instance_id == item.instance_id:
+            return
+        if item.instance_id and self.provider.detach(who, vol_id, item.instance_id):
+            o.undo.append(("attach", vol_id, Instance(item.instance_id, item.zone or ""), item.device))
+        device = self.provider.attach(who, vol_id, dest, item.device or "/dev/sdf")
+        o.undo.append(("detach", vol_id, dest.instance_id))
+        o.updates.update(instance_id=dest.instance_id, zone=dest.zone, device=device)
 
     def _rollback(self, who: HostIdentity, done: list[Outcome]) -> None:
         """Undo, newest first, what this event did at the provider before it failed."""
