@@ -243,14 +243,15 @@ def test_shutdown_forgets_the_presented_disks(env):
 # ---------------------------------------------------------------------------------------------- heartbeats
 
 
-def start_agent(tmp: Path, url: str, sockets: dict[str, str], *extra: str) -> subprocess.Popen:
+def start_agent(tmp: Path, url: str, sockets: dict[str, str], *extra: str, env: dict | None = None) -> subprocess.Popen:
     secret = tmp / "agent.secret"
     secret.write_text(SECRET + "\n")
     secret.chmod(0o600)
     argv = [sys.executable, str(AGENT), "--url", url, "--host", "host-1", "--secret-file", str(secret), *extra]
     for vm, path in sockets.items():
         argv += ["--socket", f"{vm}={path}"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
     deadline = time.monotonic() + 20
     while not all(os.path.exists(p) for p in sockets.values()):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -329,3 +330,49 @@ def test_a_bad_heartbeat_interval_is_refused(tmp_path, value):
                         "--secret-file", str(secret), "--socket", f"vm-a={tmp_path / 'a.sock'}",
                         "--heartbeat", value], capture_output=True, text=True, timeout=30)
     assert p.returncode == 2 and "heartbeat" in p.stderr, p.stderr
+
+
+# ---------------------------------------------------------------------------------------------- the agent's requests
+
+
+def _ask(sock: socket.socket, request: dict) -> dict:
+    sock.sendall((json.dumps(request) + "\n").encode())
+    buf = b""
+    while not buf.endswith(b"\n"):
+        buf += sock.recv(65536)
+    return json.loads(buf)
+
+
+def test_the_agent_presents_what_a_guest_request_attached_and_unplugs_before_the_detach(env, tmp_path):
+    dev = env.device(PVID1)
+    env.device(PVID2)
+    env.api.answers["volume.attach_request"] = {"decisions": [{**attach("kvm-1", PVID1), "reason": "request"}]}
+    env.api.answers["app.started"] = {"decisions": [{**attach("kvm-4", PVID2), "reason": "app_start"}]}
+    env.api.answers["volume.detach_request"] = {"decisions": [{"volume_id": "kvm-1", "action": "detach",
+                                                               "outcome": "done", "reason": "request"}]}
+    env.api.answers["app.stopped"] = {"decisions": [{"volume_id": "kvm-4", "action": "detach", "outcome": "done",
+                                                     "reason": "app_stop"}]}
+    sock_path = str(tmp_path / "vm-9.sock")
+    proc = start_agent(tmp_path, env.api.url, {"vm-9": sock_path}, "--heartbeat", "0", "--present", "on",
+                       "--by-id-dir", str(env.by_id), "--state-dir", str(tmp_path / "agent-state"),
+                       "--present-wait", "0.3", env={"PATH": env.path})
+    guest = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        guest.connect(sock_path)
+        assert _ask(guest, {"type": "volume.attach_request", "volume_id": "kvm-1"})["decisions"][0]["outcome"] == "done"
+        assert _ask(guest, {"type": "app.started", "app": "A1"})["decisions"][0]["volume_id"] == "kvm-4"
+        plugs = [c for c in env.virsh() if c["virsh"][2] == "attach-device"]
+        assert [c["virsh"][3] for c in plugs] == ["vm-9", "vm-9"] and all(c["virsh"][-1] == "--live" for c in plugs)
+        t = check_disk_xml(plugs[0]["xml"], str(dev), "kvm-1")
+        assert check_disk_xml(plugs[1]["xml"], str(env.by_id / "nvme-Amazon_Elastic_Block_Store_vol0fed9876cba543210"),
+                              "kvm-4") != t
+        n = len(env.calls())
+        _ask(guest, {"type": "app.stopped", "app": "A1"})
+        _ask(guest, {"type": "volume.detach_request", "volume_id": "kvm-1"})
+        order = [(c.get("event") or c["virsh"][2],
+                  ET.fromstring(c["xml"]).findtext("serial") if c.get("xml") else None) for c in env.calls()[n:]]
+        assert order == [("detach-device", "kvm-4"), ("app.stopped", None),
+                         ("detach-device", "kvm-1"), ("volume.detach_request", None)], order
+    finally:
+        guest.close()
+        stop(proc)
