@@ -392,3 +392,32 @@ def test_a_host_id_change_whose_write_fails_puts_vvg_hosts_back(webhook, vvg, tm
     assert managed_volumes()["vvol-2"]["TagMap"]["vvg:hosts"] == "host-1"
     assert _policies()["vvol-2"].host_id == "host-1"
     assert_provider_equals_records()
+
+
+def test_the_dashboards_save_path_moves_vvg_hosts_too(webhook, vvg, hooks):
+    """PolicyService.save_one (the dashboard's create/edit) moves the tag like apply, and a refusal saves nothing."""
+    from dataclasses import replace
+
+    from vvolguard.adapters.provider import EbsProvider
+    from vvolguard.errors import Conflict
+    from vvolguard.services.hosts import HostService
+    from vvolguard.services.policies import PolicyService, item_to_spec
+
+    _service(webhook)
+    assert webhook.send("vm.created", "vm-2")[0] == 200
+    HostService(webhook.settings).enroll("host-2", "02:00:00:00:00:02", "SN-2")
+    svc = PolicyService(webhook.settings, provider=EbsProvider(webhook.settings, **FAST))
+    item = svc.get("vvol-2")
+    spec = replace(item_to_spec(item), host_id="host-2")
+    hooks.add("before-call.ec2.CreateTags", client_error("IncorrectState", op="CreateTags"))
+    with pytest.raises(Conflict):
+        svc.save_one(spec, "user:eddie", int(item.policy_version))
+    assert svc.get("vvol-2").host_id == "host-1"
+    assert managed_volumes()["vvol-2"]["TagMap"]["vvg:hosts"] == "host-1"
+    hooks.close()
+    hooks.added.clear()
+    assert svc.save_one(spec, "user:eddie", int(item.policy_version)) == "updated"
+    assert svc.get("vvol-2").host_id == "host-2"
+    assert managed_volumes()["vvol-2"]["TagMap"]["vvg:hosts"] == "host-2"
+    assert_provider_equals_records()
+    assert vvg("audit", "verify").code == 0
