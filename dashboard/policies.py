@@ -14,7 +14,7 @@ from werkzeug.datastructures import MultiDict
 from dashboard.auth import actor, can, role_required
 from vvolguard.domain.natural import natural_key
 from vvolguard.domain.policy_diff import is_move
-from vvolguard.domain.policy import ATTACH_ON, DETACH_ON, ID_RE, KEYS, MAX_PASSWORD_LEN, REQUIRED, validate_entry
+from vvolguard.domain.policy import ATTACH_ON, ATTACH_TO, DETACH_ON, ID_RE, KEYS, MAX_PASSWORD_LEN, REQUIRED, validate_entry
 from vvolguard.errors import ConcurrentModification, Conflict, NotFound, VvgError
 from vvolguard.services.audit_queries import policy_history
 from vvolguard.services.keys import key_states
@@ -148,6 +148,7 @@ def _values_of(item) -> dict[str, Any]:
         "detach_on": item.detach_on, "app": item.app or "", "authorized_apps": ", ".join(item.authorized_apps or []),
         "os_disk_encryption": bool(item.os_disk_encryption), "max_attach_seconds": int(item.max_attach_seconds),
         "min_key_bits": int(item.min_key_bits) if item.min_key_bits is not None else "",
+        "attach_to": item.attach_to or "vm",
     }
 
 
@@ -163,6 +164,7 @@ def _render_form(item=None, values=None, errors=(), status=200, version=0, messa
     return render_template(
         "policies/form.html", item=item, values=values or {}, errors=list(errors),
         field_errors=_field_errors(list(errors)), version=version, attach_on=ATTACH_ON, detach_on=DETACH_ON,
+        attach_to=ATTACH_TO,
         message=message, history=history if history is not None else [], editable=can("editor"),
         max_password=MAX_PASSWORD_LEN, preview=preview, confirm_token=confirm_token, password_typed=password_typed,
     ), status

@@ -189,8 +189,6 @@ def test_a_provider_refusal_of_an_attach_fails_the_decision_and_deletes_the_volu
     _assert_failed_and_undone(webhook, aws, "device_in_use", stop)
 
 
-@pytest.mark.xfail(strict=True, reason="until the provider maps non-transient EC2 errors to ProviderRefused "
-                                       "(the provider branch); then this passes and the marker goes")
 def test_a_non_transient_ec2_error_on_attach_fails_the_decision_and_undoes_the_create(webhook, aws):
     from botocore.exceptions import ClientError
 

@@ -107,6 +107,7 @@ class PolicyItem(StateItem, discriminator="policy"):
     password_hash = UnicodeAttribute(null=True)
     max_attach_seconds = NumberAttribute(default=900)
     min_key_bits = NumberAttribute(null=True)
+    attach_to = UnicodeAttribute(null=True)  # "vm" (absent) or "host" (docs/deployment-modes.md)
     policy_version = NumberAttribute(default=1)
     updated_at = UTCDateTimeAttribute(null=True)
     updated_by = UnicodeAttribute(null=True)

@@ -20,16 +20,37 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from vvolguard.adapters import aws
-from vvolguard.errors import ProviderRefused, ProviderUnavailable  # ProviderRefused: errors.py, re-exported here
+from vvolguard.errors import ProviderRefused, ProviderUnavailable  # noqa: F401 (ProviderRefused re-exported)
 from vvolguard.settings import Settings
 
 TAG_VOLUME = "vvg:volume-id"
 TAG_HOSTS = "vvg:hosts"
 TAG_VM = "vvg:vm-id"
+TAG_HOST = "vvg:host-id"  # a bare-metal hypervisor host's own instance (attach_to: host; docs/deployment-modes.md)
+TAG_DETACHING = "vvg:detaching-since"  # epoch seconds: a detach that did not finish; forced after STUCK_DETACH_S
+STUCK_DETACH_S = 60
 TAG_PROVISIONING = "vvg:provisioning"  # epoch seconds after which a leftover of an unfinished provisioning is removed
 EBS_BLOCK = 512 * 1024  # the EBS direct APIs' block size
 RETRYABLE = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "InternalError", "InternalFailure",
-             "ServiceUnavailable", "Unavailable", "RequestTimeout", "IncorrectState"}
+             "ServiceUnavailable", "Unavailable", "RequestTimeout"}
+# EC2 errors that retrying cannot fix, and the decision's reason for each (docs/webhook-api.md).
+REFUSALS = {"InvalidInstanceID.NotFound": "instance_not_found", "InvalidInstanceID.Malformed": "instance_not_found",
+            "InvalidVolume.NotFound": "volume_not_found", "InvalidVolumeID.Malformed": "volume_not_found",
+            "InvalidVolume.ZoneMismatch": "wrong_zone", "IncorrectState": "incorrect_state",
+            "IncorrectInstanceState": "incorrect_state", "VolumeInUse": "volume_in_use",
+            "InvalidAttachment.NotFound": "incorrect_state"}
+
+
+def refusal(exc: ClientError) -> ProviderRefused | None:
+    """The ProviderRefused for an EC2 error that is not transient (None for any other error).
+    ``InvalidParameterValue`` counts when it is about the device (a device name taken on the instance)."""
+    err = exc.response.get("Error", {})
+    code, text = err.get("Code", ""), str(err.get("Message", "")).lower()
+    if code in REFUSALS:
+        return ProviderRefused(REFUSALS[code], f"the storage provider refused: {code}")
+    if code == "InvalidParameterValue" and ("device" in text or "attachment point" in text):
+        return ProviderRefused("device_in_use", "the storage provider refused: the device name is taken")
+    return None
 
 
 @dataclass(frozen=True)
@@ -66,6 +87,7 @@ class StorageProvider(Protocol):
     """What vvolguard needs of a storage array."""
 
     def find_instance(self, who: HostIdentity, vm_id: str) -> Instance: ...
+    def find_host_instance(self, who: HostIdentity, host_id: str) -> Instance: ...
     def create(self, who: HostIdentity, volume_id: str, vm_id: str, size_mb: int, zone: str,
                also: tuple[str, ...] = ()) -> str: ...
     def attach(self, who: HostIdentity, provider_volume_id: str, instance: Instance, device: str) -> str: ...
@@ -89,11 +111,16 @@ class EbsProvider:
     """EBS volumes attached to EC2 instances, one assumed-role session per host (cached while valid)."""
 
     def __init__(self, settings: Settings, base_session: boto3.session.Session | None = None,
-                 attempts: int = 4, backoff: float = 0.05) -> None:
+                 attempts: int = 4, backoff: float = 0.05, detach_wait: float = 20.0,
+                 detach_poll: float = 0.5) -> None:
         self.settings = settings
         self.base = base_session
         self.attempts = attempts
         self.backoff = backoff
+        # A detach is finished only once the volume is `available`: how long a detach waits for it
+        # (bounded: an event's claim must outlive it) and how often it looks.
+        self.detach_wait = detach_wait
+        self.detach_poll = detach_poll
         self._lock = threading.Lock()
         self._clients: dict[str, tuple[Any, float]] = {}
         self._sessions: dict[str, boto3.session.Session] = {}
@@ -175,6 +202,16 @@ class EbsProvider:
             time.sleep(self.backoff * (2 ** attempt))
         raise ProviderUnavailable(f"the storage provider failed after {self.attempts} attempts ({type(last).__name__})")
 
+    def _refusable(self, fn):
+        """:meth:`_call`, with a non-transient EC2 error raised as ProviderRefused (never a bare error)."""
+        try:
+            return self._call(fn)
+        except ClientError as exc:
+            refused = refusal(exc)
+            if refused is None:
+                raise
+            raise refused from None
+
     # ---- operations
 
     def _tagged(self, ec2, resource_type: str, key: str, value: str) -> list[str]:
@@ -200,6 +237,23 @@ class EbsProvider:
                     if i.get("State", {}).get("Name") in ("pending", "running", "stopping", "stopped"):
                         return Instance(i["InstanceId"], i["Placement"]["AvailabilityZone"])
         raise ProviderRefused("vm_not_found", f"no instance is tagged {TAG_VM}={vm_id}")
+
+    def find_host_instance(self, who: HostIdentity, host_id: str) -> Instance:
+        """The bare-metal host's own instance, tagged vvg:host-id = host_id (attach_to: host)."""
+        ec2 = self.ec2(who)
+        ids = self._tagged(ec2, "instance", TAG_HOST, host_id)
+        if ids:
+            try:
+                resp = self._call(lambda: ec2.describe_instances(InstanceIds=ids))
+            except ClientError as exc:
+                if "NotFound" not in exc.response.get("Error", {}).get("Code", ""):
+                    raise
+                resp = {}
+            for r in resp.get("Reservations", []):
+                for i in r.get("Instances", []):
+                    if i.get("State", {}).get("Name") in ("pending", "running"):
+                        return Instance(i["InstanceId"], i["Placement"]["AvailabilityZone"])
+        raise ProviderRefused("instance_not_found", f"no running instance is tagged {TAG_HOST}={host_id}")
 
     def _volume(self, ec2, provider_volume_id: str) -> dict[str, Any]:
         try:
@@ -227,7 +281,7 @@ class EbsProvider:
                 continue
             if vol["State"] not in ("deleting", "deleted", "error"):
                 return vol["VolumeId"]
-        vol = self._call(lambda: ec2.create_volume(
+        vol = self._refusable(lambda: ec2.create_volume(
             AvailabilityZone=zone, Size=size_gib(size_mb), VolumeType="gp3", Encrypted=True,
             KmsKeyId=self.settings.key_volumes_key_id,
             TagSpecifications=[{"ResourceType": "volume", "Tags": [
@@ -250,23 +304,95 @@ class EbsProvider:
                 raise ProviderRefused("volume_in_use", "the volume is attached to another instance")
         if vol["AvailabilityZone"] != instance.zone:
             raise ProviderRefused("zone_mismatch", "the volume and the instance are in different availability zones")
-        self._call(lambda: ec2.attach_volume(VolumeId=provider_volume_id, InstanceId=instance.instance_id, Device=device))
+        self._refusable(lambda: ec2.attach_volume(VolumeId=provider_volume_id, InstanceId=instance.instance_id,
+                                                  Device=device))
         return device
 
     def detach(self, who: HostIdentity, provider_volume_id: str, instance_id: str | None) -> bool:
-        """Detach from the instance; False when it was not attached there. A detach never needs a password."""
+        """Detach from the instance and wait (at most ``detach_wait`` s) until the volume is ``available``;
+        False when it was not attached there. A detach never needs a password.
+
+        One that does not finish in time is tagged ``vvg:detaching-since`` (the reconciler force-detaches it
+        after 60 s) and raised as ProviderUnavailable: nothing is recorded as detached before it is."""
         ec2 = self.ec2(who)
         try:
             vol = self._volume(ec2, provider_volume_id)
         except ProviderRefused:
             return False
-        atts = [a for a in vol.get("Attachments", []) if a.get("State") in ("attaching", "attached")
+        atts = [a for a in vol.get("Attachments", []) if a.get("State") in ("attaching", "attached", "detaching")
                 and (instance_id is None or a["InstanceId"] == instance_id)]
         if not atts:
             return False
         for att in atts:
-            self._call(lambda a=att: ec2.detach_volume(VolumeId=provider_volume_id, InstanceId=a["InstanceId"]))
+            if att.get("State") != "detaching":
+                try:
+                    self._refusable(lambda a=att: ec2.detach_volume(VolumeId=provider_volume_id,
+                                                                    InstanceId=a["InstanceId"]))
+                except ProviderRefused as exc:
+                    if exc.reason == "volume_not_found":
+                        return False
+                    if exc.reason != "incorrect_state":  # incorrect_state: already detaching; wait for it
+                        raise
+        self.wait_detached(who, provider_volume_id, instance_id)
         return True
+
+    def wait_detached(self, who: HostIdentity, provider_volume_id: str, instance_id: str | None) -> None:
+        """Poll until no attachment (to ``instance_id`` when given) is left; on timeout mark the volume
+        ``vvg:detaching-since`` and raise ProviderUnavailable."""
+        ec2 = self.ec2(who)
+        deadline = time.monotonic() + self.detach_wait
+        while True:
+            try:
+                vol = self._volume(ec2, provider_volume_id)
+            except ProviderRefused:
+                return
+            left = [a for a in vol.get("Attachments", []) if a.get("State") in ("attaching", "attached", "detaching")
+                    and (instance_id is None or a["InstanceId"] == instance_id)]
+            marked = any(t["Key"] == TAG_DETACHING for t in vol.get("Tags", []))
+            if not left:
+                if marked:
+                    self._call(lambda: ec2.delete_tags(Resources=[provider_volume_id], Tags=[{"Key": TAG_DETACHING}]))
+                return
+            if time.monotonic() >= deadline:
+                if not marked:
+                    self._call(lambda: ec2.create_tags(Resources=[provider_volume_id], Tags=[
+                        {"Key": TAG_DETACHING, "Value": str(int(time.time()))}]))
+                raise ProviderUnavailable(f"the volume is still detaching after {self.detach_wait:g} s; the reconciler "
+                                          f"force-detaches it after {STUCK_DETACH_S} s")
+            time.sleep(self.detach_poll)
+
+    def stuck_detaching(self) -> Iterator[tuple[Attachment, float | None]]:
+        """Every managed volume with an attachment in ``detaching``, with the time it was first seen so
+        (``vvg:detaching-since``; None: not marked yet)."""
+        ec2 = aws.track((self.base or aws.session(self.settings.region)).client("ec2"))
+        for page in ec2.get_paginator("describe_volumes").paginate(
+                Filters=[{"Name": "tag-key", "Values": [TAG_VOLUME]}, {"Name": "status", "Values": ["in-use"]}],
+                PaginationConfig={"PageSize": 500}):
+            for vol in page.get("Volumes", []):
+                tags = {t["Key"]: t["Value"] for t in vol.get("Tags", [])}
+                since = tags.get(TAG_DETACHING, "")
+                for att in vol.get("Attachments", []):
+                    if att.get("State") == "detaching":
+                        yield (Attachment(vol["VolumeId"], tags.get(TAG_VOLUME, ""), att["InstanceId"],
+                                          att.get("Device", ""),
+                                          tuple(h for h in tags.get(TAG_HOSTS, "").split(",") if h)),
+                               float(since) if since.isdigit() else None)
+
+    def mark_detaching(self, who: HostIdentity, provider_volume_id: str, since: float) -> None:
+        """Tag a volume first seen stuck in ``detaching`` with that time."""
+        ec2 = self.ec2(who)
+        self._call(lambda: ec2.create_tags(Resources=[provider_volume_id], Tags=[
+            {"Key": TAG_DETACHING, "Value": str(int(since))}]))
+
+    def force_detach(self, who: HostIdentity, provider_volume_id: str, instance_id: str) -> None:
+        """DetachVolume with Force (the reconciler, for a volume stuck in ``detaching``), then wait for it."""
+        ec2 = self.ec2(who)
+        try:
+            self._refusable(lambda: ec2.detach_volume(VolumeId=provider_volume_id, InstanceId=instance_id, Force=True))
+        except ProviderRefused as exc:
+            if exc.reason not in ("incorrect_state", "volume_not_found"):
+                raise
+        self.wait_detached(who, provider_volume_id, instance_id)
 
     def delete(self, who: HostIdentity, provider_volume_id: str) -> None:
         """Delete a volume this event created (undo of a lazy create); never one in use."""
@@ -274,10 +400,11 @@ class EbsProvider:
         vol = self._volume(ec2, provider_volume_id)
         if who.host_id not in self._hosts(vol) or vol.get("Attachments"):
             raise ProviderRefused("volume_in_use", "only an unattached volume of this host can be deleted")
-        self._call(lambda: ec2.delete_volume(VolumeId=provider_volume_id))
+        self._refusable(lambda: ec2.delete_volume(VolumeId=provider_volume_id))
 
     def _set_hosts(self, ec2, provider_volume_id: str, hosts: tuple[str, ...]) -> None:
-        self._call(lambda: ec2.create_tags(Resources=[provider_volume_id], Tags=[{"Key": TAG_HOSTS, "Value": ",".join(hosts)}]))
+        self._refusable(lambda: ec2.create_tags(Resources=[provider_volume_id],
+                                                Tags=[{"Key": TAG_HOSTS, "Value": ",".join(hosts)}]))
 
     def grant(self, who: HostIdentity, provider_volume_id: str, host_id: str) -> None:
         """Add ``host_id`` to the volume's vvg:hosts (only a host already in it may)."""
@@ -304,8 +431,9 @@ class EbsProvider:
             vol = self._volume(ec2, provider_volume_id)
         except ProviderRefused:
             return False
-        return any(a.get("State") in ("attaching", "attached") and (instance_id is None or a["InstanceId"] == instance_id)
-                   for a in vol.get("Attachments", []))
+        # ``detaching`` counts: the volume is not available yet (a stuck one is the reconciler's to force)
+        return any(a.get("State") in ("attaching", "attached", "detaching")
+                   and (instance_id is None or a["InstanceId"] == instance_id) for a in vol.get("Attachments", []))
 
     def set_hosts(self, who: HostIdentity, provider_volume_id: str, hosts: tuple[str, ...]) -> None:
         """Make the volume's vvg:hosts exactly ``hosts`` (the reconciler restoring an expired grant)."""

@@ -19,19 +19,22 @@ MAX_PASSWORD_LEN = PASSWORD_LEN[1]
 MAX_KEY_BITS = KEY_BITS[1]
 MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_VOLUMES = 10000
+ATTACH_TO = ("vm", "host")  # where the provider attaches a volume (docs/deployment-modes.md)
 
 REQUIRED = ("volume_id", "vm_id", "host_id", "storage_array", "size_mb", "attach_on", "detach_on")
-OPTIONAL = ("app", "authorized_apps", "os_disk_encryption", "password", "max_attach_seconds", "min_key_bits")
+OPTIONAL = ("app", "authorized_apps", "os_disk_encryption", "password", "max_attach_seconds", "min_key_bits",
+            "attach_to")
 KEYS = REQUIRED + OPTIONAL
 # What export writes, in this order (never the password).
-EXPORT_KEYS = REQUIRED + ("app", "authorized_apps", "os_disk_encryption", "max_attach_seconds", "min_key_bits")
+EXPORT_KEYS = REQUIRED + ("app", "authorized_apps", "os_disk_encryption", "max_attach_seconds", "min_key_bits",
+                          "attach_to")
 
 _UNSET = object()
 # The one rule for optional keys an entry leaves out (docs/policy-apply.md): an entry describes the whole
 # volume, so an absent key takes its default, as written here; the exception is ``password``, which export
 # can never write out: absent keeps the stored hash, null removes it.
 DEFAULTS: dict[str, Any] = {"app": None, "authorized_apps": [], "os_disk_encryption": False,
-                            "max_attach_seconds": DEFAULT_LEASE, "min_key_bits": None}
+                            "max_attach_seconds": DEFAULT_LEASE, "min_key_bits": None, "attach_to": "vm"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class PolicySpec:
     os_disk_encryption: bool = False
     max_attach_seconds: int = DEFAULT_LEASE
     min_key_bits: int | None = None
+    attach_to: str = "vm"
     password: Any = field(default=_UNSET, repr=False, compare=False)
     # The optional keys the entry left out (they took their defaults; docs/policy-apply.md).
     absent: tuple[str, ...] = field(default=(), repr=False, compare=False)
@@ -70,6 +74,8 @@ class PolicySpec:
         out["max_attach_seconds"] = self.max_attach_seconds
         if self.min_key_bits is not None:
             out["min_key_bits"] = self.min_key_bits
+        if self.attach_to != "vm":  # the default is not written, so older files round-trip unchanged
+            out["attach_to"] = self.attach_to
         return out
 
 
@@ -148,6 +154,11 @@ def validate_entry(entry: Any, where: str) -> tuple[PolicySpec | None, list[str]
     bits = entry.get("min_key_bits")
     if bits is not None and not (_is_int(bits) and 1 <= bits <= MAX_KEY_BITS):
         err("min_key_bits", f"must be an integer from 1 to {MAX_KEY_BITS}, got {_short(bits)}")
+    attach_to = entry.get("attach_to", "vm")
+    if attach_to is None:
+        attach_to = "vm"
+    if attach_to not in ATTACH_TO:
+        err("attach_to", f"must be one of {', '.join(ATTACH_TO)}, got {_short(attach_to)}")
     password: Any = _UNSET
     if "password" in entry:
         password = entry["password"]
@@ -160,7 +171,7 @@ def validate_entry(entry: Any, where: str) -> tuple[PolicySpec | None, list[str]
         volume_id=entry["volume_id"], vm_id=entry["vm_id"], host_id=entry["host_id"],
         storage_array=entry["storage_array"], size_mb=size, attach_on=attach_on, detach_on=detach_on,
         app=app, authorized_apps=tuple(apps), os_disk_encryption=ode, max_attach_seconds=lease,
-        min_key_bits=bits, password=password, absent=tuple(k for k in OPTIONAL if k not in entry),
+        min_key_bits=bits, attach_to=attach_to, password=password, absent=tuple(k for k in OPTIONAL if k not in entry),
     ), []
 
 
@@ -179,6 +190,7 @@ def validate_document(doc: Any) -> list[PolicySpec]:
     errors: list[str] = []
     specs: list[PolicySpec] = []
     seen: dict[str, int] = {}
+    index: dict[int, int] = {}
     for i, entry in enumerate(vols):
         spec, errs = validate_entry(entry, f"volumes[{i}]")
         errors.extend(errs)
@@ -187,9 +199,24 @@ def validate_document(doc: Any) -> list[PolicySpec]:
                 errors.append(f"volumes[{i}] ({spec.volume_id}): volume_id: duplicates volumes[{seen[spec.volume_id]}]")
             seen.setdefault(spec.volume_id, i)
             specs.append(spec)
+            index[id(spec)] = i
+    errors.extend(mixed_attach_to(specs, lambda s: f"volumes[{index[id(s)]}] ({s.volume_id})"))
     if errors:
         raise PolicyValidationError(errors)
     return specs
+
+
+def mixed_attach_to(specs: list[PolicySpec], where=lambda s: s.volume_id) -> list[str]:
+    """One problem per volume whose ``attach_to`` differs from the first volume of its VM: every volume of
+    one VM attaches to the same place (docs/deployment-modes.md)."""
+    first: dict[str, PolicySpec] = {}
+    out = []
+    for spec in specs:
+        ref = first.setdefault(spec.vm_id, spec)
+        if spec.attach_to != ref.attach_to:
+            out.append(f"{where(spec)}: attach_to: every volume of {spec.vm_id} must have the same value; "
+                       f"{ref.volume_id} has {ref.attach_to}, this one {spec.attach_to}")
+    return out
 
 
 def _at(mark: Any) -> str:

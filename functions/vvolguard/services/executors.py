@@ -34,9 +34,15 @@ class Run:
     _instance: Instance | None = None
 
     def instance(self, item: PolicyItem) -> Instance:
+        """Where the volume attaches: the VM's own instance, or for ``attach_to: host`` the sending host's
+        instance (tagged vvg:host-id; docs/deployment-modes.md)."""
         if self._instance is None:
-            self._instance = (Instance(item.instance_id, item.zone) if item.instance_id and item.zone
-                              else self.provider.find_instance(self.who, self.ctx.event.vm_id))
+            if (item.attach_to or "vm") == "host":
+                self._instance = self.provider.find_host_instance(self.who, self.ctx.host.host_id)
+            elif item.instance_id and item.zone:
+                self._instance = Instance(item.instance_id, item.zone)
+            else:
+                self._instance = self.provider.find_instance(self.who, self.ctx.event.vm_id)
         return self._instance
 
 
@@ -52,6 +58,8 @@ class Job:
     detached: bool = False
     granted: str | None = None
     revoked: str | None = None
+    moved_from: Instance | None = None  # attach_to host: the source host's instance it left at migrate.complete
+    moved_to: Instance | None = None
 
     @property
     def volume(self) -> str | None:
@@ -156,15 +164,38 @@ class Revoke(Executor):
     action = Action.REVOKE
 
     def do(self, run: Run, job: Job) -> None:
+        item = job.item
+        if (item.attach_to or "vm") == "host" and item.attached and job.volume:
+            self.move(run, job)
         source = run.ctx.event.source_host or ""
         run.provider.revoke(run.who, job.volume, source)
         job.revoked = source
         job.updates["host_id"] = run.ctx.host.host_id
 
+    @staticmethod
+    def move(run: Run, job: Job) -> None:
+        """attach_to host: the volume leaves the source host's instance for this (destination) host's, same
+        device (docs/deployment-modes.md)."""
+        item, vol = job.item, job.volume
+        dest = run.provider.find_host_instance(run.who, run.ctx.host.host_id)
+        if dest.instance_id == item.instance_id:
+            return
+        if item.instance_id and run.provider.detach(run.who, vol, item.instance_id):
+            job.moved_from = Instance(item.instance_id, item.zone or "")
+        device = run.provider.attach(run.who, vol, dest, item.device or "/dev/sdf")
+        job.moved_to = dest
+        job.updates.update(instance_id=dest.instance_id, zone=dest.zone, device=device)
+
     def undo(self, run: Run, job: Job) -> None:
         if job.revoked:
             run.provider.grant(run.who, job.volume, job.revoked)
             job.revoked = None
+        if job.moved_to is not None:
+            run.provider.detach(run.who, job.volume, job.moved_to.instance_id)
+            job.moved_to = None
+        if job.moved_from is not None:
+            run.provider.attach(run.who, job.volume, job.moved_from, job.item.device)
+            job.moved_from = None
 
 
 class Renew(Executor):

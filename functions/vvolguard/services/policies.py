@@ -10,13 +10,14 @@ from vvolguard.adapters.tx import Tx
 from vvolguard.adapters.audit import AuditLog, AuditRecord
 from vvolguard.adapters.models import PolicyItem
 from vvolguard.domain import policy_diff
-from vvolguard.domain.policy import ID_RE, PolicySpec
+from vvolguard.domain.policy import ID_RE, PolicySpec, mixed_attach_to
 from vvolguard.domain.secrets import check_password, hash_password
-from vvolguard.errors import ConcurrentModification, Conflict, InvalidInput, NotFound
+from vvolguard.errors import (ConcurrentModification, Conflict, InvalidInput, NotFound, PolicyValidationError,
+                              ProviderRefused, ProviderUnavailable)
 from vvolguard.settings import Settings
 
 POLICY_FIELDS = ("vm_id", "host_id", "storage_array", "size_mb", "attach_on", "detach_on", "app",
-                 "authorized_apps", "os_disk_encryption", "max_attach_seconds", "min_key_bits")
+                 "authorized_apps", "os_disk_encryption", "max_attach_seconds", "min_key_bits", "attach_to")
 # Items per transaction: DynamoDB allows 100; a policy change is its item, its record and a chain head.
 _TX_BUDGET = 90
 
@@ -39,6 +40,7 @@ def item_to_spec(item: PolicyItem) -> PolicySpec:
         authorized_apps=tuple(item.authorized_apps or ()), os_disk_encryption=bool(item.os_disk_encryption),
         max_attach_seconds=int(item.max_attach_seconds),
         min_key_bits=int(item.min_key_bits) if item.min_key_bits is not None else None,
+        attach_to=item.attach_to or "vm",
     )
 
 
@@ -271,13 +273,89 @@ class PolicyService:
         """Upsert validated specs: plan all (any refusal stops before the first write), then commit."""
         counts = {"created": 0, "updated": 0, "unchanged": 0}
         batches = []
+        moves = []
+        self._check_attach_to(specs)
         for spec in specs:
-            outcome, ops, recs = self._plan(spec, actor, self.find(spec.volume_id))
+            existing = self.find(spec.volume_id)
+            outcome, ops, recs = self._plan(spec, actor, existing)
             counts[outcome] += 1
             if ops:
                 batches.append((ops, recs))
-        self._commit(batches)
+                moves.append((existing, spec))
+        undo = self._move_hosts(moves)
+        try:
+            self._commit(batches)
+        except Exception:
+            self._restore_hosts(undo)
+            raise
         return counts
+
+    # ---- attach_to and host moves at the provider (docs/deployment-modes.md, docs/policy-file.md)
+
+    def _check_attach_to(self, specs: list[PolicySpec]) -> None:
+        """Every volume of one VM has the same ``attach_to``, the stored volumes the specs leave as they are
+        included; a mix is refused naming the entry and the field, before anything is written."""
+        named = {s.volume_id for s in specs}
+        others: list[PolicySpec] = []
+        vms = sorted({s.vm_id for s in specs})
+        if len(vms) > 200:  # a large file: its own entries were checked by the validator; the table once
+            return
+        for vm_id in vms:
+            others += [item_to_spec(i) for i in self.for_vm(vm_id) if i.volume_id not in named]
+        problems = [p for p in mixed_attach_to(others + list(specs)) if not any(p.startswith(o.volume_id + ":")
+                                                                                   for o in others)]
+        if problems:
+            raise PolicyValidationError(problems)
+
+    def _move_hosts(self, moves: list[tuple[PolicyItem | None, PolicySpec]]) -> list[tuple[Any, str, tuple[str, ...]]]:
+        """A ``host_id`` change of a volume that exists at the provider replaces the old host by the new one
+        in its ``vvg:hosts``, acting for the old host (else the new one). Returns what undoes it; a refusal
+        undoes the moves made so far and is raised as Conflict, so nothing is applied."""
+        from vvolguard.adapters.models import HostItem
+        from vvolguard.adapters.provider import HostIdentity
+
+        done: list[tuple[Any, str, tuple[str, ...]]] = []
+        for existing, spec in moves:
+            if existing is None or not existing.provider_volume_id or existing.host_id == spec.host_id:
+                continue
+            if self.provider is None:
+                from vvolguard.adapters.provider import EbsProvider
+
+                self.provider = EbsProvider(self.settings)
+            who = None
+            for host_id in (existing.host_id, spec.host_id):
+                try:
+                    h = HostItem.get(host_id)
+                except HostItem.DoesNotExist:
+                    continue
+                if h.cred_hash:
+                    who = HostIdentity(h.host_id, h.cred_hash)
+                    break
+            pvid = existing.provider_volume_id
+            try:
+                if who is None:
+                    raise ProviderRefused("host_not_found", f"neither {existing.host_id} nor {spec.host_id} is enrolled")
+                before = tuple(self.provider.hosts(who, pvid))
+                after = tuple(dict.fromkeys([spec.host_id if h == existing.host_id else h for h in before]
+                                            + [spec.host_id]))
+                if after != before:
+                    self.provider.set_hosts(who, pvid, after)
+                    done.append((who, pvid, before))
+            except (ProviderRefused, ProviderUnavailable) as exc:
+                self._restore_hosts(done)
+                reason = getattr(exc, "reason", exc.code)
+                raise Conflict(f"volume {spec.volume_id}: the storage provider refused to move it from host "
+                               f"{existing.host_id} to {spec.host_id} ({reason}); nothing was applied") from None
+        return done
+
+    def _restore_hosts(self, done: list[tuple[Any, str, tuple[str, ...]]]) -> None:
+        for who, pvid, before in reversed(done):
+            try:
+                self.provider.set_hosts(who, pvid, before)
+            except Exception:  # noqa: BLE001 - the reconciler's grant check restores vvg:hosts from the table
+                import logging
+
+                logging.getLogger("vvg.policies").exception("could not restore vvg:hosts of %s", pvid)
 
     def dry_run(self, specs: list[PolicySpec]) -> dict[str, Any]:
         """What :meth:`apply` would do with ``specs``, old -> new per field, with warnings; reads only
@@ -311,8 +389,14 @@ class PolicyService:
         if expected_version == 0 and existing is not None:
             raise ConcurrentModification(f"volume {spec.volume_id} already has a policy; open it to edit it")
         outcome, ops, recs = self._plan(spec, actor, existing, expected_version)
+        self._check_attach_to([spec])
         if ops:
-            self._write(ops, recs)
+            undo = self._move_hosts([(existing, spec)])
+            try:
+                self._write(ops, recs)
+            except Exception:
+                self._restore_hosts(undo)
+                raise
         return outcome
 
     def delete(self, volume_id: str, actor: str = "cli", expected_version: int | None = None) -> dict[str, Any]:

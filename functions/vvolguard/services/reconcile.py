@@ -13,7 +13,7 @@ from typing import Any
 
 from vvolguard.adapters.audit import AuditLog, AuditRecord
 from vvolguard.adapters.models import EXPIRY_SHARDS, GrantItem, HostItem, PolicyItem, RefusalItem, expiry_key
-from vvolguard.adapters.provider import EbsProvider, HostIdentity, ProviderRefused, StorageProvider
+from vvolguard.adapters.provider import STUCK_DETACH_S, EbsProvider, HostIdentity, ProviderRefused, StorageProvider
 from vvolguard.adapters.tx import Tx
 from vvolguard.errors import ConcurrentModification, ProviderUnavailable, VvgError
 from vvolguard.services.alerts import audit_ref, bad_signature_alerts, raise_alert, republish
@@ -39,6 +39,7 @@ class Summary:
     provisioning_leftovers: int = 0
     alerts_republished: int = 0
     ec2_booted: int = 0
+    stuck_detaches_forced: int = 0
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -47,6 +48,7 @@ class Summary:
                 "skipped_busy": self.skipped_busy, "attachments_seen": self.attachments_seen,
                 "refusal_windows": self.refusal_windows, "provisioning_leftovers": self.provisioning_leftovers,
                 "alerts_republished": self.alerts_republished, "ec2_booted": self.ec2_booted,
+                "stuck_detaches_forced": self.stuck_detaches_forced,
                 "checkpoint": self.checkpoint, "errors": self.errors[:20], "ok": not self.errors}
 
 
@@ -79,7 +81,7 @@ class Reconciler:
     def run(self, now: datetime | None = None) -> dict[str, Any]:
         now = now or datetime.now(timezone.utc)
         s = Summary()
-        for step in (self._expire_leases, self._expire_grants, self._detach_orphans_and_correct,
+        for step in (self._expire_leases, self._expire_grants, self._force_stuck_detaches, self._detach_orphans_and_correct,
                      self._bad_signatures, self._fold_refusals, self._remove_provisioning_leftovers,
                      self._republish_alerts, self._ec2_booted,
                      self._checkpoint):
@@ -228,6 +230,45 @@ class Reconciler:
                 s.grants_expired += 1
             except ConcurrentModification:
                 pass
+
+    # ---- a detach that never finished (docs/architecture.md): still `detaching` 60 s after it was first
+    # seen so (the provider's tag vvg:detaching-since), it is force-detached and audited
+
+    def _force_stuck_detaches(self, now: datetime, s: Summary) -> None:
+        from vvolguard.services.policies import PolicyService
+
+        if not hasattr(self.provider, "stuck_detaching"):
+            return
+        policies = PolicyService(self.settings)
+        for att, since in self.provider.stuck_detaching():
+            item = policies.find(att.volume_id) if att.volume_id else None
+            if item is not None and item.busy_until and item.busy_until > now:
+                s.skipped_busy += 1  # an event's own detach is still waiting for it
+                continue
+            host = item.host_id if item is not None else next((h for h in att.hosts if self.who(h)), None)
+            who = self.who(host)
+            if who is None:
+                s.errors.append(f"detaching {att.provider_volume_id}: no enrolled host to act for")
+                continue
+            try:
+                if since is None:
+                    self.provider.mark_detaching(who, att.provider_volume_id, now.timestamp())
+                    continue
+                if now.timestamp() - since < STUCK_DETACH_S:
+                    continue
+                self.provider.force_detach(who, att.provider_volume_id, att.instance_id)
+            except (ProviderUnavailable, ProviderRefused) as exc:
+                s.errors.append(f"detaching {att.provider_volume_id}: {exc.code}")
+                continue
+            s.stuck_detaches_forced += 1
+            if (item is not None and item.attached and item.provider_volume_id == att.provider_volume_id
+                    and item.instance_id == att.instance_id and self._mark_detached(item, "stuck_detaching", "detach")):
+                continue
+            self.audit.append([AuditRecord(
+                actor=ACTOR, action="detach", outcome="done", reason="stuck_detaching",
+                vm_id=item.vm_id if item is not None else None, volume_id=att.volume_id or None, host_id=host,
+                policy_version=int(item.policy_version) if item is not None else None,
+                detail={"provider_volume": att.provider_volume_id, "instance": att.instance_id, "forced": "true"})])
 
     # ---- (c) and (d)
 
