@@ -18,7 +18,7 @@ bp = Blueprint("hosts", __name__)
 
 
 def _service() -> HostService:
-    return HostService(current_app.config["VVG_SETTINGS"])
+    return current_app.extensions["vvg"].hosts
 
 
 def _page(form=None, error=None, status=200):

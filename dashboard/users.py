@@ -12,7 +12,7 @@ bp = Blueprint("users", __name__)
 
 
 def _service() -> UserService:
-    return UserService(current_app.config["VVG_SETTINGS"])
+    return current_app.extensions["vvg"].users
 
 
 def _page(form=None, error=None, status=200):

@@ -51,6 +51,7 @@ class Settings:
     migration_grant_seconds: int = 3600
     provider_role_arn: str = "arn:aws:iam::123456789012:role/vvg-provider"
     alert_topic_arn: str = "arn:aws:sns:us-east-1:123456789012:vvg-alerts"
+    reconcile_function: str = ""  # the dashboard's "Check now" invokes it (docs/audit-check.md); empty: local
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -73,4 +74,5 @@ class Settings:
                                                  d.migration_grant_seconds),
             provider_role_arn=e.get("VVG_PROVIDER_ROLE_ARN", d.provider_role_arn),
             alert_topic_arn=e.get("VVG_ALERT_TOPIC_ARN", d.alert_topic_arn),
+            reconcile_function=e.get("VVG_RECONCILE_FUNCTION", d.reconcile_function),
         )
