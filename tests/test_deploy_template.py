@@ -873,7 +873,7 @@ def test_iam_calls__the_dashboard_function_role_covers_its_pages_and_changes(web
 
     AuditLog(webhook.settings).checkpoint()  # the tamper check reads and verifies it
     app = create_app({"TESTING": True, "WTF_CSRF_ENABLED": False, "SECRET_KEY": "t", "SESSION_COOKIE_SECURE": False,
-                      "VVG_LOGIN_FAIL_DELAY": 0, "VVG_TAMPER_SYNC": True})
+                      "VVG_LOGIN_FAIL_DELAY": 0})
     client = app.test_client()
     with calls:
         assert client.post("/login", data={"username": "admin", "password": "admin-pass-123"}).status_code == 302
