@@ -33,6 +33,8 @@ def create_app(test_config: dict[str, Any] | None = None, services: Services | N
         MAX_CONTENT_LENGTH=256 * 1024,
         WTF_CSRF_TIME_LIMIT=8 * 3600,
         VVG_SETTINGS=Settings.from_env(),
+        # In AWS, "Check now" on /audit invokes this function for a tamper check (docs/audit-check.md).
+        VVG_RECONCILE_FUNCTION=os.environ.get("VVG_RECONCILE_FUNCTION") or None,
     )
     if test_config:
         app.config.update(test_config)

@@ -142,7 +142,8 @@ def _first_bad_url(tamper: dict[str, Any]) -> str | None:
 def verify_now():
     """Ask the scheduled function for a tamper check (at most once per 10 s), then show the page again; the
     check itself never runs in this request."""
-    if current_app.extensions["vvg"].tamper.request(actor=actor()):
+    if current_app.extensions["vvg"].tamper.request(actor=actor(),
+                                                       function=current_app.config.get("VVG_RECONCILE_FUNCTION")):
         flash("Tamper check asked for: it runs in a few seconds; reload the page for its result.", "ok")
     else:
         flash("A tamper check was asked for less than 10 seconds ago; reload the page for its result.", "ok")

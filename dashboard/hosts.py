@@ -23,7 +23,7 @@ def _service() -> HostService:
 
 def _page(form=None, error=None, status=200):
     now = datetime.now(timezone.utc)
-    hosts = _service().list()
+    hosts = _service().all_hosts()
     return render_template("hosts/list.html", hosts=hosts, form=form or {}, error=error, now=now,
                            auth_of=auth_of), status
 

@@ -16,7 +16,7 @@ def _service() -> UserService:
 
 
 def _page(form=None, error=None, status=200):
-    return render_template("users/list.html", users=_service().list(), roles=ROLES, form=form or {},
+    return render_template("users/list.html", users=_service().rows(), roles=ROLES, form=form or {},
                            error=error), status
 
 

@@ -35,7 +35,7 @@ def vm_page(vm_id: str):
     quarantine = root.quarantine.state(vm_id)
     if not policies and quarantine is None:
         abort(404)
-    audit = list(root.audit.list(vm_id=vm_id, limit=20))
+    audit = list(root.audit.recent(vm_id=vm_id, limit=20))
     keyvols = key_states(p.volume_id for p in policies)  # one BatchGet (docs/key-volume.md), never key bytes
     return render_template("vms/page.html", vm_id=vm_id, policies=policies, quarantine=quarantine, audit=audit,
                            keyvols=keyvols, now=datetime.now(timezone.utc), max_reason=MAX_REASON)

@@ -199,10 +199,8 @@ def test_tamper_check__check_now_asks_at_most_every_10_s_and_needs_a_session(app
 
 
 def test_tamper_check__in_aws_check_now_invokes_the_reconcile_function(aws, monkeypatch):
-    """With VVG_RECONCILE_FUNCTION set (template.yaml), a request is stored and the function invoked
+    """With VVG_RECONCILE_FUNCTION set (template.yaml, on the dashboard function), a request is stored and the function invoked
     asynchronously with the tamper-check payload, which runs only the requested check."""
-    import dataclasses
-
     from vvolguard.adapters import aws as aws_adapter
     from vvolguard.handlers import reconcile as reconcile_handler
     from vvolguard.services.tamper import INVOKE_PAYLOAD, TamperCheck
@@ -216,8 +214,8 @@ def test_tamper_check__in_aws_check_now_invokes_the_reconcile_function(aws, monk
     real = aws_adapter.client
     monkeypatch.setattr(aws_adapter, "client",
                         lambda service, *a, **kw: Lambda() if service == "lambda" else real(service, *a, **kw))
-    check = TamperCheck(dataclasses.replace(aws, reconcile_function="vvg-reconcile"))
-    assert check.request(actor="user:vera")
+    check = TamperCheck(aws)
+    assert check.request(actor="user:vera", function="vvg-reconcile")
     assert [(k["FunctionName"], k["InvocationType"], json.loads(k["Payload"])) for k in sent] == [
         ("vvg-reconcile", "Event", INVOKE_PAYLOAD)]
     reconcile_handler.reset()

@@ -251,7 +251,7 @@ def cmd_user(args: argparse.Namespace) -> int:
     root = _root()
     settings, users = root.settings, root.users
     if args.action == "list":
-        emit_rows(users.list(), args.output, ("user", "role", "disabled", "last_login"))
+        emit_rows(users.rows(), args.output, ("user", "role", "disabled", "last_login"))
         return 0
     actor = cli_actor(settings)
     if args.action == "add":
@@ -278,7 +278,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     log = _root().audit
     if args.action == "list":
         rows = []
-        for rec in log.list(vm_id=args.vm, volume_id=args.volume, limit=args.limit):
+        for rec in log.recent(vm_id=args.vm, volume_id=args.volume, limit=args.limit):
             row = {k: getattr(rec, k) for k in RECORD_FIELDS}
             row["detail"] = rec.detail.as_dict() if rec.detail is not None else {}
             row["chain"], row["seq"] = rec.chain, int(rec.seq)

@@ -5,17 +5,13 @@ import os
 import re
 from dataclasses import dataclass
 
-from vvolguard.errors import VvgError
+from vvolguard.errors import SettingsError
 
 # Whole-number settings and the range each may take (docs/webhook-hardening.md): a grant lives at most an hour.
 RANGES = {"VVG_MIGRATION_GRANT_SECONDS": (1, 3600)}
 
 
-class SettingsError(VvgError):
-    """A setting in the environment is malformed or out of range; nothing starts with it."""
-
-    status_code = 500
-    code = "configuration_error"
+__all__ = ["RANGES", "Settings", "SettingsError"]
 
 
 def _int_setting(name: str, raw: str | None, default: int) -> int:
@@ -51,7 +47,6 @@ class Settings:
     migration_grant_seconds: int = 3600
     provider_role_arn: str = "arn:aws:iam::123456789012:role/vvg-provider"
     alert_topic_arn: str = "arn:aws:sns:us-east-1:123456789012:vvg-alerts"
-    reconcile_function: str = ""  # the dashboard's "Check now" invokes it (docs/audit-check.md); empty: local
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -74,5 +69,4 @@ class Settings:
                                                  d.migration_grant_seconds),
             provider_role_arn=e.get("VVG_PROVIDER_ROLE_ARN", d.provider_role_arn),
             alert_topic_arn=e.get("VVG_ALERT_TOPIC_ARN", d.alert_topic_arn),
-            reconcile_function=e.get("VVG_RECONCILE_FUNCTION", d.reconcile_function),
         )

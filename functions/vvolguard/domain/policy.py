@@ -26,7 +26,6 @@ REQUIRED = ("volume_id", "vm_id", "host_id", "storage_array", "size_mb", "attach
 OPTIONAL = ("app", "authorized_apps", "os_disk_encryption", "password", "max_attach_seconds", "min_key_bits")
 KEYS = REQUIRED + OPTIONAL
 # What export writes, in this order (never the password).
-EXPORT_KEYS = REQUIRED + ("app", "authorized_apps", "os_disk_encryption", "max_attach_seconds", "min_key_bits")
 
 _UNSET = object()
 # The one rule for optional keys an entry leaves out (docs/policy-apply.md): an entry describes the whole

@@ -75,9 +75,10 @@ class TamperCheck:
 
     # ---- "Check now"
 
-    def request(self, actor: str, now: datetime | None = None) -> bool:
+    def request(self, actor: str, function: str | None = None, now: datetime | None = None) -> bool:
         """Ask for a run; False when one was asked for less than REQUEST_GAP_S ago (nothing is written).
-        In AWS (VVG_RECONCILE_FUNCTION set) the reconcile function is invoked asynchronously."""
+        ``function``: in AWS, the reconcile function (the dashboard's VVG_RECONCILE_FUNCTION), invoked
+        asynchronously; locally None, and the local stack's poll runs the request."""
         now = now or datetime.now(timezone.utc)
         recent = now - timedelta(seconds=REQUEST_GAP_S)
         item = TamperCheckItem(TAMPER_PK, TAMPER_PK)
@@ -89,16 +90,16 @@ class TamperCheck:
             if exc.cause_response_code == "ConditionalCheckFailedException":
                 return False  # asked just now: that request runs
             raise
-        if self.settings.reconcile_function:
-            self._invoke()
+        if function:
+            self._invoke(function)
         return True
 
-    def _invoke(self) -> None:
+    def _invoke(self, function: str) -> None:
         from vvolguard.adapters import aws
 
         try:
             aws.client("lambda", self.settings.region).invoke(
-                FunctionName=self.settings.reconcile_function, InvocationType="Event",
+                FunctionName=function, InvocationType="Event",
                 Payload=json.dumps(INVOKE_PAYLOAD).encode())
         except Exception:  # noqa: BLE001 - the request is stored: the next scheduled pass runs it
             log.warning("could not invoke the reconcile function; the next scheduled pass runs the check")
