@@ -166,9 +166,14 @@ class LocalStack:
     def _reconcile_loop(self, settings: Any) -> None:
         """The schedule of the template (every VVG_RECONCILE_SECONDS): a reconciler pass, which ends with the
         signed audit checkpoint (docs/threat-model.md)."""
+        root = getattr(self, "root", None)
+        if root is None:  # the loop alone, without start() (a test)
+            from vvolguard.services.root import Services
+
+            root = Services.build(settings)
         while not self._stopping.wait(self.reconcile_seconds):
             try:
-                summary = self.root.reconciler().run()
+                summary = root.reconciler().run()
                 if not summary["ok"]:
                     log.warning("reconcile: %s", summary["errors"][:3])
             except Exception:  # the next pass tries again, as the schedule would
