@@ -62,7 +62,6 @@ class TamperCheck:
         item = self._item()
         if item is None:
             return {"result": None, "error": None, "age_s": None, "at": None, "running": False}
-        pending = item.requested_at is not None and (item.checked_at is None or item.requested_at > item.checked_at)
         result = None
         if item.ok is not None:
             problems = json.loads(item.problems_json or "[]")
@@ -71,7 +70,7 @@ class TamperCheck:
                       "checkpoint": {"at": item.checkpoint_at, "chains": int(item.checkpoint_chains or 0)}
                       if item.checkpoint_at else None}
         age = (now - item.checked_at).total_seconds() if item.checked_at else None
-        return {"result": result, "error": item.error, "age_s": age, "at": item.checked_at, "running": pending}
+        return {"result": result, "error": item.error, "age_s": age, "at": item.checked_at, "running": self.pending(item)}
 
     # ---- "Check now"
 
@@ -106,26 +105,26 @@ class TamperCheck:
 
     # ---- the scheduled side
 
+    @staticmethod
+    def pending(item: TamperCheckItem | None) -> bool:
+        """A request made after the last check started."""
+        return item is not None and item.requested_at is not None and (
+            item.checked_at is None or item.requested_at > item.checked_at)
+
     def due(self, now: datetime, item: TamperCheckItem | None = None) -> bool:
         """A request not yet run, or a result older than INTERVAL_S (or none)."""
-        if item is None:
+        if item is None or item.checked_at is None or self.pending(item):
             return True
-        if item.requested_at is not None and (item.checked_at is None or item.requested_at > item.checked_at):
-            return True
-        return item.checked_at is None or (now - item.checked_at).total_seconds() >= INTERVAL_S
+        return (now - item.checked_at).total_seconds() >= INTERVAL_S
 
     def run_if_due(self, now: datetime | None = None, requested_only: bool = False) -> dict[str, Any] | None:
         """Run when due (``requested_only``: only for a pending request, as the local stack polls);
         the stored summary, or None when nothing ran."""
         now = now or datetime.now(timezone.utc)
         item = self._item()
-        if requested_only:
-            if item is None or item.requested_at is None or (item.checked_at and item.requested_at <= item.checked_at):
-                return None
-        elif not self.due(now, item):
+        if not (self.pending(item) if requested_only else self.due(now, item)):
             return None
-        return self.run(now, source="request" if requested_only or (item and item.requested_at and (
-            item.checked_at is None or item.requested_at > item.checked_at)) else "schedule")
+        return self.run(now, source="request" if self.pending(item) else "schedule")
 
     def run(self, now: datetime | None = None, source: str = "schedule") -> dict[str, Any]:
         """Verify the whole history now, store the result, alert when it fails. Returns the stored summary."""
