@@ -107,3 +107,35 @@ def test_reconcile_handler__anything_but_the_exact_request_payload_is_a_normal_p
     finally:
         reconcile_handler.reset()
     assert "expired_leases" in out and out["tamper_check"]["ok"] is True  # a full pass, its scheduled check first due
+
+
+def test_reconcile_pass__runs_the_tamper_check_when_due_stores_it_and_alerts_when_it_fails(aws, monkeypatch):
+    """The scheduled function's check (docs/audit-check.md): at most every INTERVAL_S unless asked for; a failed
+    one raises tamper_check_failed and fails the pass."""
+    from datetime import datetime, timedelta, timezone
+
+    from vvolguard.adapters.audit import AuditLog, AuditRecord
+    from vvolguard.adapters.models import AuditItem
+    from vvolguard.services import tamper as tamper_module
+    from vvolguard.services.alerts import list_alerts
+    from vvolguard.services.root import Services
+
+    root = Services.build(aws)
+    AuditLog(aws).append([AuditRecord(actor="cli", action="attach", outcome="done", vm_id="vm-9", reason="r")])
+    runs = []
+    real = AuditLog.verify
+    monkeypatch.setattr(AuditLog, "verify", lambda self, *a, **kw: runs.append(1) or real(self, *a, **kw))
+    now = datetime.now(timezone.utc)
+    first = root.reconciler().run(now)
+    assert first["tamper_check"]["ok"] is True and first["ok"] and len(runs) == 1
+    assert root.reconciler().run(now + timedelta(seconds=10))["tamper_check"] is None and len(runs) == 1  # fresh
+    AuditItem.get("VM#vm-9", 1).update(actions=[AuditItem.reason.set("edited afterwards")])
+    assert list(list_alerts(timedelta(hours=1))) == []
+    later = root.reconciler().run(now + timedelta(seconds=tamper_module.INTERVAL_S + 1))
+    assert later["tamper_check"]["ok"] is False and not later["ok"] and len(runs) == 2
+    assert any("tamper check: record 1 of chain VM#vm-9" in e for e in later["errors"])
+    assert [(a["kind"], a["vm_id"]) for a in list_alerts(timedelta(hours=1), now=now + timedelta(minutes=10))] == [
+        ("tamper_check_failed", "vm-9")]
+    state = root.tamper.state(now + timedelta(seconds=tamper_module.INTERVAL_S + 2))
+    assert state["result"]["ok"] is False and state["result"]["first_problem"]["chain"] == "VM#vm-9"
+    assert "edited afterwards" not in str(state)  # problems name records, never their contents
