@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from flask import Flask, render_template
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from vvolguard.adapters.models import configure
+from vvolguard.services.root import Services
 from vvolguard.settings import Settings
 
 csrf = CSRFProtect()
@@ -19,8 +19,9 @@ CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 
        "frame-ancestors 'none'; base-uri 'none'")
 
 
-def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    """The app factory: settings from the environment, one blueprint per area."""
+def create_app(test_config: dict[str, Any] | None = None, services: Services | None = None) -> Flask:
+    """The app factory: settings from the environment, one blueprint per area; ``services``: a composition
+    root already built for these settings (the local stack shares its own)."""
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=os.environ.get("VVG_DASHBOARD_SECRET_KEY") or secrets.token_hex(32),
@@ -32,15 +33,22 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         MAX_CONTENT_LENGTH=256 * 1024,
         WTF_CSRF_TIME_LIMIT=8 * 3600,
         VVG_SETTINGS=Settings.from_env(),
+        # In AWS, "Check now" on /audit invokes this function for a tamper check (docs/audit-check.md).
+        VVG_RECONCILE_FUNCTION=os.environ.get("VVG_RECONCILE_FUNCTION") or None,
     )
     if test_config:
         app.config.update(test_config)
-    configure(app.config["VVG_SETTINGS"])
+    # The composition root, built once per app (as flaskr keeps what it needs in app.extensions): every page
+    # uses its services and adapters; none is constructed per request.
+    app.extensions["vvg"] = services or Services.build(app.config["VVG_SETTINGS"])
     csrf.init_app(app)
     # Werkzeug answers "//x" with an absolute redirect built from the Host header; refuse it instead.
     app.url_map.merge_slashes = False
 
     from dashboard import alerts, attachments, audit, auth, health, hosts, policies, simulate, users, vms
+
+    auth.init_limits(app)
+    simulate.init_limits(app)
 
     for area in (health, auth, policies, simulate, attachments, audit, alerts, hosts, users, vms):
         app.register_blueprint(area.bp)
@@ -74,6 +82,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         return resp
 
     return app
+
+
+def services() -> Services:
+    """The app's composition root (built in create_app)."""
+    from flask import current_app
+
+    return current_app.extensions["vvg"]
 
 
 def _error_page(code: int, title: str, message: str):

@@ -1,20 +1,18 @@
 """/audit: the audit history filtered and paged by DynamoDB cursor, CSV and JSON export of the filtered
-set, and the result of the tamper check (run in the background, cached briefly)."""
+set, and the result of the tamper check (run by the scheduled function, stored in DynamoDB: docs/audit-check.md)."""
 from __future__ import annotations
 
 import csv
 import io
 import json
 import re
-import threading
-import time
 from typing import Any, Iterator
 
 from flask import Blueprint, Response, current_app, flash, redirect, render_template, request, stream_with_context, url_for
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from dashboard.auth import role_required
-from vvolguard.adapters.audit import AuditLog, export_row
+from dashboard.auth import actor, role_required
+from vvolguard.adapters.audit import export_row
 from vvolguard.domain.events import TYPES
 from vvolguard.errors import InvalidInput
 from vvolguard.services.audit_queries import (OUTCOMES, AuditQuery, is_relative, iterate, parse_bound, read_page,
@@ -65,54 +63,12 @@ def query_from_args(args) -> tuple[AuditQuery, dict[str, str]]:
     return q, raw
 
 
-# ---- the tamper check: a full read of the history, so it runs beside the page, not in it
-
-
-class TamperCheck:
-    """The last ``AuditLog.verify`` result, refreshed in the background when older than ``ttl``."""
-
-    def __init__(self) -> None:
-        self.result: dict[str, Any] | None = None
-        self.checked_at: float | None = None
-        self.error: str | None = None
-        self.running = False
-        self._lock = threading.Lock()
-
-    def _run(self, settings) -> None:
-        try:
-            result, error = AuditLog(settings).verify(), None
-        except Exception as exc:  # shown on the page; the page itself must still answer
-            result, error = None, type(exc).__name__
-        with self._lock:
-            self.result, self.error, self.checked_at, self.running = result, error, time.time(), False
-
-    def status(self, settings, ttl: float, sync: bool) -> dict[str, Any]:
-        """The cached result, starting a refresh when it is missing or stale (inline when ``sync``)."""
-        with self._lock:
-            stale = self.checked_at is None or time.time() - self.checked_at > ttl
-            start = stale and not self.running
-            if start:
-                self.running = True
-        if start:
-            if sync:
-                self._run(settings)
-            else:
-                threading.Thread(target=self._run, args=(settings,), name="vvg-audit-verify", daemon=True).start()
-        with self._lock:
-            age = time.time() - self.checked_at if self.checked_at else None
-            return {"result": self.result, "error": self.error, "age_s": age, "running": self.running}
-
-
-def _tamper() -> TamperCheck:
-    ext = current_app.extensions
-    if "vvg_tamper" not in ext:
-        ext["vvg_tamper"] = TamperCheck()
-    return ext["vvg_tamper"]
+# ---- the tamper check: a full read of the history, run by the scheduled function, never in a request
+# (docs/audit-check.md); the page reads its stored result (one GetItem)
 
 
 def tamper_status() -> dict[str, Any]:
-    cfg = current_app.config
-    return _tamper().status(cfg["VVG_SETTINGS"], cfg.get("VVG_TAMPER_TTL", 60.0), cfg.get("VVG_TAMPER_SYNC", False))
+    return current_app.extensions["vvg"].tamper.state()
 
 
 # ---- routes
@@ -184,15 +140,13 @@ def _first_bad_url(tamper: dict[str, Any]) -> str | None:
 @bp.post("/audit/verify")
 @role_required("viewer")
 def verify_now():
-    """Run the tamper check now (at most once per 10 s), then show the page again."""
-    t = _tamper()
-    if t.running:
-        flash("A tamper check is already running; reload in a moment for its result.", "ok")
-    elif t.checked_at is not None and time.time() - t.checked_at <= 10:
-        flash("The tamper check ran less than 10 seconds ago; its result is shown.", "ok")
+    """Ask the scheduled function for a tamper check (at most once per 10 s), then show the page again; the
+    check itself never runs in this request."""
+    if current_app.extensions["vvg"].tamper.request(actor=actor(),
+                                                       function=current_app.config.get("VVG_RECONCILE_FUNCTION")):
+        flash("Tamper check asked for: it runs in a few seconds; reload the page for its result.", "ok")
     else:
-        t.status(current_app.config["VVG_SETTINGS"], 0, sync=True)
-        flash("Tamper check done.", "ok")
+        flash("A tamper check was asked for less than 10 seconds ago; reload the page for its result.", "ok")
     return redirect(url_for("audit.audit"))
 
 

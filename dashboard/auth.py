@@ -20,15 +20,21 @@ FAIL_DELAY_S = 0.5
 MAX_NEXT = 2000
 
 
+def init_limits(app) -> None:
+    """The sign-in limiter of the app, built once from its config (the counters live in DynamoDB)."""
+    cfg = app.config
+    app.extensions["vvg_login_limiter"] = LoginLimiter(
+        app.extensions["vvg"].settings, free_pair=cfg.get("VVG_LOGIN_FREE_FAILURES", 5),
+        free_addr=cfg.get("VVG_LOGIN_FREE_FAILURES_IP", 20), base_s=cfg.get("VVG_LOGIN_BACKOFF_S", 2.0),
+        name_ceiling=cfg.get("VVG_LOGIN_NAME_CEILING", 100))
+
+
 def _limiter() -> LoginLimiter:
-    cfg = current_app.config
-    return LoginLimiter(cfg["VVG_SETTINGS"], free_pair=cfg.get("VVG_LOGIN_FREE_FAILURES", 5),
-                        free_addr=cfg.get("VVG_LOGIN_FREE_FAILURES_IP", 20), base_s=cfg.get("VVG_LOGIN_BACKOFF_S", 2.0),
-                        name_ceiling=cfg.get("VVG_LOGIN_NAME_CEILING", 100))
+    return current_app.extensions["vvg_login_limiter"]
 
 
 def _users() -> UserService:
-    return UserService(current_app.config["VVG_SETTINGS"])
+    return current_app.extensions["vvg"].users
 
 
 @bp.before_app_request

@@ -18,12 +18,12 @@ bp = Blueprint("hosts", __name__)
 
 
 def _service() -> HostService:
-    return HostService(current_app.config["VVG_SETTINGS"])
+    return current_app.extensions["vvg"].hosts
 
 
 def _page(form=None, error=None, status=200):
     now = datetime.now(timezone.utc)
-    hosts = _service().list()
+    hosts = _service().all_hosts()
     return render_template("hosts/list.html", hosts=hosts, form=form or {}, error=error, now=now,
                            auth_of=auth_of), status
 

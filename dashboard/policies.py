@@ -53,11 +53,8 @@ _FIELD_ERR = re.compile(r"^form(?: \([^)]*\))?: ([^:]{1,80}): (.*)\Z", re.S)
 
 
 def _service() -> PolicyService:
-    from vvolguard.adapters.provider import EbsProvider
-
-    settings = current_app.config["VVG_SETTINGS"]
-    # The provider is used only to detach a volume whose policy is deleted while attached.
-    return PolicyService(settings, provider=EbsProvider(settings))
+    # The root's, with the provider: used only to detach a volume whose policy is deleted while attached.
+    return current_app.extensions["vvg"].policies
 
 
 def index():

@@ -9,8 +9,6 @@ from dashboard.auth import role_required
 from vvolguard.adapters.limits import Refused, GuessSlots
 from vvolguard.domain.events import TYPES
 from vvolguard.errors import VvgError
-from vvolguard.services.policies import PolicyService
-from vvolguard.services.simulate import Simulator
 
 bp = Blueprint("simulate", __name__)
 FIELDS = ("app", "volume_id", "password", "destination_host", "source_host", "apps", "occurred_at")
@@ -23,8 +21,14 @@ _APP_LINE = re.compile(r"^\s*([A-Za-z0-9._-]{1,64})\s+([A-Za-z0-9._-]{1,64})\s+(
 MAX_GUESSES, GUESS_WINDOW_S = 5, 900
 
 
+def init_limits(app) -> None:
+    """The simulator's password-guess slots of the app, built once (the slots live in DynamoDB)."""
+    app.extensions["vvg_sim_slots"] = GuessSlots(app.extensions["vvg"].settings, "sim-guess", MAX_GUESSES,
+                                                 GUESS_WINDOW_S)
+
+
 def _slots() -> GuessSlots:
-    return GuessSlots(current_app.config["VVG_SETTINGS"], "sim-guess", MAX_GUESSES, GUESS_WINDOW_S)
+    return current_app.extensions["vvg_sim_slots"]
 
 
 def _parse_apps(text: str) -> tuple[list[dict], str | None]:
@@ -39,7 +43,7 @@ def _parse_apps(text: str) -> tuple[list[dict], str | None]:
 
 def _choices():
     vms: dict[str, set[str]] = {}
-    for p in PolicyService(current_app.config["VVG_SETTINGS"]).all():
+    for p in current_app.extensions["vvg"].policies.all():
         vms.setdefault(p.vm_id, set()).add(p.host_id)
     return {vm: sorted(hosts) for vm, hosts in sorted(vms.items())}
 
@@ -95,7 +99,7 @@ def simulate():
     try:
         if error is None:
             try:
-                result = Simulator(current_app.config["VVG_SETTINGS"]).run(vm_id, host_id, fields)
+                result = current_app.extensions["vvg"].simulator.run(vm_id, host_id, fields)
             except VvgError as exc:
                 error, status = exc.message, 400
     finally:

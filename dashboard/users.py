@@ -12,11 +12,11 @@ bp = Blueprint("users", __name__)
 
 
 def _service() -> UserService:
-    return UserService(current_app.config["VVG_SETTINGS"])
+    return current_app.extensions["vvg"].users
 
 
 def _page(form=None, error=None, status=200):
-    return render_template("users/list.html", users=_service().list(), roles=ROLES, form=form or {},
+    return render_template("users/list.html", users=_service().rows(), roles=ROLES, form=form or {},
                            error=error), status
 
 

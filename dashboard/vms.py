@@ -7,11 +7,9 @@ from datetime import datetime, timezone
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 
 from dashboard.auth import actor, role_required
-from vvolguard.adapters.audit import AuditLog
 from vvolguard.domain.policy import ID_RE
 from vvolguard.errors import VvgError
 from vvolguard.services.keys import key_states
-from vvolguard.services.policies import PolicyService
 from vvolguard.services.quarantine import MAX_REASON, QuarantineService
 from vvolguard.services.vms import is_ec2_vm
 
@@ -19,10 +17,7 @@ bp = Blueprint("vms", __name__)
 
 
 def _service() -> QuarantineService:
-    from vvolguard.adapters.provider import EbsProvider
-
-    settings = current_app.config["VVG_SETTINGS"]
-    return QuarantineService(settings, provider=EbsProvider(settings))
+    return current_app.extensions["vvg"].quarantine
 
 
 def _vm(vm_id: str) -> str:
@@ -36,12 +31,12 @@ def _vm(vm_id: str) -> str:
 def vm_page(vm_id: str):
     """The VM's policies with their attachment state, its quarantine and its last audit records."""
     _vm(vm_id)
-    settings = current_app.config["VVG_SETTINGS"]
-    policies = sorted(PolicyService(settings).for_vm(vm_id), key=lambda p: p.volume_id)
-    quarantine = QuarantineService(settings, provider=object()).state(vm_id)
+    root = current_app.extensions["vvg"]
+    policies = sorted(root.policies.for_vm(vm_id), key=lambda p: p.volume_id)
+    quarantine = root.quarantine.state(vm_id)
     if not policies and quarantine is None:
         abort(404)
-    audit = list(AuditLog(settings).list(vm_id=vm_id, limit=20))
+    audit = list(root.audit.recent(vm_id=vm_id, limit=20))
     keyvols = key_states(p.volume_id for p in policies)  # one BatchGet (docs/key-volume.md), never key bytes
     return render_template("vms/page.html", vm_id=vm_id, policies=policies, quarantine=quarantine, audit=audit,
                            keyvols=keyvols, now=datetime.now(timezone.utc), max_reason=MAX_REASON,
@@ -88,11 +83,9 @@ def _decisions(out: dict) -> str:
 @role_required("editor")
 def start(vm_id: str):
     """EC2 VM: create its missing volumes, attach the preboot ones to the stopped instance, start it."""
-    from vvolguard.services.vms import VmService
-
     _vm(vm_id)
     try:
-        out = VmService(current_app.config["VVG_SETTINGS"]).start(vm_id, actor=actor())
+        out = current_app.extensions["vvg"].vms.start(vm_id, actor=actor())
     except VvgError as exc:
         flash(f"Not started: {exc.message}", "error")
         return redirect(url_for("vms.vm_page", vm_id=vm_id))
@@ -104,11 +97,9 @@ def start(vm_id: str):
 @role_required("editor")
 def stop(vm_id: str):
     """EC2 VM: stop the instance, then detach every volume still attached."""
-    from vvolguard.services.vms import VmService
-
     _vm(vm_id)
     try:
-        out = VmService(current_app.config["VVG_SETTINGS"]).stop(vm_id, actor=actor())
+        out = current_app.extensions["vvg"].vms.stop(vm_id, actor=actor())
     except VvgError as exc:
         flash(f"Not stopped: {exc.message}", "error")
         return redirect(url_for("vms.vm_page", vm_id=vm_id))

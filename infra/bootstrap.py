@@ -10,7 +10,6 @@ from botocore.exceptions import ClientError
 
 from infra.template import Template
 from vvolguard.adapters import aws
-from vvolguard.adapters.models import configure
 from vvolguard.domain.policy import parse_policy_text
 from vvolguard.errors import NotFound
 from vvolguard.services.hosts import HostService
@@ -176,6 +175,8 @@ def provision_demo_keys(settings: Settings) -> list[str]:
 
 
 def bootstrap(settings: Settings, template: Template | None = None) -> None:
-    """Create the template's resources and point the models at them."""
-    configure(settings)
+    """Create the template's resources and point the models at them (the composition root binds them)."""
+    from vvolguard.services.root import Services
+
+    Services.build(settings)
     create_resources(template or Template(), settings)

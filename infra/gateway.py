@@ -217,9 +217,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return self._error(413, "Request Entity Too Large")
         body = self.rfile.read(n) if n else b""
-        bound, params, path_seen = self.server.match(self.command, path)
+        bound, params, _path_seen = self.server.match(self.command, path)  # 404 either way, as HTTP APIs answer
         if bound is None:
-            return self._error(404 if not path_seen else 404, "Not Found")
+            return self._error(404, "Not Found")
         event = build_event(self.command, self.path, list(self.headers.items()), body, bound.route, params,
                             self.client_address[0], host=self.server.public_host)
         ctx = LambdaContext(function_name=bound.route.function, aws_request_id=event["requestContext"]["requestId"],

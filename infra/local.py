@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 HOST = "127.0.0.1"
+TAMPER_POLL_S = 2.0  # how soon the local stack runs a requested tamper check (docs/audit-check.md)
 log = logging.getLogger("vvg.local")
 
 
@@ -117,16 +118,17 @@ class LocalStack:
         from vvolguard.adapters import aws
         from vvolguard.settings import Settings
 
+        from vvolguard.services.root import Services
+
         aws.reset_clients()
         settings = Settings.from_env()
         bootstrap(settings)
+        self.root = root = Services.build(settings)
         if self.seed:
             self.seeded = seed_demo(settings, self.admin_password)
             provision_demo_keys(settings)  # Table 1's preboot volumes hold a luks key (docs/key-volume.md)
         else:
-            from vvolguard.services.users import UserService
-
-            UserService(settings).add("admin", "admin", self.admin_password, actor="cli")
+            root.users.add("admin", "admin", self.admin_password, actor="cli")
 
         from werkzeug.serving import make_server
 
@@ -135,7 +137,7 @@ class LocalStack:
 
         gateway = Gateway((HOST, self.api_port))
         # both answer with their configured address, never the client's Host header
-        dash = make_server(HOST, self.dashboard_port, fixed_host(create_app(), f"{HOST}:{self.dashboard_port}"),
+        dash = make_server(HOST, self.dashboard_port, fixed_host(create_app(services=root), f"{HOST}:{self.dashboard_port}"),
                            threaded=True)
         for srv in (gateway, dash):
             t = threading.Thread(target=srv.serve_forever, name=type(srv).__name__, daemon=True)
@@ -149,15 +151,30 @@ class LocalStack:
             t.start()
             self.threads.append(t)
         self.ec2_poller = start_ec2_poller(settings, self._stopping)
+        t = threading.Thread(target=self._tamper_requests, name="vvg-tamper-check", daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def _tamper_requests(self) -> None:
+        """What AWS does with the dashboard's "Check now" (an asynchronous invoke of the reconcile function):
+        a requested tamper check runs within TAMPER_POLL_S (docs/audit-check.md)."""
+        while not self._stopping.wait(TAMPER_POLL_S):
+            try:
+                self.root.tamper.run_if_due(requested_only=True)
+            except Exception:  # the next poll tries again
+                log.exception("tamper check failed")
 
     def _reconcile_loop(self, settings: Any) -> None:
         """The schedule of the template (every VVG_RECONCILE_SECONDS): a reconciler pass, which ends with the
         signed audit checkpoint (docs/threat-model.md)."""
-        from vvolguard.services.reconcile import Reconciler
+        root = getattr(self, "root", None)
+        if root is None:  # the loop alone, without start() (a test)
+            from vvolguard.services.root import Services
 
+            root = Services.build(settings)
         while not self._stopping.wait(self.reconcile_seconds):
             try:
-                summary = Reconciler(settings).run()
+                summary = root.reconciler().run()
                 if not summary["ok"]:
                     log.warning("reconcile: %s", summary["errors"][:3])
             except Exception:  # the next pass tries again, as the schedule would

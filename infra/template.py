@@ -243,11 +243,3 @@ class Template:
             if any("AWS" in (st.get("Principal") or {}) for st in trust):
                 out[self.ref(name)] = self.resolve(res.get("Properties", {}))
         return out
-
-    def key_names(self) -> dict[str, str]:
-        """Logical id -> local physical name of the KMS aliases and secrets."""
-        out = {}
-        for t in ("AWS::KMS::Alias", "AWS::SecretsManager::Secret"):
-            for name in self.of_type(t):
-                out[name] = self.ref(name)
-        return out

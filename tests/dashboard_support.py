@@ -14,7 +14,7 @@ import pytest
 ROLE_USERS = {"viewer": "vera", "editor": "eddie", "admin": "admin"}
 PASSWORD = "admin-pass-123"
 TEST_CONFIG = {"TESTING": True, "SECRET_KEY": "test-secret-key", "SESSION_COOKIE_SECURE": False,
-               "VVG_LOGIN_FAIL_DELAY": 0, "VVG_TAMPER_SYNC": True}
+               "VVG_LOGIN_FAIL_DELAY": 0}
 _TOKEN_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 __all__ = ["seeded", "seeded_vms", "app", "client", "login", "shared_aws", "shared_app", "csrf_token", "sign_in",

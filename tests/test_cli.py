@@ -49,11 +49,11 @@ def tables(settings) -> dict:
 
 
 def audit_ids(settings) -> list[tuple[str, int]]:
-    return [(r.chain, int(r.seq)) for r in AuditLog(settings).list(limit=1000)]
+    return [(r.chain, int(r.seq)) for r in AuditLog(settings).recent(limit=1000)]
 
 
 def audit_dump(settings) -> str:
-    return "\n".join(json.dumps(r.attribute_values, default=str) for r in AuditLog(settings).list(limit=1000))
+    return "\n".join(json.dumps(r.attribute_values, default=str) for r in AuditLog(settings).recent(limit=1000))
 
 
 class Snapshot:
@@ -133,7 +133,7 @@ def test_apply__each_change_is_audited(seeded, vvg, tmp_path):
     docs = json.loads(json.dumps(GOOD))
     docs[0]["size_mb"] = 11
     assert vvg("policy", "apply", write(tmp_path, docs, "x.yaml")).code == 0
-    new = [r for r in AuditLog(seeded).list(limit=1000) if (r.chain, int(r.seq)) not in before]
+    new = [r for r in AuditLog(seeded).recent(limit=1000) if (r.chain, int(r.seq)) not in before]
     assert [(r.action, r.volume_id, r.actor) for r in new] == [("policy_update", "vvol-a", "cli")]
 
 
@@ -387,7 +387,7 @@ def test_policy_delete__removes_that_volume_only(seeded, vvg):
     assert r.json()["volume_id"] == "vvol-a" and r.json()["deleted"] is True
     vols = [v["volume_id"] for v in vvg("policy", "export").json()["volumes"]]
     assert vols == ["vvol-b", "vvol-c"]
-    rec = next(iter(AuditLog(seeded).list(volume_id="vvol-a", limit=1)))
+    rec = next(iter(AuditLog(seeded).recent(volume_id="vvol-a", limit=1)))
     assert (rec.action, rec.actor) == ("policy_delete", "cli")
 
 

@@ -134,25 +134,95 @@ def test_export__csv_cells_cannot_become_spreadsheet_formulas(client, login, see
     assert "'=HYPERLINK" in text
 
 
-def test_tamper_check__result_shown_and_an_altered_record_is_named(app, client, login, seeded):
-    from vvolguard.adapters.models import AuditItem
+def _count_verifies(monkeypatch) -> list[int]:
+    from vvolguard.adapters.audit import AuditLog
 
+    calls, real = [], AuditLog.verify
+    monkeypatch.setattr(AuditLog, "verify", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
+    return calls
+
+
+def test_tamper_check__result_shown_and_an_altered_record_is_named(app, client, login, seeded, monkeypatch):
+    """The page shows the stored result of the scheduled check; neither the page nor "Check now" reads the
+    history (docs/audit-check.md)."""
+    from datetime import timedelta
+
+    from vvolguard.adapters.models import AuditItem
+    from vvolguard.services.alerts import list_alerts
+
+    checks = _count_verifies(monkeypatch)
+    tamper = app.extensions["vvg"].tamper
     login("viewer")
+    page = client.get("/audit").get_data(as_text=True)
+    assert "No tamper check has run yet" in page and checks == []
+    tamper.run()  # what the scheduled function does
     page = client.get("/audit").get_data(as_text=True)
     assert "Tamper check passed" in page and "intact" in page and "no signed checkpoint yet" in page
     from vvolguard.adapters.audit import AuditLog
 
     at = AuditLog(seeded[0]).checkpoint()["at"]
-    app.extensions["vvg_tamper"].checked_at -= 60
+    tamper.run()
     page = client.get("/audit").get_data(as_text=True)
     assert f"against the signed checkpoint of <span class=\"mono\">{at}</span>" in page
     rec = next(iter(AuditItem.query("ACTOR#cli")))
     rec.update(actions=[AuditItem.reason.set("edited afterwards")])
-    r = client.post("/audit/verify", data={"csrf_token": csrf_token(client, "/audit")})
-    assert r.status_code == 302
-    app.extensions["vvg_tamper"].checked_at -= 60  # the cache is brief: a later visit checks again
+    checks.clear()
+    r = client.post("/audit/verify", data={"csrf_token": csrf_token(client, "/audit")}, follow_redirects=True)
+    page = r.get_data(as_text=True)
+    assert r.status_code == 200 and checks == []  # asked for, not run in the request
+    assert "Tamper check asked for" in page and "Tamper check passed" in page and "runs in a few seconds" in page
+    assert tamper.run_if_due(requested_only=True)["ok"] is False  # the local stack's poll (in AWS: the invoke)
+    assert tamper.run_if_due(requested_only=True) is None  # one request, one run
     page = client.get("/audit").get_data(as_text=True)
-    assert "NOT intact" in page and "ACTOR#cli" in page and "altered" in page
+    assert "NOT intact" in page and "ACTOR#cli" in page and "altered" in page and "runs in a few seconds" not in page
+    assert [a["kind"] for a in list_alerts(timedelta(hours=1))] == ["tamper_check_failed"]
+
+
+def test_tamper_check__check_now_asks_at_most_every_10_s_and_needs_a_session(app, client, login, seeded):
+    from vvolguard.adapters.models import TAMPER_PK, TamperCheckItem
+
+    r = client.post("/audit/verify", data={"csrf_token": csrf_token(client, "/login")})
+    assert r.status_code == 302 and "/login" in r.headers["Location"]
+    with pytest.raises(TamperCheckItem.DoesNotExist):  # nothing written for an anonymous request
+        TamperCheckItem.get(TAMPER_PK, TAMPER_PK)
+    login("viewer")
+    assert client.post("/audit/verify", data={}).status_code == 400  # no CSRF token: refused
+    with pytest.raises(TamperCheckItem.DoesNotExist):
+        TamperCheckItem.get(TAMPER_PK, TAMPER_PK)
+    token = csrf_token(client, "/audit")
+    first = client.post("/audit/verify", data={"csrf_token": token}, follow_redirects=True).get_data(as_text=True)
+    asked = TamperCheckItem.get(TAMPER_PK, TAMPER_PK).requested_at
+    again = client.post("/audit/verify", data={"csrf_token": token}, follow_redirects=True).get_data(as_text=True)
+    assert "Tamper check asked for" in first and "less than 10 seconds ago" in again
+    item = TamperCheckItem.get(TAMPER_PK, TAMPER_PK)
+    assert item.requested_at == asked and item.requested_by == "user:vera" and item.checked_at is None
+
+
+def test_tamper_check__in_aws_check_now_invokes_the_reconcile_function(aws, monkeypatch):
+    """With VVG_RECONCILE_FUNCTION set (template.yaml, on the dashboard function), a request is stored and the function invoked
+    asynchronously with the tamper-check payload, which runs only the requested check."""
+    from vvolguard.adapters import aws as aws_adapter
+    from vvolguard.handlers import reconcile as reconcile_handler
+    from vvolguard.services.tamper import INVOKE_PAYLOAD, TamperCheck
+
+    sent = []
+
+    class Lambda:  # moto's Lambda would need a container to run the function: only the call is checked
+        def invoke(self, **kw):
+            sent.append(kw)
+
+    real = aws_adapter.client
+    monkeypatch.setattr(aws_adapter, "client",
+                        lambda service, *a, **kw: Lambda() if service == "lambda" else real(service, *a, **kw))
+    check = TamperCheck(aws)
+    assert check.request(actor="user:vera", function="vvg-reconcile")
+    assert [(k["FunctionName"], k["InvocationType"], json.loads(k["Payload"])) for k in sent] == [
+        ("vvg-reconcile", "Event", INVOKE_PAYLOAD)]
+    reconcile_handler.reset()
+    out = reconcile_handler.handler(INVOKE_PAYLOAD, None)  # what the invoked function does
+    reconcile_handler.reset()
+    assert set(out) == {"tamper_check"} and out["tamper_check"]["ok"] is True
+    assert check.state()["result"]["ok"] is True and check.state()["running"] is False
 
 
 def test_empty_states_say_what_to_do(client, login, seeded):

@@ -36,7 +36,7 @@ def test_hosts__pasted_public_key_enrols_a_key_host_bound_to_its_hardware(client
     listing = client.get("/hosts").get_data(as_text=True)
     for shown in (fp, "02:00:00:00:0b:01", "SN-HVK", "rack 11", "Ed25519 key", item.key_binding[:16]):
         assert shown in listing, shown
-    assert next(iter(AuditLog(settings).list(limit=5))).actor == "user:admin"
+    assert next(iter(AuditLog(settings).recent(limit=5))).actor == "user:admin"
     # rotate with a pasted key; the old one is gone
     new = Ed25519PrivateKey.generate()
     r = client.post("/hosts/hv-k/rotate", data={"public_key": _ssh(new), "csrf_token": csrf_token(client, "/hosts")})

@@ -31,7 +31,7 @@ def test_enroll__secret_shown_once_on_the_response_only_and_it_works(client, log
     assert secret not in str(item.attribute_values)  # stored encrypted only
     for path in ("/hosts", "/audit", "/audit/export.json", "/audit/export.csv", "/policies"):
         assert secret not in client.get(path).get_data(as_text=True), path
-    rec = next(r for r in AuditLog(settings).list(limit=50) if r.action == "host_enroll" and r.host_id == "host-9")
+    rec = next(r for r in AuditLog(settings).recent(limit=50) if r.action == "host_enroll" and r.host_id == "host-9")
     assert rec.actor == "user:admin"
     assert "host-9" in client.get("/hosts").get_data(as_text=True)
 
@@ -68,7 +68,7 @@ def test_rotate__new_secret_once_and_revoke_needs_confirmation(client, login, se
     assert r.status_code == 302 and HostItem.get(host_id).status == "revoked"
     page = client.get("/hosts").get_data(as_text=True)
     assert "Revoked host-1" in page and '<span class="pill bad">revoked</span>' in page
-    actions = [(r.action, r.actor) for r in AuditLog(settings).list(limit=50) if r.host_id == host_id and r.action.startswith("host_")]
+    actions = [(r.action, r.actor) for r in AuditLog(settings).recent(limit=50) if r.host_id == host_id and r.action.startswith("host_")]
     assert ("host_rotate", "user:admin") in actions and ("host_revoke", "user:admin") in actions
 
 

@@ -167,7 +167,7 @@ def test_hostile_user_names__counted_under_a_digest_never_as_given(slow_app, eva
     assert keys and all(len(k) < 80 and k.isascii() and "admin" not in k and "OR" not in k for k in keys)
     from vvolguard.services.users import UserService
 
-    assert [u["user"] for u in UserService(slow_app.config["VVG_SETTINGS"]).list()] == sorted(ROLE_USERS.values())
+    assert [u["user"] for u in UserService(slow_app.config["VVG_SETTINGS"]).rows()] == sorted(ROLE_USERS.values())
 
 
 # ---------------------------------------------------------------- the simulator's guesses

@@ -60,7 +60,7 @@ def test_create__fields_named_as_policy_keys__saved_and_audited_as_the_user(clie
     assert item.password_hash and "s3cret-pw" not in item.password_hash
     from vvolguard.adapters.audit import AuditLog
 
-    rec = next(AuditLog(settings).list(volume_id="vvol-9"))
+    rec = next(AuditLog(settings).recent(volume_id="vvol-9"))
     assert rec.actor == "user:eddie" and rec.action == "policy_create"
     page = client.get("/policies/vvol-9").get_data(as_text=True)
     assert "Created the policy of vvol-9" in page

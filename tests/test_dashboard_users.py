@@ -75,7 +75,7 @@ def test_admin__lists_users_and_adds_one_that_can_sign_in(app, seeded):
     assert r.status_code == 302
     from vvolguard.adapters.audit import AuditLog
 
-    rec = json.loads(json.dumps(next(iter(AuditLog(seeded[0]).list(limit=1))).attribute_values, default=str))
+    rec = json.loads(json.dumps(next(iter(AuditLog(seeded[0]).recent(limit=1))).attribute_values, default=str))
     assert rec["actor"] == "user:admin" and rec["action"] == "user_add" and "nina-pass-123" not in json.dumps(rec)
 
 

@@ -867,7 +867,7 @@ def test_iam_calls__the_reconcile_function_role_covers_a_pass_that_does_everythi
     assert_granted(calls, "ReconcileRole", {"sns:Publish",
         "dynamodb:Query", "dynamodb:GetItem", "dynamodb:TransactWriteItems", "secretsmanager:GetSecretValue",
         "sts:AssumeRole", "ec2:DescribeVolumes", "ec2:DetachVolume", "ec2:CreateTags", "dynamodb:Scan",
-        "kms:Sign", "s3:ListObjectVersions", "s3:PutObject"})
+        "kms:Sign", "s3:ListObjectVersions", "s3:PutObject", "dynamodb:UpdateItem", "kms:Verify", "s3:GetObject"})
 
 
 def test_iam_calls__the_dashboard_function_role_covers_its_pages_and_changes(webhook, calls):
@@ -880,7 +880,7 @@ def test_iam_calls__the_dashboard_function_role_covers_its_pages_and_changes(web
 
     AuditLog(webhook.settings).checkpoint()  # the tamper check reads and verifies it
     app = create_app({"TESTING": True, "WTF_CSRF_ENABLED": False, "SECRET_KEY": "t", "SESSION_COOKIE_SECURE": False,
-                      "VVG_LOGIN_FAIL_DELAY": 0, "VVG_TAMPER_SYNC": True})
+                      "VVG_LOGIN_FAIL_DELAY": 0})
     client = app.test_client()
     with calls:
         assert client.post("/login", data={"username": "admin", "password": "admin-pass-123"}).status_code == 302
@@ -896,10 +896,10 @@ def test_iam_calls__the_dashboard_function_role_covers_its_pages_and_changes(web
         # What the policy pages' delete does to an attached volume (detach at the provider, then delete).
         out = PolicyService(webhook.settings, provider=EbsProvider(webhook.settings)).delete("vvol-1", actor="user:admin")
         assert out["detached"]
+    # The tamper check is the reconciler's (docs/audit-check.md): "Check now" writes a request (UpdateItem).
     assert_granted(calls, "DashboardRole", {"sns:Publish",
         "dynamodb:Query", "dynamodb:GetItem", "dynamodb:Scan", "dynamodb:TransactWriteItems", "kms:Encrypt",
-        "secretsmanager:GetSecretValue", "sts:AssumeRole", "ec2:DetachVolume", "s3:ListObjectVersions",
-        "s3:GetObject", "kms:Verify"})
+        "secretsmanager:GetSecretValue", "sts:AssumeRole", "ec2:DetachVolume", "dynamodb:UpdateItem"})
 
 
 def test_iam_calls__the_operator_policy_covers_the_vvg_cli(webhook, calls, vvg, tmp_path):

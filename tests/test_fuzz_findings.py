@@ -1,8 +1,8 @@
 """Bugs the fuzz run and the property tests found, each pinned by a regression test through the handler.
 
-A test marked ``xfail(strict=True)`` documents a bug that is not fixed yet: it fails today (so the suite stays
-green) and turns the suite red the day the bug is fixed, so that the marker is removed and the test guards
-the fix from then on.
+Every bug here is fixed and its test guards the fix. A bug found and not fixed yet would be pinned by a test
+marked ``xfail(strict=True)``, which turns the suite red the day the bug is fixed, so that the marker is
+removed; none is pinned that way today.
 """
 from __future__ import annotations
 

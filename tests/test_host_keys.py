@@ -150,7 +150,7 @@ def test_enroll__stores_only_the_public_key_and_answers_its_fingerprint(aws, vvg
     raw_priv = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
     stored = json.dumps(item.attribute_values, default=str)
     assert "secret" not in out and base64.b64encode(raw_priv).decode() not in stored and raw_priv.hex() not in stored
-    rec = next(r for r in AuditLog(aws).list(limit=10) if r.action == "host_enroll")
+    rec = next(r for r in AuditLog(aws).recent(limit=10) if r.action == "host_enroll")
     assert rec.detail["fingerprint"] == out["fingerprint"] and rec.detail["binding"] == item.key_binding
 
 
@@ -170,7 +170,7 @@ def test_enroll__a_bad_key_file_is_refused_and_enrolls_nothing(aws, vvg, tmp_pat
     r = vvg("host", "enroll", "key-1", "--mac", "not-a-mac", "--serial", "SN-K1", "--public-key",
             write(tmp_path, "ok.pub", pub_ssh(key)))
     assert r.code != 0 and "--mac" in r.err
-    assert list(HostItem.scan()) == [] and list(AuditLog(aws).list(limit=5)) == []
+    assert list(HostItem.scan()) == [] and list(AuditLog(aws).recent(limit=5)) == []
 
 
 def test_list__json_lines_with_auth_status_and_last_seen(keyhost, vvg):

@@ -9,7 +9,7 @@ from tests.statecheck import snapshot
 def _audit(settings, vm_id: str):
     from vvolguard.adapters.audit import AuditLog
 
-    return list(AuditLog(settings).list(vm_id=vm_id, limit=100))
+    return list(AuditLog(settings).recent(vm_id=vm_id, limit=100))
 
 
 def test_quarantine__detaches_now_refuses_attaches_until_release(webhook, vvg):

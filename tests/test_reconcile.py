@@ -23,7 +23,7 @@ SHORT = b"""volumes:
 
 
 def reconciler_records(settings) -> list:
-    return [r for r in AuditLog(settings).list(limit=1000) if r.actor == "reconciler"]
+    return [r for r in AuditLog(settings).recent(limit=1000) if r.actor == "reconciler"]
 
 
 def item(volume_id: str) -> PolicyItem:

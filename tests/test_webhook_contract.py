@@ -62,7 +62,7 @@ def snapshot() -> dict:
 def audit_records(settings) -> list:
     from vvolguard.adapters.audit import AuditLog
 
-    return list(AuditLog(settings).list(limit=10000))
+    return list(AuditLog(settings).recent(limit=10000))
 
 
 def new_audit(settings, before: int) -> list:

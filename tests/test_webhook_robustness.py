@@ -259,8 +259,8 @@ def test_10_concurrent_distinct_preboots_of_one_vm_attach_exactly_once(webhook, 
     assert len(atts) == 1 and atts[0]["InstanceId"] == instance_of("vm-1")["InstanceId"]
     item = policy("vm-1", "vvol-1")
     assert item.attached and item.busy_event is None
-    # Every other event is skipped; one that lost the VM's audit-chain race too often answers 409 (see the
-    # xfail below) and, redelivered with its id as the contract says, is then skipped as well.
+    # Every other event is skipped; one that lost the VM's audit-chain race too often answers 409 and,
+    # redelivered with its id as the contract says, is then skipped as well.
     for i, (code, body) in enumerate(answers):
         if code == 409:
             assert body["error"]["code"] == "event_in_progress", body

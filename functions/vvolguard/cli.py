@@ -88,24 +88,26 @@ def _read_password(prompt_name: str) -> str:
     return data
 
 
-def _services():
-    from vvolguard.adapters.models import configure
-    from vvolguard.settings import Settings
+def _root():
+    """The composition root of this run (docs/architecture.md), built from the environment on first use."""
+    global _built_root
+    if _built_root is None:
+        from vvolguard.services.root import Services
 
-    settings = Settings.from_env()
-    configure(settings)
-    return settings
+        _built_root = Services.build()
+    return _built_root
+
+
+_built_root = None
 
 
 def cmd_host(args: argparse.Namespace) -> int:
-    from vvolguard.services.hosts import HostService
-
     key = _read_key_file(args.public_key, "--public-key") if getattr(args, "public_key", None) else None
     if key is not None:
         from vvolguard.services.hosts import parse_key
 
         parse_key(key)  # refuse a bad key before touching AWS
-    hosts = HostService(_services())
+    hosts = _root().hosts
     if args.action == "enroll":
         _out(hosts.enroll(args.host_id, args.mac, args.serial, args.hardware or "", public_key=key))
     elif args.action == "rotate":
@@ -142,24 +144,21 @@ def _read_key_file(name: str, option: str, private: bool = False) -> bytes:
 
 def cmd_vm(args: argparse.Namespace) -> int:
     """Break-glass (docs/break-glass.md): quarantine / release a VM; start / stop an EC2 VM (docs/ec2-vms.md)."""
-    from vvolguard.services.quarantine import QuarantineService, validate_reason, validate_vm
+    from vvolguard.services.quarantine import validate_reason, validate_vm
 
     validate_vm(args.vm_id)
     if args.action in ("start", "stop"):
-        from vvolguard.services.vms import VmService
-
-        settings = _services()
-        vms = VmService(settings, provider=_provider(settings))
-        _out(getattr(vms, args.action)(args.vm_id, actor=cli_actor(settings)))
+        root = _root()
+        _out(getattr(root.vms, args.action)(args.vm_id, actor=cli_actor(root.settings)))
         return 0
     if args.action == "quarantine":
         validate_reason(args.reason)
-    settings = _services()
-    service = QuarantineService(settings, provider=_provider(settings))
+    root = _root()
+    actor = cli_actor(root.settings)
     if args.action == "quarantine":
-        _out(service.quarantine(args.vm_id, args.reason, actor="cli"))
+        _out(root.quarantine.quarantine(args.vm_id, args.reason, actor=actor))
     else:
-        _out(service.release(args.vm_id, actor="cli"))
+        _out(root.quarantine.release(args.vm_id, actor=actor))
     return 0
 
 
@@ -193,7 +192,6 @@ def _problems(errors: list[str]) -> int:
 def cmd_policy(args: argparse.Namespace) -> int:
     from vvolguard.domain.policy import dump_policy_file, parse_policy_text
     from vvolguard.errors import PolicyValidationError
-    from vvolguard.services.policies import PolicyService
 
     if args.action in ("apply", "validate"):
         name = args.file
@@ -208,16 +206,15 @@ def cmd_policy(args: argparse.Namespace) -> int:
         if args.action == "validate":
             _out({"valid": True, "volumes": len(specs)})
             return 0
-        settings = _services()
+        policies = _root().policies
         if args.dry_run:
-            _out(PolicyService(settings).dry_run(specs))
+            _out(policies.dry_run(specs))
         else:
-            _out(PolicyService(settings).apply(specs, actor="cli"))
+            _out(policies.apply(specs, actor="cli"))
     elif args.action == "export":
         from vvolguard.domain.natural import natural_key
 
-        settings = _services()
-        specs = sorted(PolicyService(settings).export(), key=lambda s: natural_key(s.volume_id))
+        specs = sorted(_root().policies.export(), key=lambda s: natural_key(s.volume_id))
         if args.output == "table":
             emit_rows([s.to_file_entry() for s in specs], "table", POLICY_COLUMNS)
         elif args.format == "yaml":
@@ -225,17 +222,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
         else:
             _out({"volumes": [s.to_file_entry() for s in specs]})
     else:
-        settings = _services()
-        _out(PolicyService(settings, provider=_provider(settings)).delete(args.volume_id, actor="cli"))
+        _out(_root().policies.delete(args.volume_id, actor="cli"))
     return 0
-
-
-def _provider(settings):
-    try:
-        from vvolguard.adapters.provider import EbsProvider
-    except ImportError:  # pragma: no cover - the provider arrives with the webhook
-        return None
-    return EbsProvider(settings)
 
 
 _actor_cache: dict[str, str] = {}
@@ -260,16 +248,15 @@ def cli_actor(settings) -> str:
 
 def cmd_user(args: argparse.Namespace) -> int:
     """Dashboard users (docs/dashboard.md): every change is audited and ends the user's sessions."""
-    from vvolguard.services.users import UserService
 
     if args.action in ("add", "passwd"):
         if not args.password_stdin:
             raise CliError(f"user {args.action}: --password-stdin is required (passwords never go on the command line)", 2)
         password = _read_password(f"user {args.action}")
-    settings = _services()
-    users = UserService(settings)
+    root = _root()
+    settings, users = root.settings, root.users
     if args.action == "list":
-        emit_rows(users.list(), args.output, ("user", "role", "disabled", "last_login"))
+        emit_rows(users.rows(), args.output, ("user", "role", "disabled", "last_login"))
         return 0
     actor = cli_actor(settings)
     if args.action == "add":
@@ -291,12 +278,12 @@ POLICY_COLUMNS = ("volume_id", "vm_id", "host_id", "storage_array", "size_mb", "
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from vvolguard.adapters.audit import AuditLog, RECORD_FIELDS
+    from vvolguard.adapters.audit import RECORD_FIELDS
 
-    log = AuditLog(_services())
+    log = _root().audit
     if args.action == "list":
         rows = []
-        for rec in log.list(vm_id=args.vm, volume_id=args.volume, limit=args.limit):
+        for rec in log.recent(vm_id=args.vm, volume_id=args.volume, limit=args.limit):
             row = {k: getattr(rec, k) for k in RECORD_FIELDS}
             row["detail"] = rec.detail.as_dict() if rec.detail is not None else {}
             row["chain"], row["seq"] = rec.chain, int(rec.seq)
@@ -335,13 +322,9 @@ MAX_EXPORT_FILE = 512 * 1024 * 1024
 
 def _tamper_alert(settings, problem: dict[str, Any], what: str) -> None:
     """A tamper check that exits 1 raises tamper_check_failed (docs/alerts.md); never fails the command."""
-    from vvolguard.services.alerts import raise_alert
+    from vvolguard.services.tamper import problem_alert
 
-    chain = str(problem.get("chain") or "")
-    raise_alert(settings, "tamper_check_failed", vm_id=chain[3:] if chain.startswith("VM#") else None,
-                host_id=chain[5:] if chain.startswith("HOST#") else None,
-                ref=f"{chain}/{problem.get('seq')}" if chain else None,
-                detail=f"{what}: record {problem.get('seq')} of chain {chain}: {problem.get('problem')}"[:300])
+    problem_alert(settings, problem, what)
 
 
 def _audit_export(args: argparse.Namespace) -> int:
@@ -414,7 +397,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     from vvolguard.services.alerts import list_alerts, parse_since
 
     since = parse_since(args.since)  # a bad duration is one line, before touching AWS
-    _services()
+    _root()
     emit_rows(list_alerts(since), args.output, ("at", "kind", "severity", "vm_id", "volume_id", "host_id", "detail"))
     return 0
 
@@ -537,9 +520,7 @@ def _no_match_hint(event_type: str, vm_id: str) -> str:
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     """One pass of the scheduled reconciler, now."""
-    from vvolguard.services.reconcile import Reconciler
-
-    summary = Reconciler(_services()).run()
+    summary = _root().reconciler().run()
     _out(summary)
     if not summary["ok"]:
         sys.stderr.write(f"vvg: error: reconcile finished with {len(summary['errors'])} error(s): {summary['errors'][0]}\n")
@@ -591,13 +572,11 @@ def cmd_key(args: argparse.Namespace) -> int:
         _out({"volume_id": args.volume, "vm_id": args.vm, "out": args.out, "size": len(image),
               "entries": kv.public_entries(header)})
         return 0
-    from vvolguard.services.keys import KeyService
-
     if args.action == "recover":
         fd = _new_secret_file(args.out)
         ok = False
         try:
-            data = KeyService(_services()).recover(args.volume_id, args.name, actor="cli")
+            data = _root().keys.recover(args.volume_id, args.name, actor="cli")
             _write_all(fd, data)
             ok = True
         finally:
@@ -606,7 +585,7 @@ def cmd_key(args: argparse.Namespace) -> int:
                 os.unlink(args.out)
         _out({"volume_id": args.volume_id, "name": args.name, "out": args.out, "size": len(data)})
         return 0
-    keys = KeyService(_services())
+    keys = _root().keys
     if args.action == "describe":
         _out(keys.describe(args.volume_id))
     else:
@@ -816,7 +795,9 @@ def _aws_failure(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``vvg``."""
+    """Entry point of ``vvg``: one command, with one composition root (built when the command needs AWS)."""
+    global _built_root
+    _built_root = None
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)

@@ -131,6 +131,38 @@ class PayloadTooLarge(VvgError):
     code = "payload_too_large"
 
 
+class SettingsError(VvgError):
+    """A setting in the environment is malformed or out of range; nothing starts with it."""
+
+    status_code = 500
+    code = "configuration_error"
+
+
+class KeyVolumeError(InvalidInput):
+    """A key volume image or its entries are invalid (docs/key-volume.md)."""
+
+    code = "invalid_key_volume"
+
+
+class KeyUnavailable(VvgError):
+    """A key held outside the tables (KMS / Secrets Manager) could not be used."""
+
+    status_code = 500
+    code = "key_unavailable"
+
+
+class CheckpointUnavailable(VvgError):
+    """The checkpoint bucket or signing key could not be used."""
+
+    status_code = 500
+    code = "checkpoint_unavailable"
+
+
+class HostKeyError(ValueError):
+    """A key that is not a usable Ed25519 key (docs/host-keys.md); the message never repeats the key's bytes.
+    A ValueError, not a VvgError: callers turn it into their own answer (InvalidInput, a CLI line)."""
+
+
 class ProviderUnavailable(VvgError):
     """The storage provider failed after retries."""
 

@@ -5,18 +5,14 @@ import os
 import re
 from dataclasses import dataclass
 
-from vvolguard.errors import VvgError
+from vvolguard.errors import SettingsError
 
 # Whole-number settings and the range each may take (docs/webhook-hardening.md): a grant lives at most an hour.
 RANGES = {"VVG_MIGRATION_GRANT_SECONDS": (1, 3600)}
 RANGES["VVG_EC2_POLL_SECONDS"] = (0, 86400)  # the local stack's EC2 poller (docs/ec2-vms.md); 0 turns it off
 
 
-class SettingsError(VvgError):
-    """A setting in the environment is malformed or out of range; nothing starts with it."""
-
-    status_code = 500
-    code = "configuration_error"
+__all__ = ["RANGES", "Settings", "SettingsError"]
 
 
 def _int_setting(name: str, raw: str | None, default: int) -> int:

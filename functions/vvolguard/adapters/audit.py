@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import random
-import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -19,6 +17,7 @@ from pynamodb.exceptions import TransactWriteError
 from vvolguard.adapters.tx import Tx
 
 from vvolguard.adapters import aws
+from vvolguard.adapters.backoff import sleep_backoff
 from vvolguard.adapters.models import AuditItem, ChainHead, connection
 from vvolguard.errors import ConcurrentModification
 from vvolguard.settings import Settings
@@ -197,8 +196,8 @@ class AuditLog:
             rec.at = rec.at or now_rfc3339()
             by_chain.setdefault(chain_for(rec), []).append(rec)
         for attempt in range(attempts):
-            if attempt:  # jittered backoff: writers of one chain take turns instead of colliding again
-                time.sleep(random.uniform(0, min(0.2, 0.005 * (2 ** attempt))))
+            if attempt:  # writers of one chain take turns instead of colliding again
+                sleep_backoff(attempt)
             heads = {c: self.head(c) for c in by_chain}
             built = {c: self.build(c, heads[c], [AuditRecord(**asdict(r)) for r in recs]) for c, recs in by_chain.items()}
             tx = Tx(connection=connection(self.settings))
@@ -220,8 +219,8 @@ class AuditLog:
 
     # ---- reading
 
-    def list(self, vm_id: str | None = None, volume_id: str | None = None, limit: int = 100,
-             months_back: int = 36) -> Iterator[AuditItem]:
+    def recent(self, vm_id: str | None = None, volume_id: str | None = None, limit: int = 100,
+               months_back: int = 36) -> Iterator[AuditItem]:
         """Records newest first, filtered by VM or volume; reads only as many pages as ``limit`` needs."""
         count = 0
         if vm_id:

@@ -11,18 +11,11 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from vvolguard.errors import VvgError
+from vvolguard.errors import KeyUnavailable  # noqa: F401 - defined in errors.py, imported from here too
 from vvolguard.settings import Settings
 
 _lock = threading.RLock()
 _sessions: dict[str, boto3.session.Session] = {}
-
-
-class KeyUnavailable(VvgError):
-    """A key held outside the tables (KMS / Secrets Manager) could not be used."""
-
-    status_code = 500
-    code = "key_unavailable"
 
 
 # botocore event hooks (name, handler) applied to every client vvolguard creates: the benchmark and the

@@ -24,7 +24,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from vvolguard.adapters import aws
-from vvolguard.errors import VvgError
+from vvolguard.errors import CheckpointUnavailable  # noqa: F401 - defined in errors.py, imported from here too
 from vvolguard.settings import Settings
 
 FORMAT = "vvg-audit-checkpoint/1"
@@ -35,13 +35,6 @@ MAX_OBJECT = 64 * 1024 * 1024
 # How many checkpoint objects (versions) the reader examines before giving up: forged or altered objects
 # newer than the latest genuine one cost one GET each.
 MAX_EXAMINED = 200
-
-
-class CheckpointUnavailable(VvgError):
-    """The checkpoint bucket or signing key could not be used."""
-
-    status_code = 500
-    code = "checkpoint_unavailable"
 
 
 @dataclass(frozen=True)

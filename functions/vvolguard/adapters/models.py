@@ -228,6 +228,28 @@ class SigFailItem(StateItem, discriminator="sigfail"):
     purge_at = NumberAttribute()
 
 
+TAMPER_PK = "AUDITCHECK"
+
+
+class TamperCheckItem(StateItem, discriminator="tampercheck"):
+    """The scheduled tamper check's last result and the latest request for a run (pk = sk = ``AUDITCHECK``;
+    docs/audit-check.md). ``checked_at`` is when the last check started: a ``requested_at`` after it is a
+    request still to run. ``problems_json`` holds the first problems (chain, seq, problem: no record data)."""
+
+    checked_at = UTCDateTimeAttribute(null=True)
+    took_ms = NumberAttribute(null=True)
+    ok = BooleanAttribute(null=True)
+    records = NumberAttribute(null=True)
+    chains = NumberAttribute(null=True)
+    problems_json = UnicodeAttribute(null=True)
+    checkpoint_at = UnicodeAttribute(null=True)  # the signed checkpoint the check compared the heads with
+    checkpoint_chains = NumberAttribute(null=True)
+    error = UnicodeAttribute(null=True)
+    source = UnicodeAttribute(null=True)
+    requested_at = UTCDateTimeAttribute(null=True)
+    requested_by = UnicodeAttribute(null=True)
+
+
 class ChainHead(StateItem, discriminator="head"):
     """The head of one audit chain (sk = ``~AUDIT``): the last sequence number and its MAC."""
 
@@ -403,7 +425,7 @@ def endpoint_url(service: str = "dynamodb") -> str | None:
 
 
 _shared_session = None
-# Since the last configure(): one botocore client per (service, region, endpoint, options), shared by every
+# Since the last bind(): one botocore client per (service, region, endpoint, options), shared by every
 # model's PynamoDB connection (12 of them) instead of one each; building a client costs ~20 ms.
 _model_clients: dict[str, object] = {}
 
@@ -417,7 +439,7 @@ def _client_key(args: tuple, kwargs: dict) -> str:
 def _share_botocore_session() -> None:
     """PynamoDB builds a botocore session (and re-reads botocore's data files) per connection; one
     process-wide session keeps cold starts and CLI runs short. Clients are created eagerly in
-    configure(), on one thread, because botocore's client creation is not thread-safe."""
+    bind(), on one thread, because botocore's client creation is not thread-safe."""
     global _shared_session
     import botocore.session
     import pynamodb.connection.base as base
@@ -442,30 +464,47 @@ def _share_botocore_session() -> None:
         base.get_session = lambda: _shared_session
 
 
-def configure(settings: Settings) -> None:
-    """Point every model at the tables, region and endpoint of ``settings``."""
+_bound: tuple | None = None
+
+
+def _table_models() -> list[type[Model]]:
+    """Every model class that reads or writes a table: the table roots and each discriminated subclass."""
+    out: list[type[Model]] = []
+    todo: list[type[Model]] = [*MODELS_BY_SETTING.values(), LimitItem]
+    while todo:
+        model = todo.pop()
+        out.append(model)
+        todo.extend(model.__subclasses__())
+    return out
+
+
+def bind(settings: Settings) -> None:
+    """Point the models at the tables, region and endpoint of ``settings``: called by the composition root
+    only (vvolguard.services.root.Services.build), once per process and settings (again only when they
+    change, as tests do between emulations).
+
+    PynamoDB reads a model's table from its ``Meta`` (its documented configuration), so the one binding per
+    process is written there; a model keeps its connection until its table name changes, so the cached
+    connections are dropped here, for a new region, endpoint or emulation."""
+    global _bound
     _share_botocore_session()
-    _model_clients.clear()
     host = endpoint_url()
-    for attr, model in MODELS_BY_SETTING.items():
-        model.Meta.table_name = getattr(settings, attr)
-        model.Meta.region = settings.region
-        model.Meta.host = host
-        model._connection = None
-    LimitItem.Meta.table_name = settings.users_table
-    LimitItem.Meta.region = settings.region
-    LimitItem.Meta.host = host
-    LimitItem._connection = None
-    PolicyItem._connection = None
-    ChainHead._connection = None
-    GrantItem._connection = None
-    QuarantineItem._connection = None
-    RefusalItem._connection = None
-    AlertItem._connection = None
-    AlertKeyItem._connection = None
-    SigFailItem._connection = None
+    key = (settings.region, host, *(getattr(settings, attr) for attr in MODELS_BY_SETTING))
+    tables = {**{model: getattr(settings, attr) for attr, model in MODELS_BY_SETTING.items()},
+              LimitItem: settings.users_table}
+    for model, table in tables.items():
+        model.Meta.table_name, model.Meta.region, model.Meta.host = table, settings.region, host
+    _model_clients.clear()
     _connections.clear()
+    for model in _table_models():
+        model._connection = None
+    _bound = key
     track_model_clients()
+
+
+def bound() -> bool:
+    """Whether bind() ran in this process."""
+    return _bound is not None
 
 
 _connections: dict[tuple[str, str | None], Connection] = {}
@@ -488,8 +527,5 @@ def track_model_clients() -> None:
     """Put the models' own botocore clients under the registered hooks (created on first use)."""
     from vvolguard.adapters.aws import track
 
-    for model in MODELS_BY_SETTING.values():
-        track(model._get_connection().connection.client)
-    for model in (PolicyItem, ChainHead, GrantItem, LimitItem, QuarantineItem, RefusalItem, AlertItem, AlertKeyItem,
-                  SigFailItem):
+    for model in _table_models():
         track(model._get_connection().connection.client)

@@ -13,15 +13,13 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from vvolguard.errors import HostKeyError  # noqa: F401 - defined in errors.py, imported from here too
+
 MAX_KEY_FILE = 16 * 1024
 RAW_LEN = 32
 SIG_LEN = 64
 # The header value a key host sends: t=UNIX_SECONDS,ed25519=<standard base64 of 64 bytes, with padding>.
 ED25519_SIG_RE = re.compile(r"^t=(\d{1,12}),ed25519=([A-Za-z0-9+/]{86}==)\Z")
-
-
-class HostKeyError(ValueError):
-    """A key that is not a usable Ed25519 key; the message never repeats the key's bytes."""
 
 
 def _text(data: bytes | str) -> bytes:

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from vvolguard.errors import InvalidInput
+from vvolguard.errors import KeyVolumeError  # noqa: F401 - defined in errors.py, imported from here too
 
 MAGIC = b"VVGKEY1\n"
 FORMAT = 1
@@ -29,12 +29,6 @@ MAX_GENERATE = 1024 * 1024  # --generate NAME:BYTES at most 1 MiB of random byte
 MAX_ENTRIES = 32
 HEADER_KEYS = ("format", "vm_id", "volume_id", "created_at", "entries")
 ENTRY_KEYS = ("name", "kind", "offset", "size", "sha256")
-
-
-class KeyVolumeError(InvalidInput):
-    """A key volume image or its entries are invalid."""
-
-    code = "invalid_key_volume"
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,6 @@ OPTIONAL = ("app", "authorized_apps", "os_disk_encryption", "password", "max_att
             "attach_to")
 KEYS = REQUIRED + OPTIONAL
 # What export writes, in this order (never the password).
-EXPORT_KEYS = REQUIRED + ("app", "authorized_apps", "os_disk_encryption", "max_attach_seconds", "min_key_bits",
-                          "attach_to")
 
 _UNSET = object()
 # The one rule for optional keys an entry leaves out (docs/policy-apply.md): an entry describes the whole

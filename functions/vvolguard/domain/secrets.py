@@ -46,7 +46,16 @@ def new_host_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
+def _signature_mac(secret: str, timestamp: int, body: bytes) -> str:
+    return hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode("ascii") + body, hashlib.sha256).hexdigest()
+
+
 def sign(secret: str, timestamp: int, body: bytes) -> str:
     """The ``X-VVG-Signature`` header value for ``body`` at ``timestamp`` (docs/webhook-api.md)."""
-    mac = hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode("ascii") + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
+    return f"t={timestamp},v1={_signature_mac(secret, timestamp, body)}"
+
+
+def signature_matches(secret: str, timestamp: int, body: bytes, v1: str) -> bool:
+    """Whether ``v1`` (the hex MAC of a ``t=...,v1=...`` header) is ``sign``'s for ``body`` at ``timestamp``;
+    compared in constant time."""
+    return hmac.compare_digest(_signature_mac(secret, timestamp, body), v1)

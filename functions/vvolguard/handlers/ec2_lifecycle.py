@@ -27,13 +27,9 @@ def lifecycle():
     """The Ec2Lifecycle of this (warm) container: built on first use, never at import."""
     global _lifecycle
     if _lifecycle is None:
-        from vvolguard.adapters.models import configure
-        from vvolguard.services.vms import Ec2Lifecycle
-        from vvolguard.settings import Settings
+        from vvolguard.services.root import Services
 
-        settings = Settings.from_env()
-        configure(settings)
-        _lifecycle = Ec2Lifecycle(settings)
+        _lifecycle = Services.build().ec2_lifecycle
     return _lifecycle
 
 

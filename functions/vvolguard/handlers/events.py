@@ -17,16 +17,13 @@ _service = None
 
 
 def service():
-    """The EventService of this (warm) container: built on first use, never at import."""
+    """The EventService of this (warm) container, from its composition root: built on first use, never at
+    import."""
     global _service
     if _service is None:
-        from vvolguard.adapters.models import configure
-        from vvolguard.services.events import EventService
-        from vvolguard.settings import Settings
+        from vvolguard.services.root import Services
 
-        settings = Settings.from_env()
-        configure(settings)
-        _service = EventService(settings)
+        _service = Services.build().events
     return _service
 
 

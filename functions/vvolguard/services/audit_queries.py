@@ -163,7 +163,6 @@ class AuditPage:
 
     items: list[AuditItem]
     position: dict[str, Any] | None
-    round_trips: int = 0
     evaluated: int = 0
     partial: bool = False  # stopped by the reading bound before the page was full
     months: list[str] = field(default_factory=list)
@@ -216,17 +215,17 @@ def read_page(q: AuditQuery, position: dict[str, Any] | None = None, limit: int 
             for raw in raw_items:
                 if len(rows) == limit:
                     # One more exists: continue after the last row returned (DynamoDB's key of that row).
-                    return AuditPage(rows, last_key, trips, evaluated)
+                    return AuditPage(rows, last_key, evaluated)
                 rows.append(AuditItem.from_raw_data(raw))
                 last_key = {"m": mo, "k": {k: raw[k] for k in _KEYS[q.source]}}
             start = page.get("LastEvaluatedKey")
             if not start:
                 break  # this partition is done
             if trips >= max_round_trips or evaluated >= max_evaluated:
-                return AuditPage(rows, {"m": mo, "k": start}, trips, evaluated, partial=len(rows) < limit)
+                return AuditPage(rows, {"m": mo, "k": start}, evaluated, partial=len(rows) < limit)
         if trips >= max_round_trips and i + 1 < len(months):
-            return AuditPage(rows, {"m": months[i + 1], "k": None}, trips, evaluated, partial=len(rows) < limit)
-    return AuditPage(rows, None, trips, evaluated)
+            return AuditPage(rows, {"m": months[i + 1], "k": None}, evaluated, partial=len(rows) < limit)
+    return AuditPage(rows, None, evaluated)
 
 
 def iterate(q: AuditQuery, max_rows: int, max_evaluated: int = 200_000) -> Iterator[AuditItem]:

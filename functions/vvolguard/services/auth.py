@@ -1,8 +1,6 @@
 """Host authentication for webhooks: X-VVG-Host and X-VVG-Signature (docs/webhook-api.md)."""
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
 import secrets
 import threading
@@ -13,6 +11,7 @@ from vvolguard.adapters import aws
 from vvolguard.adapters.models import HostItem
 from vvolguard.domain.policy import ID_RE
 from vvolguard.domain.policy_diff import RESERVED_HOSTS
+from vvolguard.domain.secrets import signature_matches
 from vvolguard.errors import AuthError, BadSignature, MissingSignature, StaleSignature, UnknownHost
 from vvolguard.settings import Settings
 
@@ -149,5 +148,4 @@ class HostAuthenticator:
             return sig is not None and hostkeys.verify(secret, timestamp, body, sig)
         if signature.startswith(ED25519_PREFIX):
             return False
-        want = hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode("ascii") + body, hashlib.sha256).hexdigest()
-        return hmac.compare_digest(want, signature)
+        return signature_matches(secret, timestamp, body, signature)

@@ -62,14 +62,14 @@ class HostService:
         except HostItem.DoesNotExist:
             raise NotFound(f"host {host_id} is not enrolled") from None
 
-    def list(self) -> list[HostItem]:
+    def all_hosts(self) -> list[HostItem]:
         """All hosts (the fleet's host list is small next to its volumes)."""
         return sorted(HostItem.scan(page_size=500), key=lambda h: h.host_id)
 
     def rows(self) -> list[dict[str, str | None]]:
         """`vvg host list`: one row per host, revoked ones included."""
         return [{"host_id": h.host_id, "status": h.status, "auth": auth_of(h),
-                 "last_seen": _iso(h.last_seen_at) if h.last_seen_at else None} for h in self.list()]
+                 "last_seen": _iso(h.last_seen_at) if h.last_seen_at else None} for h in self.all_hosts()]
 
     def secret_of(self, host: HostItem) -> str:
         """The host's current webhook secret (decrypted; cached in a warm container)."""

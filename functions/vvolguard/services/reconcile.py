@@ -40,6 +40,7 @@ class Summary:
     alerts_republished: int = 0
     ec2_booted: int = 0
     stuck_detaches_forced: int = 0
+    tamper_check: dict[str, Any] | None = None
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -48,20 +49,25 @@ class Summary:
                 "skipped_busy": self.skipped_busy, "attachments_seen": self.attachments_seen,
                 "refusal_windows": self.refusal_windows, "provisioning_leftovers": self.provisioning_leftovers,
                 "alerts_republished": self.alerts_republished, "ec2_booted": self.ec2_booted,
-                "stuck_detaches_forced": self.stuck_detaches_forced,
-                "checkpoint": self.checkpoint, "errors": self.errors[:20], "ok": not self.errors}
+                "stuck_detaches_forced": self.stuck_detaches_forced, "checkpoint": self.checkpoint,
+                "tamper_check": self.tamper_check, "errors": self.errors[:20], "ok": not self.errors}
 
 
 class Reconciler:
     """One pass of (a) lease expiry, (b) grant expiry, (c) orphan detach, (d) state correction, (e) one audit
-    record per closed window of unauthenticated webhook refusals, (f) the audit checkpoint (last, so it signs
-    what this pass wrote)."""
+    record per closed window of unauthenticated webhook refusals, (f) the audit checkpoint (after the steps
+    that write, so it signs what this pass wrote), (i) the tamper check when due (docs/audit-check.md)."""
 
-    def __init__(self, settings: Settings, provider: StorageProvider | None = None) -> None:
+    def __init__(self, settings: Settings, provider: StorageProvider | None = None, tamper: Any = None,
+                 lifecycle: Any = None) -> None:
+        from vvolguard.services.tamper import TamperCheck
+
         self.settings = settings
         self.provider: Any = provider or EbsProvider(settings)
         self.audit = AuditLog(settings)
+        self.tamper = tamper or TamperCheck(settings, self.audit)
         self._who: dict[str, HostIdentity | None] = {}
+        self._lifecycle = lifecycle  # services.vms.Ec2Lifecycle (the root's), built here when none is given
 
     def who(self, host_id: str | None) -> HostIdentity | None:
         """The enrolled identity to act for ``host_id`` (cached per pass)."""
@@ -84,7 +90,7 @@ class Reconciler:
         for step in (self._expire_leases, self._expire_grants, self._force_stuck_detaches, self._detach_orphans_and_correct,
                      self._bad_signatures, self._fold_refusals, self._remove_provisioning_leftovers,
                      self._republish_alerts, self._ec2_booted,
-                     self._checkpoint):
+                     self._checkpoint, self._tamper_check):
             try:
                 step(now, s)
             except Exception as exc:  # one broken step must not stop the others
@@ -126,7 +132,7 @@ class Reconciler:
                             if hit.host_id == EC2_HOST and hit.instance_id})
         if not instances:
             return
-        lifecycle = Ec2Lifecycle(self.settings)
+        lifecycle = self._lifecycle = self._lifecycle or Ec2Lifecycle(self.settings)
         for iid in instances:
             try:
                 out = lifecycle.on_state(iid, now, now, shutdown=False)
@@ -147,6 +153,19 @@ class Reconciler:
                                f"({', '.join(cp['held_back_chains'][:5])}): run 'vvg audit verify'")
             s.errors.append(f"audit checkpoint: {cp['held_back']} chain(s) behind the previous checkpoint "
                             f"(tampered with? run 'vvg audit verify'): {', '.join(cp['held_back_chains'][:5])}")
+
+    # ---- (i) the tamper check of the whole history, when its stored result is stale or a run was asked for
+
+    def _tamper_check(self, now: datetime, s: Summary) -> None:
+        s.tamper_check = self.tamper.run_if_due(now)
+        if s.tamper_check and s.tamper_check["ok"] is False:
+            p = s.tamper_check["first_problem"] or {}
+            s.errors.append(f"tamper check: record {p.get('seq')} of chain {p.get('chain')}: {p.get('problem')} "
+                            f"(run 'vvg audit verify')")
+
+    def run_tamper_check(self, now: datetime | None = None) -> dict[str, Any]:
+        """Only the tamper check, for a request (the dashboard's "Check now" invokes the function with it)."""
+        return {"tamper_check": self.tamper.run_if_due(now or datetime.now(timezone.utc), requested_only=True)}
 
     # ---- (a) leases
 

@@ -1,6 +1,7 @@
 """Dashboard users: salted password hashes, roles, and server-side sessions that can be ended (docs/dashboard.md)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -20,8 +21,15 @@ from vvolguard.settings import Settings
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 MIN_PASSWORD, MAX_PASSWORD = 8, 256
-# A real hash to check against when the user does not exist, so timing says nothing.
-_DUMMY_HASH = hash_password("not-a-real-password")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A real hash to check against when the user does not exist, so timing says nothing; made on the first
+    sign-in, not at import (a scrypt hash costs the CLI and every cold start tens of milliseconds)."""
+    return hash_password("not-a-real-password")
+
+
 SESSION_LIFETIME_S = 8 * 3600
 MAX_SESSIONS = 20  # per user; signing in once more ends the oldest
 
@@ -80,7 +88,7 @@ class UserService:
                 user = UserItem.get(username, consistent_read=True)
             except UserItem.DoesNotExist:
                 user = None
-        ok = check_password(password if isinstance(password, str) else "", user.password_hash if user else _DUMMY_HASH)
+        ok = check_password(password if isinstance(password, str) else "", user.password_hash if user else _dummy_hash())
         return user if (user and ok and not user.disabled) else None
 
     def get(self, username: str) -> UserItem | None:
@@ -153,7 +161,7 @@ class UserService:
 
     # ---- management (vvg user ..., /users): each change is audited and ends the user's sessions
 
-    def list(self) -> list[dict]:
+    def rows(self) -> list[dict]:
         """Every user as {"user", "role", "disabled", "last_login"} (never a hash or a session)."""
         out = []
         for u in UserItem.scan(UserItem.password_hash.exists(), page_size=500):
@@ -176,7 +184,7 @@ class UserService:
 
     def _keeps_an_admin(self, username: str, action: str) -> None:
         """Refuse leaving no enabled admin (nobody could manage users or hosts from the dashboard)."""
-        others = [r for r in self.list() if r["role"] == "admin" and not r["disabled"] and r["user"] != username]
+        others = [r for r in self.rows() if r["role"] == "admin" and not r["disabled"] and r["user"] != username]
         if not others:
             raise Conflict(f"cannot {action} {username}: it is the last enabled admin")
 
