@@ -22,7 +22,7 @@ def ec2_page(seeded_vms):
 def _audit_actions(settings, vm_id="vm-e1"):
     from vvolguard.adapters.audit import AuditLog
 
-    return [(r.actor, r.action, r.outcome) for r in AuditLog(settings).list(vm_id=vm_id, limit=100)]
+    return [(r.actor, r.action, r.outcome) for r in AuditLog(settings).recent(vm_id=vm_id, limit=100)]
 
 
 def test_vm_page__editor_starts_and_stops_an_ec2_vm_and_sees_the_decisions(seeded_vms, ec2_page, client, login):

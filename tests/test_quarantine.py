@@ -23,7 +23,7 @@ def test_quarantine__detaches_now_refuses_attaches_until_release(webhook, vvg):
     recs = _audit(webhook.settings, "vm-2")
     assert [(x.action, x.reason) for x in recs[:2]] == [("detach", "quarantined"),
                                                          ("vm_quarantine", "ransomware suspected")]
-    assert recs[0].actor == "cli"
+    assert recs[0].actor == "cli:arn:aws:sts::123456789012:user/moto"  # the caller's AWS principal (docs/cli.md)
     # the next preboot is refused, and writes no attachment
     before = snapshot()
     status, body = webhook.send("vm.preboot", "vm-2")
