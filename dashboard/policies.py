@@ -80,13 +80,15 @@ def list_policies():
     if state:
         keep["state"] = state
     active = bool(keep)
+    default = current_app.config.get("VVG_POLICIES_PER_PAGE", PER_PAGE)
     per_page = request.args.get("per_page", "")
-    per_page = min(MAX_PER_PAGE, max(1, int(per_page))) if per_page.isdigit() and len(per_page) < 5 else PER_PAGE
-    if per_page != PER_PAGE:
+    per_page = min(MAX_PER_PAGE, max(1, int(per_page))) if per_page.isdigit() and len(per_page) < 5 else default
+    if per_page != default:
         keep["per_page"] = str(per_page)
     sort, desc = parse_sort(request.args.get("sort", ""))
     rows: list = []
     page, next_cursor, error, status = None, None, None, 200
+    paged = bool(request.args.get("cursor"))
     try:
         q = PolicyQuery(**{k: v or None for k, v in filters.items()}, state=state or None)
     except InvalidInput:
@@ -96,7 +98,7 @@ def list_policies():
             position = decode_cursor(q, request.args.get("cursor", ""))
         except InvalidInput:
             error, status = "The page link is not valid (altered, or made for other filters); this is the first page.", 400
-            position = None
+            position, paged = None, False
         page = read_page(q, position, limit=per_page)
         rows = page.items
         next_cursor = encode_cursor(q, page.position)
@@ -104,7 +106,7 @@ def list_policies():
     nav = dict(keep, sort=("-" if desc else "") + sort) if sort != DEFAULT_SORT or desc else keep
     return render_template("policies/list.html", rows=rows, filters=filters, state=state, states=STATES,
                            active=active, sort=sort, desc=desc, keep=keep, nav=nav, page=page, next_cursor=next_cursor,
-                           paged=bool(request.args.get("cursor")), error=error,
+                           paged=paged, error=error,
                            keyvols=key_states(p.volume_id for p in rows)), status
 
 

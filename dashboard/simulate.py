@@ -51,7 +51,7 @@ def _host_of(vm_id: str) -> str:
 @role_required("viewer")
 def simulate():
     """GET: the form. POST (so a password never sits in a URL): the decisions the webhook would make."""
-    vms = first_vms(VM_HINTS)  # a hint list for the VM field: one page of the policy listing, never all of them
+    vms = first_vms(current_app.config.get("VVG_POLICIES_PER_PAGE", VM_HINTS))  # a hint list for the VM field: one page of the policy listing, never all of them
     form = {k: request.form.get(k, "")[:4000] for k in ("vm_id", "host_id", "type", *FIELDS)}
     form["password"] = ""  # never echoed back
     if request.method == "GET":
