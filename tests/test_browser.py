@@ -104,7 +104,8 @@ def test_4b_policies_are_paged_with_a_next_page_link(page):
         page.fill("#username", "admin")
         page.fill("#password", "admin-pass-123")
         page.click("button[type=submit]")
-        page.wait_for_url("**/policies?per_page=2")
+        page.wait_for_url(lambda url: "/login" not in url)
+        page.goto(page.base + "/policies?per_page=2")
     seen: list[str] = []
     for _ in range(50):
         seen += [t.strip() for t in page.locator("table.policies tbody tr td:first-child a").all_inner_texts()]
