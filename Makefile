@@ -28,8 +28,11 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache
 
+# The fleet (bench/fleet.py), then the dashboard's pages (bench/pages.py), whose last line merges both JSON lines.
 bench: $(STAMP)
-	$(BIN)/python -m bench.fleet $(BENCH_ARGS)
+	( $(BIN)/python -m bench.fleet $(BENCH_ARGS); echo $$? > .bench-fleet.rc ) | tee .bench-fleet.out
+	test "$$(cat .bench-fleet.rc)" = 0
+	$(BIN)/python -m bench.pages $(PAGES_BENCH_ARGS) --merge .bench-fleet.out
 
 # 10,000 requests generated from openapi.yaml against a fresh local stack (FUZZ_ARGS="--requests N --seed S").
 fuzz: $(STAMP)

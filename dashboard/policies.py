@@ -11,14 +11,17 @@ from typing import Any
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from werkzeug.datastructures import MultiDict
 
+from dashboard.audit import decode_cursor, encode_cursor
 from dashboard.auth import actor, can, role_required
 from vvolguard.domain.natural import natural_key
 from vvolguard.domain.policy_diff import is_move
-from vvolguard.domain.policy import ATTACH_ON, ATTACH_TO, DETACH_ON, ID_RE, KEYS, MAX_PASSWORD_LEN, REQUIRED, validate_entry
-from vvolguard.errors import ConcurrentModification, Conflict, NotFound, VvgError
+from vvolguard.domain.policy import (ATTACH_ON, ATTACH_TO, DETACH_ON, ID_RE, KEYS, MAX_PASSWORD_LEN, REQUIRED,
+                                     validate_entry)
+from vvolguard.errors import ConcurrentModification, Conflict, InvalidInput, NotFound, VvgError
 from vvolguard.services.audit_queries import policy_history
 from vvolguard.services.keys import key_states
 from vvolguard.services.policies import PolicyService
+from vvolguard.services.policy_pages import STATES, PolicyQuery, read_page
 
 bp = Blueprint("policies", __name__)
 FILTERS = ("vm_id", "host_id", "storage_array")
@@ -44,7 +47,7 @@ def parse_sort(text: str) -> tuple[str, bool]:
     desc = text.startswith("-")
     column = text[1:] if desc else text
     return (column, desc) if column in SORTS else (DEFAULT_SORT, False)
-STATES = ("attached", "detached")
+PER_PAGE, MAX_PER_PAGE = 50, 200
 INT_KEYS = ("size_mb", "max_attach_seconds", "min_key_bits")
 # Form fields that are not policy keys: the CSRF token, the version the editor read, and two controls.
 META = ("csrf_token", "policy_version", "remove_password", "confirm")
@@ -65,21 +68,44 @@ def index():
 @bp.get("/policies")
 @role_required("viewer")
 def list_policies():
-    """Table 1's columns, filterable by VM, host, array and state."""
+    """Table 1's columns, filterable by VM, host, array and state, one page at a time: each page is read by a
+    query on the filter's key and continues by a signed cursor, so it costs the same with 100 or 100,000
+    policies (docs/policy-pages.md). A column's sort orders the page shown."""
     filters = {k: request.args.get(k, "").strip()[:64] for k in FILTERS}
     state = request.args.get("state", "")
     state = state if state in STATES else ""
-    rows = [p for p in _service().all()
-            if all(not v or getattr(p, k) == v for k, v in filters.items())
-            and (not state or bool(p.attached) == (state == "attached"))]
-    sort, desc = parse_sort(request.args.get("sort", ""))
-    rows.sort(key=SORTS[sort], reverse=desc)
-    active = bool(state) or any(filters.values())
     keep = {k: v for k, v in filters.items() if v}
     if state:
         keep["state"] = state
+    active = bool(keep)
+    default = current_app.config.get("VVG_POLICIES_PER_PAGE", PER_PAGE)
+    per_page = request.args.get("per_page", "")
+    per_page = min(MAX_PER_PAGE, max(1, int(per_page))) if per_page.isdigit() and len(per_page) < 5 else default
+    if per_page != default:
+        keep["per_page"] = str(per_page)
+    sort, desc = parse_sort(request.args.get("sort", ""))
+    rows: list = []
+    page, next_cursor, error, status = None, None, None, 200
+    paged = bool(request.args.get("cursor"))
+    try:
+        q = PolicyQuery(**{k: v or None for k, v in filters.items()}, state=state or None)
+    except InvalidInput:
+        q = None  # an id no policy can have: nothing matches, and nothing is read
+    if q is not None:
+        try:
+            position = decode_cursor(q, request.args.get("cursor", ""))
+        except InvalidInput:
+            error, status = "The page link is not valid (altered, or made for other filters); this is the first page.", 400
+            position, paged = None, False
+        page = read_page(q, position, limit=per_page)
+        rows = page.items
+        next_cursor = encode_cursor(q, page.position)
+    rows.sort(key=SORTS[sort], reverse=desc)
+    nav = dict(keep, sort=("-" if desc else "") + sort) if sort != DEFAULT_SORT or desc else keep
     return render_template("policies/list.html", rows=rows, filters=filters, state=state, states=STATES,
-                           active=active, sort=sort, desc=desc, keep=keep, keyvols=key_states(p.volume_id for p in rows))
+                           active=active, sort=sort, desc=desc, keep=keep, nav=nav, page=page, next_cursor=next_cursor,
+                           paged=paged, error=error,
+                           keyvols=key_states(p.volume_id for p in rows)), status
 
 
 @bp.app_template_global("key_volume")

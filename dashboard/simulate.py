@@ -9,6 +9,8 @@ from dashboard.auth import role_required
 from vvolguard.adapters.limits import Refused, GuessSlots
 from vvolguard.domain.events import TYPES
 from vvolguard.errors import VvgError
+from vvolguard.domain.policy import ID_RE
+from vvolguard.services.policy_pages import first_vms
 
 bp = Blueprint("simulate", __name__)
 FIELDS = ("app", "volume_id", "password", "destination_host", "source_host", "apps", "occurred_at")
@@ -19,6 +21,7 @@ _APP_LINE = re.compile(r"^\s*([A-Za-z0-9._-]{1,64})\s+([A-Za-z0-9._-]{1,64})\s+(
 # webhook limits them per volume, so the simulator is no way around the lock. The slots live in DynamoDB
 # and are taken before the password is checked, so concurrent requests and other containers share them.
 MAX_GUESSES, GUESS_WINDOW_S = 5, 900
+VM_HINTS = 50  # policies read for the VM field's hint list
 
 
 def init_limits(app) -> None:
@@ -41,18 +44,18 @@ def _parse_apps(text: str) -> tuple[list[dict], str | None]:
     return apps, None
 
 
-def _choices():
-    vms: dict[str, set[str]] = {}
-    for p in current_app.extensions["vvg"].policies.all():
-        vms.setdefault(p.vm_id, set()).add(p.host_id)
-    return {vm: sorted(hosts) for vm, hosts in sorted(vms.items())}
+def _host_of(vm_id: str) -> str:
+    """The host of the VM's policies (one Query of its partition), or "" when it has none."""
+    if not ID_RE.match(vm_id):
+        return ""
+    return next((p.host_id for p in current_app.extensions["vvg"].policies.for_vm(vm_id)), "")
 
 
 @bp.route("/simulate", methods=("GET", "POST"))
 @role_required("viewer")
 def simulate():
     """GET: the form. POST (so a password never sits in a URL): the decisions the webhook would make."""
-    vms = _choices()
+    vms = first_vms(current_app.config.get("VVG_POLICIES_PER_PAGE", VM_HINTS))  # a hint list for the VM field: one page of the policy listing, never all of them
     form = {k: request.form.get(k, "")[:4000] for k in ("vm_id", "host_id", "type", *FIELDS)}
     form["password"] = ""  # never echoed back
     if request.method == "GET":
@@ -62,7 +65,7 @@ def simulate():
                                error=None)
     etype = request.form.get("type", "")
     vm_id = request.form.get("vm_id", "").strip()[:200]
-    host_id = request.form.get("host_id", "").strip()[:200] or (vms.get(vm_id) or [""])[0]
+    host_id = request.form.get("host_id", "").strip()[:200] or _host_of(vm_id)
     fields: dict = {"type": etype}
     error = None
     if etype in TYPES:

@@ -3,6 +3,7 @@ these classes only name the attributes, and a test checks their keys against tem
 from __future__ import annotations
 
 import os
+import re
 
 from pynamodb.attributes import (
     BooleanAttribute,
@@ -15,7 +16,7 @@ from pynamodb.attributes import (
     UTCDateTimeAttribute,
 )
 from pynamodb.connection import Connection
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
 from pynamodb.models import Model
 
 from vvolguard.settings import Settings
@@ -61,6 +62,56 @@ class HostPolicyIndex(GlobalSecondaryIndex):
     host_id = UnicodeAttribute(hash_key=True)
 
 
+class ListingIndex(GlobalSecondaryIndex):
+    """Every policy in the dashboard's order (VM, then volume, ids in natural order): one partition, so a page
+    of /policies is one Query (docs/policy-pages.md); sparse: only policy items carry ``list_part``. Keys and
+    ``kind`` only, so the event path's attachment updates never write to it; a page's items are read by key."""
+
+    class Meta:
+        index_name = "by-listing"
+        projection = IncludeProjection(["kind"])
+
+    list_part = UnicodeAttribute(hash_key=True)
+    list_key = UnicodeAttribute(range_key=True)
+
+
+class ArrayIndex(GlobalSecondaryIndex):
+    """An array's policies in the dashboard's order (docs/policy-pages.md); sparse (``list_key``); keys only."""
+
+    class Meta:
+        index_name = "by-array"
+        projection = IncludeProjection(["kind"])
+
+    storage_array = UnicodeAttribute(hash_key=True)
+    list_key = UnicodeAttribute(range_key=True)
+
+
+# The by-listing index's one partition key value (every policy item carries it).
+LISTING_PART = "POLICIES"
+_DIGIT_RUN = re.compile(r"\d+")
+
+
+def _natural(text: str) -> str:
+    """``text`` with each digit run prefixed by its length (leading zeros dropped), so that plain string order
+    is natural order: vvol-2 before vvol-11, as ``domain.natural.natural_key`` sorts."""
+    def run(m: re.Match) -> str:
+        digits = m.group(0).lstrip("0") or "0"
+        return f"{len(digits):02d}{digits}"
+
+    return _DIGIT_RUN.sub(run, text.casefold())
+
+
+def listing_key(vm_id: str, volume_id: str) -> str:
+    """The sort key of a policy in the by-listing and by-array indexes: VM, then volume, naturally ordered;
+    ``#`` sorts below every id character, so a VM's volumes stay together."""
+    return f"{_natural(vm_id)}#{_natural(volume_id)}#{volume_id}"
+
+
+def listing_fields(vm_id: str, volume_id: str) -> dict[str, str]:
+    """The index attributes every policy item carries (written with the item: PolicyService)."""
+    return {"list_part": LISTING_PART, "list_key": listing_key(vm_id, volume_id)}
+
+
 EXPIRY_SHARDS = 8
 
 
@@ -93,6 +144,8 @@ class PolicyItem(StateItem, discriminator="policy"):
     by_volume = VolumeIndex()
     by_expiry = ExpiryIndex()
     by_host = HostPolicyIndex()
+    by_listing = ListingIndex()
+    by_array = ArrayIndex()
 
     volume_id = UnicodeAttribute()
     vm_id = UnicodeAttribute()
@@ -132,6 +185,9 @@ class PolicyItem(StateItem, discriminator="policy"):
     # a volume with min_key_bits is decided against them (docs/guest-channel.md). Not a secret.
     inventory = ListAttribute(of=UnicodeAttribute, null=True)
     inventory_at = UTCDateTimeAttribute(null=True)
+    # The dashboard's paged listing (by-listing and by-array indexes, docs/policy-pages.md): listing_fields().
+    list_part = UnicodeAttribute(null=True)
+    list_key = UnicodeAttribute(null=True)
 
     @classmethod
     def detached_actions(cls, clear_busy: bool = False) -> list:

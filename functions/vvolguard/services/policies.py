@@ -8,7 +8,7 @@ from typing import Any, Iterator, Literal
 from vvolguard.adapters.tx import Tx
 
 from vvolguard.adapters.audit import AuditLog, AuditRecord
-from vvolguard.adapters.models import PolicyItem
+from vvolguard.adapters.models import PolicyItem, listing_fields
 from vvolguard.domain import policy_diff
 from vvolguard.domain.policy import ID_RE, PolicySpec, mixed_attach_to
 from vvolguard.domain.secrets import check_password, hash_password
@@ -109,6 +109,11 @@ class Op:
             tx.update(self.item, actions=self.actions, condition=self.condition)
 
 
+def _listing_actions(spec: PolicySpec) -> list:
+    """The update that puts an item written before the listing indexes into them."""
+    return [getattr(PolicyItem, k).set(v) for k, v in listing_fields(spec.vm_id, spec.volume_id).items()]
+
+
 class PolicyService:
     """Reads and writes of the policy table; every change is audited in the same transaction."""
 
@@ -176,7 +181,7 @@ class PolicyService:
         if existing is None:
             item = PolicyItem(pk=vm_pk(spec.vm_id), sk=policy_sk(spec.volume_id), volume_id=spec.volume_id,
                               policy_version=1, updated_at=now, updated_by=actor, password_hash=password_hash,
-                              **_field_values(spec))
+                              **_field_values(spec), **listing_fields(spec.vm_id, spec.volume_id))
             rec = AuditRecord(actor=actor, action="policy_create", outcome="done", vm_id=spec.vm_id,
                               volume_id=spec.volume_id, policy_version=1, reason="created",
                               detail={"fields": ",".join(POLICY_FIELDS), "password": "set" if password_hash else "none"})
@@ -184,6 +189,9 @@ class PolicyService:
             return "created", [Op.save(item, PolicyItem.pk.does_not_exist(), inverse=undo)], [rec]
         changed = _changes(existing, spec)
         if not changed and not pw_changed:
+            if existing.list_key is None:  # written before the listing indexes: add it to them (docs/policy-pages.md)
+                return "unchanged", [Op.update(existing, PolicyItem.policy_version == existing.policy_version,
+                                               _listing_actions(spec))], []
             return "unchanged", [], []
         version = int(existing.policy_version) + 1
         detail = {"fields": ",".join(changed), "changes": change_list(existing, spec, changed)}
@@ -195,7 +203,8 @@ class PolicyService:
                 raise Conflict(f"volume {spec.volume_id} is attached to {existing.vm_id}; detach it before moving it to {spec.vm_id}")
             item = PolicyItem(pk=vm_pk(spec.vm_id), sk=policy_sk(spec.volume_id), volume_id=spec.volume_id,
                               policy_version=version, updated_at=now, updated_by=actor, password_hash=password_hash,
-                              provider_volume_id=existing.provider_volume_id, **_field_values(spec))
+                              provider_volume_id=existing.provider_volume_id, **_field_values(spec),
+                              **listing_fields(spec.vm_id, spec.volume_id))
             ops = [Op.delete(existing, cond, inverse=Op.save(existing, PolicyItem.pk.does_not_exist())),
                    Op.save(item, PolicyItem.pk.does_not_exist(),
                            inverse=Op.delete(item, PolicyItem.policy_version == version))]
@@ -209,6 +218,8 @@ class PolicyService:
         actions = [getattr(PolicyItem, f).set(v) if v is not None else getattr(PolicyItem, f).remove()
                    for f, v in _field_values(spec).items()]
         actions += [PolicyItem.policy_version.set(version), PolicyItem.updated_at.set(now), PolicyItem.updated_by.set(actor)]
+        if existing.list_key is None:
+            actions += _listing_actions(spec)
         if pw_changed:
             actions.append(PolicyItem.password_hash.set(password_hash) if password_hash else PolicyItem.password_hash.remove())
             actions += [PolicyItem.failed_passwords.set(0), PolicyItem.locked_until.remove()]
