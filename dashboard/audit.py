@@ -14,7 +14,7 @@ from flask import Blueprint, Response, current_app, flash, redirect, render_temp
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from dashboard.auth import role_required
-from vvolguard.adapters.audit import AuditLog, export_row
+from vvolguard.adapters.audit import REPLAY_FIELDS, AuditLog, export_row
 from vvolguard.domain.events import TYPES
 from vvolguard.errors import InvalidInput
 from vvolguard.services.audit_queries import (OUTCOMES, AuditQuery, is_relative, iterate, parse_bound, read_page,
@@ -28,7 +28,7 @@ ACTIONS = ("attach", "detach", "create", "grant", "revoke", "select", "refuse", 
 # Each record's chain position and MACs too, so that `vvg audit verify --file` can check a JSON export offline
 # (docs/audit-export.md); a MAC reveals nothing and cannot be made without the audit key.
 EXPORT_FIELDS = ("at", "actor", "vm_id", "volume_id", "host_id", "event_id", "event_type", "action", "outcome",
-                 "reason", "policy_version", "detail", "chain", "seq", "prev", "mac")
+                 "reason", "policy_version", "detail", "chain", "seq", "prev", "mac") + REPLAY_FIELDS
 FILTER_ARGS = ("vm", "host", "volume", "type", "outcome", "from", "to")
 
 

@@ -188,6 +188,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
     from vvolguard.errors import PolicyValidationError
     from vvolguard.services.policies import PolicyService
 
+    if args.action == "impact":
+        return cmd_policy_impact(args)
     if args.action in ("apply", "validate"):
         name = args.file
         data = _read_policy_file(name)
@@ -221,6 +223,33 @@ def cmd_policy(args: argparse.Namespace) -> int:
         settings = _services()
         _out(PolicyService(settings, provider=_provider(settings)).delete(args.volume_id, actor="cli"))
     return 0
+
+
+def cmd_policy_impact(args: argparse.Namespace) -> int:
+    """`vvg policy impact FILE [--since DURATION]`: replay the period's events through the draft (docs/policy-impact.md)."""
+    from vvolguard.domain.policy import parse_policy_text
+    from vvolguard.errors import PolicyValidationError
+    from vvolguard.services.impact import ImpactService, parse_period
+
+    since = parse_period(args.since)  # a bad duration is one line, before touching AWS
+    data = _read_policy_file(args.file)
+    try:
+        specs = parse_policy_text(data, args.file)
+    except PolicyValidationError as exc:
+        return _problems(exc.errors)
+    _out(ImpactService(_services()).analyse(specs, since))
+    return 0
+
+
+def cmd_preflight(args: argparse.Namespace) -> int:
+    """`vvg preflight VM_ID`: will this VM boot? Exit 0 only when every check passes (docs/preflight.md)."""
+    from vvolguard.services.preflight import PreflightService, validate_vm_id
+
+    validate_vm_id(args.vm_id)
+    settings = _services()
+    result = PreflightService(settings).run(args.vm_id)
+    _out(result)
+    return 0 if result["ready"] else 1
 
 
 def _provider(settings):
@@ -682,7 +711,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_option(ex)
     ps.add_parser("delete", help="remove one volume's policy (detaching the volume first if attached)").add_argument(
         "volume_id", help="the volume whose policy to remove")
+    im = ps.add_parser("impact", help="replay the recorded host events of a period through a draft policy file and "
+                       "list the decisions it would change (reads only; docs/policy-impact.md)")
+    im.add_argument("file", help="the draft: a YAML or JSON policy file, read as apply reads it; '-' reads standard input")
+    im.add_argument("--since", help="how far back: 30m, 12h, 7d (default 7d, at most 90d)")
     pol.set_defaults(func=cmd_policy)
+
+    pf = sub.add_parser("preflight", help="will this VM boot? every check with what to do; exit 0 only when ready",
+                        description="Check a VM's next boot: host, quarantine, policies, instance, volumes, key "
+                                    "volumes, locks (docs/preflight.md). Exit 0 when ready, 1 when not.")
+    pf.add_argument("vm_id", help="the VM id")
+    pf.set_defaults(func=cmd_preflight)
 
     aud = sub.add_parser("audit", help="list or verify the audit history",
                          description="The tamper-evident audit history (docs/security-model.md).")

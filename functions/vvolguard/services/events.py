@@ -39,6 +39,7 @@ from vvolguard.domain.engine import BUSY_SECONDS, Decision, VolumeView, decide, 
 from vvolguard.domain.events import MAX_BODY, Event, loads, parse_doc
 from vvolguard.domain.fingerprint import body_key, body_mac, password_tag, same_body
 from vvolguard.domain.policy import ID_RE
+from vvolguard.domain.replay import replay_fields
 from vvolguard.errors import (
     AuthError,
     EventConflict,
@@ -592,7 +593,7 @@ class EventService:
             recs.append(AuditRecord(actor=f"host:{host.host_id}", action=d.action, outcome=d.outcome, reason=d.reason,
                                     vm_id=event.vm_id, volume_id=d.volume_id, host_id=host.host_id,
                                     event_id=event.event_id, event_type=event.type, policy_version=d.policy_version,
-                                    detail=detail))
+                                    detail=detail, **replay_fields(event, d)))  # docs/policy-impact.md
         return recs
 
     def _record(self, host, event, key, part, outcomes, decisions, answer, now) -> tuple[int, str]:
