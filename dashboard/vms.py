@@ -1,9 +1,10 @@
-"""/vms/<vm_id>: one VM's policies and attachments, its quarantine and its recent audit; admins quarantine
+"""/vms/<vm_id>: one VM's policies and attachments, its quarantine, its preflight checks and its recent audit; admins quarantine
 and release it there (break-glass, docs/break-glass.md)."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 
 from dashboard.auth import actor, role_required
@@ -12,6 +13,7 @@ from vvolguard.domain.policy import ID_RE
 from vvolguard.errors import VvgError
 from vvolguard.services.keys import key_states
 from vvolguard.services.policies import PolicyService
+from vvolguard.services.preflight import PreflightService
 from vvolguard.services.quarantine import MAX_REASON, QuarantineService
 
 bp = Blueprint("vms", __name__)
@@ -42,8 +44,14 @@ def vm_page(vm_id: str):
         abort(404)
     audit = list(AuditLog(settings).list(vm_id=vm_id, limit=20))
     keyvols = key_states(p.volume_id for p in policies)  # one BatchGet (docs/key-volume.md), never key bytes
+    preflight, preflight_error = None, None
+    try:  # will this VM boot? (docs/preflight.md)
+        preflight = PreflightService(settings).run(vm_id)
+    except (VvgError, BotoCoreError, ClientError) as exc:
+        preflight_error = getattr(exc, "message", None) or type(exc).__name__
     return render_template("vms/page.html", vm_id=vm_id, policies=policies, quarantine=quarantine, audit=audit,
-                           keyvols=keyvols, now=datetime.now(timezone.utc), max_reason=MAX_REASON)
+                           keyvols=keyvols, now=datetime.now(timezone.utc), max_reason=MAX_REASON,
+                           preflight=preflight, preflight_error=preflight_error)
 
 
 @bp.post("/vms/<vm_id>/quarantine")
