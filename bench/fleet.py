@@ -383,6 +383,11 @@ def main() -> int:
 
         keyprov = keyprovision.measure(fleet.settings, args.key_pairs)
         print(keyprovision.line(keyprov), flush=True)
+        # 6. `vvg policy impact` over 100,000 recorded events (bench/impact.py).
+        from bench import impact as impact_bench
+
+        impact = impact_bench.measure(fleet.settings)
+        print(impact_bench.line(impact), flush=True)
     finally:
         fleet.stop()
     print(f"[total]         {time.perf_counter() - t_start:.0f} s; {fleet.retries} events retried after a 503", flush=True)
@@ -398,6 +403,7 @@ def main() -> int:
         f"p50_ms_{args.small}_policies": round(small["p50_ms"], 2), f"p50_ms_{args.big}_policies": round(big["p50_ms"], 2),
         "policies_p50_ratio": round(ratio, 3), "retried_503": fleet.retries, "policies_floor_normalized_ratio": round(normalized, 3),
         **keyprov,
+        **impact,
     }))
     return 0
 

@@ -28,7 +28,7 @@ ACTIONS = ("attach", "detach", "create", "grant", "revoke", "select", "refuse", 
 # Each record's chain position and MACs too, so that `vvg audit verify --file` can check a JSON export offline
 # (docs/audit-export.md); a MAC reveals nothing and cannot be made without the audit key.
 EXPORT_FIELDS = ("at", "actor", "vm_id", "volume_id", "host_id", "event_id", "event_type", "action", "outcome",
-                 "reason", "policy_version", "detail", "chain", "seq", "prev", "mac") + REPLAY_FIELDS
+                 "reason", "policy_version", "detail", "chain", "seq", "prev", "mac")
 FILTER_ARGS = ("vm", "host", "volume", "type", "outcome", "from", "to")
 
 
@@ -202,10 +202,13 @@ def _csv_cell(value: Any) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-def _rows(q: AuditQuery) -> Iterator[dict[str, Any]]:
+def _rows(q: AuditQuery, replay: bool = False) -> Iterator[dict[str, Any]]:
     for item in iterate(q, EXPORT_MAX):
         row = export_row(item)
-        yield {k: row.get(k) for k in EXPORT_FIELDS}
+        out = {k: row.get(k) for k in EXPORT_FIELDS}
+        if replay:  # a format-3 record's replay fields, so `vvg audit verify --file` checks it (docs/policy-impact.md)
+            out.update((k, row[k]) for k in REPLAY_FIELDS if k in row)
+        yield out
 
 
 @bp.get("/audit/export.<fmt>")
@@ -233,7 +236,7 @@ def export(fmt: str):
     def gen_json() -> Iterator[str]:
         yield "["
         first = True
-        for row in _rows(q):
+        for row in _rows(q, replay=True):
             yield ("\n" if first else ",\n") + json.dumps(row, sort_keys=False, default=str)
             first = False
         yield "\n]\n"
