@@ -8,7 +8,7 @@ Two figures, both against the AWS emulation of `make bench`:
   ``by-time`` index (paged Queries, no scan), end to end.
 Prints a line of figures; ``measure()`` is also called by `make bench` (bench/fleet.py).
 
-    python -m bench.impact [--events 100000] [--stored 10000] [--vms 500]
+    python -m bench.impact [--events 100000] [--stored 2000] [--vms 100]
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def _records(n: int, vms: int, start: datetime) -> list[Any]:
     return out
 
 
-def measure(settings: Any, events: int = 100_000, stored: int = 10_000, vms: int = 500) -> dict[str, Any]:
+def measure(settings: Any, events: int = 100_000, stored: int = 2_000, vms: int = 100) -> dict[str, Any]:
     """The figures as a dict (see the module's docstring)."""
     from vvolguard.adapters.models import AuditItem
     from vvolguard.services.impact import ImpactService
@@ -93,8 +93,8 @@ def line(figures: dict[str, Any]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=100_000)
-    ap.add_argument("--stored", type=int, default=10_000)
-    ap.add_argument("--vms", type=int, default=500)
+    ap.add_argument("--stored", type=int, default=2_000)
+    ap.add_argument("--vms", type=int, default=100)
     ap.add_argument("--in-process", dest="in_process", action="store_true",
                     help="moto in this process (mock_aws) instead of a moto server")
     args = ap.parse_args()

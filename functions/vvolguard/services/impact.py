@@ -114,7 +114,7 @@ class ImpactService:
             raise InvalidInput("--since is at most 90d")
         start = now - since
         draft_ids = {s.volume_id for s in specs}
-        stored = {s.volume_id: self.policies.find(s.volume_id) for s in specs}
+        stored = self._stored(specs)
         replay = Replay(now=Side(), draft=build_side(spec_view(s, stored[s.volume_id]) for s in specs))
         loaded: set[str] = set()
 
@@ -169,6 +169,19 @@ class ImpactService:
             key0, (_, group) = open_.popitem(last=False)
             flush(key0, group)
         return replay.result()
+
+    def _stored(self, specs: list[PolicySpec]) -> dict[str, PolicyItem | None]:
+        """The stored item of each draft volume: one BatchGet per 100 where it stays on its VM, the volume
+        index for the rest (new or moved volumes), as apply finds them."""
+        out: dict[str, PolicyItem | None] = {}
+        keys = [(vm_pk(s.vm_id), f"POLICY#{s.volume_id}") for s in specs]
+        for i in range(0, len(keys), 100):
+            for item in PolicyItem.batch_get(keys[i:i + 100]):
+                out[item.volume_id] = item
+        for s in specs:
+            if s.volume_id not in out:
+                out[s.volume_id] = self.policies.find(s.volume_id)
+        return out
 
     def diff(self, specs: list[PolicySpec]) -> dict[str, Any]:
         """The draft against the table, as ``apply --dry-run`` shows it (docs/policy-apply.md)."""
