@@ -81,6 +81,10 @@ def test_iam_calls__preflight_and_impact_under_operator_policy_and_dashboard_rol
         assert vvg("preflight", "vm-1").code in (0, 1)
         assert vvg("policy", "impact", str(tmp_path / "d.yaml")).code == 0
     assert_granted(calls, "OperatorPolicy", {"dynamodb:Query", "ec2:DescribeInstances", "ec2:DescribeVolumes"})
+    with calls:  # the VM page's preflight reads in the host's provider session (ProviderRole), not its own
+        client = sign_in(create_app(dict(TEST_CONFIG)).test_client(), "admin")
+        assert client.get("/vms/vm-1").status_code == 200
+    assert_granted(calls, "DashboardRole", {"dynamodb:Query", "ec2:DescribeInstances", "ec2:DescribeVolumes"})
     client = sign_in(create_app(dict(TEST_CONFIG)).test_client(), "admin")
     with calls:
         r = client.post("/policies/impact", data={"policy": draft, "since": "1d",

@@ -39,6 +39,7 @@ def test_revoked_host__names_the_host_check_and_exits_1(ready, vvg):
     assert r.json()["ready"] is False
     assert checks["host"]["ok"] is False and "revoked" in checks["host"]["detail"]
     assert ready.host_id in checks["host"]["detail"]
+    assert checks["instance"]["detail"].startswith("not checked: host") and "revoked" in checks["instance"]["detail"]
 
 
 def test_volume_in_another_zone__says_move_the_volume_or_the_instance(ready, vvg):
@@ -116,5 +117,7 @@ def test_one_query_and_one_call_per_provider_resource(ready):
         aws_adapter.remove_hook("before-call", hook)
     assert out["ready"], out
     # the VM's partition, its host, its key volumes; one provider call per kind of resource
+    # (and the host's provider session: one AssumeRole, cached while it is valid)
     assert calls == Counter({("dynamodb", "Query"): 1, ("dynamodb", "GetItem"): 1, ("dynamodb", "BatchGetItem"): 1,
-                             ("ec2", "DescribeInstances"): 1, ("ec2", "DescribeVolumes"): 1}), calls
+                             ("sts", "AssumeRole"): 1, ("ec2", "DescribeInstances"): 1,
+                             ("ec2", "DescribeVolumes"): 1}), calls

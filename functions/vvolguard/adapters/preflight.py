@@ -1,10 +1,9 @@
-"""The provider reads of a preflight (docs/preflight.md): one DescribeInstances and one DescribeVolumes, with
-the control plane's own read-only credentials; nothing here changes anything."""
+"""The provider reads of a preflight (docs/preflight.md): one DescribeInstances and one DescribeVolumes, through
+the EC2 client the caller passes (the provider's session for the VM's host); nothing here changes anything."""
 from __future__ import annotations
 
 from typing import Any
 
-from vvolguard.adapters import aws
 from vvolguard.adapters.provider import TAG_HOSTS, TAG_VM, TAG_VOLUME
 
 TAG_HOST_ID = "vvg:host-id"
@@ -15,10 +14,9 @@ def _tags(obj: dict[str, Any]) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in obj.get("Tags", [])}
 
 
-def find_instances(region: str, vm_id: str | None, host_id: str | None) -> list[dict[str, Any]]:
+def find_instances(ec2: Any, vm_id: str | None, host_id: str | None) -> list[dict[str, Any]]:
     """Live instances tagged vvg:vm-id = ``vm_id`` or vvg:host-id = ``host_id`` (one DescribeInstances):
     ``{"instance_id", "zone", "state", "by": "vm"|"host"}``."""
-    ec2 = aws.client("ec2", region)
     filters = []
     if vm_id:
         filters.append({"Name": "tag:" + TAG_VM, "Values": [vm_id]})
@@ -33,11 +31,10 @@ def find_instances(region: str, vm_id: str | None, host_id: str | None) -> list[
     return out
 
 
-def find_volumes(region: str, volume_ids: list[str]) -> dict[str, dict[str, Any]]:
+def find_volumes(ec2: Any, volume_ids: list[str]) -> dict[str, dict[str, Any]]:
     """vvg:volume-id -> ``{"provider_volume_id", "zone", "hosts": [...], "state"}`` (one DescribeVolumes)."""
     if not volume_ids:
         return {}
-    ec2 = aws.client("ec2", region)
     resp = ec2.describe_volumes(Filters=[{"Name": "tag:" + TAG_VOLUME, "Values": list(volume_ids)}])
     out: dict[str, dict[str, Any]] = {}
     for v in resp.get("Volumes", []):
