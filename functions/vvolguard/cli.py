@@ -720,7 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
     pf = sub.add_parser("preflight", help="will this VM boot? every check with what to do; exit 0 only when ready",
                         description="Check a VM's next boot: host, quarantine, policies, instance, volumes, key "
                                     "volumes, locks (docs/preflight.md). Exit 0 when ready, 1 when not.")
-    pf.add_argument("vm_id", help="the VM id")
+    pf.add_argument("vm_id", help="the VM whose next boot to check")
     pf.set_defaults(func=cmd_preflight)
 
     aud = sub.add_parser("audit", help="list or verify the audit history",
