@@ -402,6 +402,11 @@ def main() -> int:
 
         keyprov = keyprovision.measure(fleet.settings, args.key_pairs)
         print(keyprovision.line(keyprov), flush=True)
+        # 6. `vvg policy impact` over 100,000 recorded events (bench/impact.py).
+        from bench import impact as impact_bench
+
+        impact = impact_bench.measure(fleet.settings)
+        print(impact_bench.line(impact), flush=True)
     finally:
         fleet.stop()
     print(f"[total]         {time.perf_counter() - t_start:.0f} s; {fleet.retries} events retried after a 503", flush=True)
@@ -418,6 +423,7 @@ def main() -> int:
         "policies_p50_ratio": round(ratio, 3), "retried_503": fleet.retries,
         "heartbeat_ddb_calls": beat["ddb_calls_per_event"], "heartbeat_provider_calls": beat["provider_calls_per_event"], "policies_floor_normalized_ratio": round(normalized, 3),
         **keyprov,
+        **impact,
     }))
     return 0
 

@@ -45,12 +45,12 @@ def create_app(test_config: dict[str, Any] | None = None, services: Services | N
     # Werkzeug answers "//x" with an absolute redirect built from the Host header; refuse it instead.
     app.url_map.merge_slashes = False
 
-    from dashboard import alerts, attachments, audit, auth, health, hosts, policies, simulate, users, vms
+    from dashboard import alerts, attachments, audit, auth, health, hosts, impact, policies, simulate, users, vms
 
     auth.init_limits(app)
     simulate.init_limits(app)
 
-    for area in (health, auth, policies, simulate, attachments, audit, alerts, hosts, users, vms):
+    for area in (health, auth, impact, policies, simulate, attachments, audit, alerts, hosts, users, vms):
         app.register_blueprint(area.bp)
     app.add_url_rule("/", endpoint="index", view_func=policies.index)
     app.context_processor(lambda: {"can": auth.can})

@@ -12,7 +12,7 @@ from flask import Blueprint, Response, current_app, flash, redirect, render_temp
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from dashboard.auth import actor, role_required
-from vvolguard.adapters.audit import export_row
+from vvolguard.adapters.audit import REPLAY_FIELDS, export_row
 from vvolguard.domain.events import TYPES
 from vvolguard.errors import InvalidInput
 from vvolguard.services.audit_queries import (OUTCOMES, AuditQuery, is_relative, iterate, parse_bound, read_page,
@@ -156,10 +156,13 @@ def _csv_cell(value: Any) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-def _rows(q: AuditQuery) -> Iterator[dict[str, Any]]:
+def _rows(q: AuditQuery, replay: bool = False) -> Iterator[dict[str, Any]]:
     for item in iterate(q, EXPORT_MAX):
         row = export_row(item)
-        yield {k: row.get(k) for k in EXPORT_FIELDS}
+        out = {k: row.get(k) for k in EXPORT_FIELDS}
+        if replay:  # a format-3 record's replay fields, so `vvg audit verify --file` checks it (docs/policy-impact.md)
+            out.update((k, row[k]) for k in REPLAY_FIELDS if k in row)
+        yield out
 
 
 @bp.get("/audit/export.<fmt>")
@@ -187,7 +190,7 @@ def export(fmt: str):
     def gen_json() -> Iterator[str]:
         yield "["
         first = True
-        for row in _rows(q):
+        for row in _rows(q, replay=True):
             yield ("\n" if first else ",\n") + json.dumps(row, sort_keys=False, default=str)
             first = False
         yield "\n]\n"

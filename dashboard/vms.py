@@ -1,9 +1,11 @@
-"""/vms/<vm_id>: one VM's policies and attachments, its quarantine and its recent audit; admins quarantine
-and release it there (break-glass, docs/break-glass.md); editors start and stop an EC2 VM (docs/ec2-vms.md)."""
+"""/vms/<vm_id>: one VM's policies and attachments, its quarantine, its preflight checks and its recent audit;
+admins quarantine and release it there (break-glass, docs/break-glass.md); editors start and stop an EC2 VM
+(docs/ec2-vms.md)."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 
 from dashboard.auth import actor, role_required
@@ -38,9 +40,14 @@ def vm_page(vm_id: str):
         abort(404)
     audit = list(root.audit.recent(vm_id=vm_id, limit=20))
     keyvols = key_states(p.volume_id for p in policies)  # one BatchGet (docs/key-volume.md), never key bytes
+    preflight, preflight_error = None, None
+    try:  # will this VM boot? (docs/preflight.md)
+        preflight = root.preflight.run(vm_id)
+    except (VvgError, BotoCoreError, ClientError) as exc:
+        preflight_error = getattr(exc, "message", None) or type(exc).__name__
     return render_template("vms/page.html", vm_id=vm_id, policies=policies, quarantine=quarantine, audit=audit,
                            keyvols=keyvols, now=datetime.now(timezone.utc), max_reason=MAX_REASON,
-                           ec2_vm=is_ec2_vm(policies))
+                           ec2_vm=is_ec2_vm(policies), preflight=preflight, preflight_error=preflight_error)
 
 
 @bp.post("/vms/<vm_id>/quarantine")

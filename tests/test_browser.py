@@ -214,6 +214,15 @@ def _simulate_result(pg) -> None:
     pg.click("button[type=submit]:has-text('Simulate')")
 
 
+IMPACT_DRAFT = ("volumes:\n  - {volume_id: vvol-1, vm_id: vm-1, host_id: host-1, storage_array: S1, size_mb: 10, "
+                "attach_on: preboot, detach_on: shutdown, os_disk_encryption: true}\n")
+
+
+def _impact_result(pg) -> None:
+    pg.fill("#policy", IMPACT_DRAFT)
+    pg.click("button[type=submit]:has-text('Analyse')")
+
+
 def _enroll(pg) -> None:
     pg.fill("#host_id", f"hv-layout-{pg.viewport_size['width']}")
     pg.fill("#mac", "02:00:00:00:00:42")
@@ -243,6 +252,9 @@ PAGES = [
     ("alerts", "/alerts", "main h1", None),
     ("vm", "/vms/vm-1", "main table", None),
     ("vm-ec2", "/vms/vm-ec2-layout", "form[action$='/start'] button", None),
+    ("vm-preflight", "/vms/vm-1", "section#preflight table", None),
+    ("impact", "/policies/impact", "main form textarea#policy", None),
+    ("impact-result", "/policies/impact", "section.result", _impact_result),
     ("host-secret", "/hosts", "input#secret", _enroll),
     ("sign-out", "/logout", "main form", None),
     ("not-found", "/no-such-page", "main .card", None),

@@ -29,6 +29,7 @@ GET_ROUTES = [
     ("/hosts", "admin"),
     ("/alerts", "viewer"),
     ("/alerts?since=30m", "viewer"),
+    ("/policies/impact", "editor"),
 ]
 
 
@@ -106,6 +107,9 @@ POST_ROUTES = [
         "host_id": f"host-new-{role}", "mac": "02:00:00:00:00:09", "serial": "SER-9"})),
     ("rotate host", "admin", 200, lambda s, role: (f"/hosts/host-rot-{role}/rotate", {})),
     ("revoke host", "admin", 302, lambda s, role: (f"/hosts/host-rev-{role}/revoke", {"confirm": "1"})),
+    ("policy impact", "editor", 200, lambda s, role: ("/policies/impact", {"since": "1d", "policy": (
+        "volumes:\n  - {volume_id: vvol-1, vm_id: vm-1, host_id: host-1, storage_array: S1, size_mb: 10, "
+        "attach_on: preboot, detach_on: shutdown}\n")})),
     ("sign out", "anyone", 302, lambda s, role: ("/logout", {})),
 ]
 
@@ -120,7 +124,7 @@ def test_post_route__answers_by_role(as_role, shared_aws, role, name, least, ok_
 
 
 PAGES = ["/login", "/policies", "/policies/new", "/policies/vvol-1", "/simulate", "/attachments", "/audit", "/hosts",
-         "/policies/does-not-exist", "/nowhere"]
+         "/policies/does-not-exist", "/nowhere", "/policies/impact"]
 
 
 @pytest.mark.parametrize("path", PAGES)

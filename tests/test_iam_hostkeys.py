@@ -65,3 +65,29 @@ def test_iam_calls__dashboard_role_covers_the_vm_page_and_key_enrolment(webhook,
         assert client.post("/hosts", data={"host_id": "hv-k", "mac": "02:00:00:00:0b:01", "serial": "S", "hardware": "",
                                            "public_key": pub, "csrf_token": csrf_token(client, "/hosts")}).status_code == 200
     assert_granted(calls, "DashboardRole", {"dynamodb:Query", "dynamodb:TransactWriteItems", "ec2:DetachVolume"})
+
+
+def test_iam_calls__preflight_and_impact_under_operator_policy_and_dashboard_role(webhook, calls, vvg, tmp_path):  # noqa: F811
+    """`vvg preflight`, `vvg policy impact` (OperatorPolicy) and /policies/impact (DashboardRole) read only
+    what their roles grant (docs/preflight.md, docs/policy-impact.md)."""
+    from dashboard import create_app
+    from tests.dashboard_support import TEST_CONFIG, csrf_token, sign_in
+
+    webhook.send("vm.preboot", "vm-1")
+    draft = ("volumes:\n  - {volume_id: vvol-1, vm_id: vm-1, host_id: host-1, storage_array: S1, size_mb: 10, "
+             "attach_on: preboot, detach_on: shutdown}\n")
+    (tmp_path / "d.yaml").write_text(draft)
+    with calls:
+        assert vvg("preflight", "vm-1").code in (0, 1)
+        assert vvg("policy", "impact", str(tmp_path / "d.yaml")).code == 0
+    assert_granted(calls, "OperatorPolicy", {"dynamodb:Query", "ec2:DescribeInstances", "ec2:DescribeVolumes"})
+    with calls:  # the VM page's preflight reads in the host's provider session (ProviderRole), not its own
+        client = sign_in(create_app(dict(TEST_CONFIG)).test_client(), "admin")
+        assert client.get("/vms/vm-1").status_code == 200
+    assert_granted(calls, "DashboardRole", {"dynamodb:Query", "ec2:DescribeInstances", "ec2:DescribeVolumes"})
+    client = sign_in(create_app(dict(TEST_CONFIG)).test_client(), "admin")
+    with calls:
+        r = client.post("/policies/impact", data={"policy": draft, "since": "1d",
+                                                  "csrf_token": csrf_token(client, "/policies/impact")})
+        assert r.status_code == 200
+    assert_granted(calls, "DashboardRole", {"dynamodb:Query"})

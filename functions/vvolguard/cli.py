@@ -193,6 +193,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
     from vvolguard.domain.policy import dump_policy_file, parse_policy_text
     from vvolguard.errors import PolicyValidationError
 
+    if args.action == "impact":
+        return cmd_policy_impact(args)
     if args.action in ("apply", "validate"):
         name = args.file
         data = _read_policy_file(name)
@@ -224,6 +226,32 @@ def cmd_policy(args: argparse.Namespace) -> int:
     else:
         _out(_root().policies.delete(args.volume_id, actor="cli"))
     return 0
+
+
+def cmd_policy_impact(args: argparse.Namespace) -> int:
+    """`vvg policy impact FILE [--since DURATION]`: replay the period's events through the draft (docs/policy-impact.md)."""
+    from vvolguard.domain.policy import parse_policy_text
+    from vvolguard.errors import PolicyValidationError
+    from vvolguard.services.impact import parse_period
+
+    since = parse_period(args.since)  # a bad duration is one line, before touching AWS
+    data = _read_policy_file(args.file)
+    try:
+        specs = parse_policy_text(data, args.file)
+    except PolicyValidationError as exc:
+        return _problems(exc.errors)
+    _out(_root().impact.analyse(specs, since))
+    return 0
+
+
+def cmd_preflight(args: argparse.Namespace) -> int:
+    """`vvg preflight VM_ID`: will this VM boot? Exit 0 only when every check passes (docs/preflight.md)."""
+    from vvolguard.services.preflight import validate_vm_id
+
+    validate_vm_id(args.vm_id)
+    result = _root().preflight.run(args.vm_id)
+    _out(result)
+    return 0 if result["ready"] else 1
 
 
 _actor_cache: dict[str, str] = {}
@@ -668,7 +696,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_option(ex)
     ps.add_parser("delete", help="remove one volume's policy (detaching the volume first if attached)").add_argument(
         "volume_id", help="the volume whose policy to remove")
+    im = ps.add_parser("impact", help="replay the recorded host events of a period through a draft policy file and "
+                       "list the decisions it would change (reads only; docs/policy-impact.md)")
+    im.add_argument("file", help="the draft: a YAML or JSON policy file, read as apply reads it; '-' reads standard input")
+    im.add_argument("--since", help="how far back: 30m, 12h, 7d (default 7d, at most 90d)")
     pol.set_defaults(func=cmd_policy)
+
+    pf = sub.add_parser("preflight", help="will this VM boot? every check with what to do; exit 0 only when ready",
+                        description="Check a VM's next boot: host, quarantine, policies, instance, volumes, key "
+                                    "volumes, locks (docs/preflight.md). Exit 0 when ready, 1 when not.")
+    pf.add_argument("vm_id", help="the VM whose next boot to check")
+    pf.set_defaults(func=cmd_preflight)
 
     aud = sub.add_parser("audit", help="list or verify the audit history",
                          description="The tamper-evident audit history (docs/security-model.md).")

@@ -28,6 +28,10 @@ if TYPE_CHECKING:  # pragma: no cover
 HEAD_SK = "~AUDIT"
 RECORD_FIELDS = ("at", "actor", "vm_id", "volume_id", "host_id", "event_id", "event_type",
                  "action", "outcome", "reason", "policy_version", "detail")
+# What the policy-impact replay needs of a host event besides the fields above (docs/policy-impact.md),
+# recorded from MAC format 3 on: the event's own time, app, migration hosts, disk_encryption products
+# (``name:type:bits,…``) and the password's verdict (ok | bad | none), never the password.
+REPLAY_FIELDS = ("occurred_at", "app", "destination_host", "source_host", "apps", "password_verdict")
 
 
 @dataclass
@@ -46,6 +50,12 @@ class AuditRecord:
     policy_version: int | None = None
     detail: dict[str, str] = field(default_factory=dict)
     at: str = ""
+    occurred_at: str | None = None
+    app: str | None = None
+    destination_host: str | None = None
+    source_host: str | None = None
+    apps: str | None = None
+    password_verdict: str | None = None
 
 
 def now_rfc3339() -> str:
@@ -77,10 +87,12 @@ def compute_mac(key: bytes, chain: str, seq: int, prev: str, rec: dict[str, Any]
     return hmac.new(key, _payload(chain, seq, prev, rec), hashlib.sha256).hexdigest()
 
 
-MAC_VERSION = 2
-# Every attribute an audit item stores except its MAC: the index keys (month, at_key) and the format too,
-# so that no stored field can change without the MAC failing (docs/threat-model.md).
+MAC_VERSION = 3
+# Every attribute an audit item of format 2 stores except its MAC: the index keys (month, at_key) and the
+# format too, so that no stored field can change without the MAC failing (docs/threat-model.md).
 STORED_FIELDS = ("chain", "seq", "month", "at_key", "prev", "v") + RECORD_FIELDS
+# Format 3 (written from now on) also covers the replay fields (docs/policy-impact.md).
+STORED_FIELDS_V3 = STORED_FIELDS + REPLAY_FIELDS
 
 
 def month_of(at: str) -> str:
@@ -93,8 +105,8 @@ def at_key_of(at: str, chain: str, seq: int) -> str:
     return f"{at}#{chain}#{int(seq):012d}"
 
 
-def _canonical(fields: dict[str, Any]) -> bytes:
-    body: dict[str, Any] = {k: fields.get(k) for k in STORED_FIELDS}
+def _canonical(fields: dict[str, Any], names: tuple[str, ...] = STORED_FIELDS) -> bytes:
+    body: dict[str, Any] = {k: fields.get(k) for k in names}
     body["detail"] = {str(k): str(v) for k, v in (body.get("detail") or {}).items()}
     for k in ("seq", "v", "policy_version"):
         if body.get(k) is not None:
@@ -107,9 +119,14 @@ def compute_mac_v2(key: bytes, fields: dict[str, Any]) -> str:
     return hmac.new(key, b"vvg-audit/2\n" + _canonical(fields), hashlib.sha256).hexdigest()
 
 
+def compute_mac_v3(key: bytes, fields: dict[str, Any]) -> str:
+    """The MAC of a format-3 record: every stored attribute but the MAC itself (``STORED_FIELDS_V3``)."""
+    return hmac.new(key, b"vvg-audit/3\n" + _canonical(fields, STORED_FIELDS_V3), hashlib.sha256).hexdigest()
+
+
 def item_fields(item: AuditItem) -> dict[str, Any]:
     """The stored attributes of an item, as the MAC covers them."""
-    out = {k: getattr(item, k) for k in STORED_FIELDS}
+    out = {k: getattr(item, k) for k in STORED_FIELDS_V3}
     out["detail"] = dict(item.detail.as_dict()) if item.detail is not None else {}
     return out
 
@@ -124,7 +141,12 @@ def record_ok(key: bytes, fields: dict[str, Any], mac: str) -> str | None:
         return "altered (chain, seq or mac missing)"
     if fields.get("month", month_of(at)) != month_of(at) or fields.get("at_key", at_key_of(at, chain, seq)) != at_key_of(at, chain, seq):
         return "altered (its index keys were changed)"
-    if fields.get("v") is not None:
+    version = fields.get("v")
+    if (version is None or int(version) < 3) and any(fields.get(k) is not None for k in REPLAY_FIELDS):
+        return "altered (an attribute was added)"  # only format 3 carries the replay fields
+    if version is not None and int(version) >= 3:
+        want = compute_mac_v3(key, fields)
+    elif version is not None:
         want = compute_mac_v2(key, fields)
     else:
         want = compute_mac(key, chain, seq, fields.get("prev") or "", fields)
@@ -166,7 +188,7 @@ class AuditLog:
             fields = {k: v for k, v in data.items() if v is not None and v != {}}
             fields.update(chain=chain, seq=seq, month=month_of(rec.at), at_key=at_key_of(rec.at, chain, seq),
                           prev=prev, v=MAC_VERSION)
-            mac = compute_mac_v2(key, fields)
+            mac = compute_mac_v3(key, fields)
             items.append(AuditItem(mac=mac, **fields))
             prev = mac
         return items, ChainHead(pk=chain, sk=HEAD_SK, head_seq=seq, head_mac=prev,
@@ -410,6 +432,9 @@ def export_row(item: AuditItem) -> dict[str, Any]:
     if row.get("policy_version") is not None:
         row["policy_version"] = int(row["policy_version"])
     row["detail"] = item.detail.as_dict() if item.detail is not None else {}
+    for k in REPLAY_FIELDS:  # format 3 only (docs/policy-impact.md): an offline check needs them
+        if getattr(item, k, None) is not None:
+            row[k] = getattr(item, k)
     row.update(chain=item.chain, seq=int(item.seq), prev=item.prev, mac=item.mac)
     return row
 
@@ -426,10 +451,10 @@ def _export_fields(rec: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
     pv = rec.get("policy_version")
     if pv is not None and (isinstance(pv, bool) or not isinstance(pv, int)):
         return None, "altered (policy_version is not an integer)"
-    for k in RECORD_FIELDS:
+    for k in RECORD_FIELDS + REPLAY_FIELDS:
         if k not in ("detail", "policy_version") and rec.get(k) is not None and not isinstance(rec.get(k), str):
             return None, f"altered ({k} is not a string)"
-    fields = {k: rec.get(k) for k in RECORD_FIELDS}
+    fields = {k: rec.get(k) for k in RECORD_FIELDS + REPLAY_FIELDS}
     fields["detail"] = detail or {}
     fields.update(chain=chain, seq=seq, prev=prev, month=month_of(at), at_key=at_key_of(at, chain, seq))
     return fields, ""
@@ -458,8 +483,7 @@ def verify_export(key: bytes, records: list[Any], allow_gaps: bool = False) -> d
         if fields is None:
             bad(i, rec, why)
             continue
-        ok = record_ok(key, {**fields, "v": MAC_VERSION}, rec["mac"]) is None or \
-            record_ok(key, {**fields, "v": None}, rec["mac"]) is None
+        ok = any(record_ok(key, {**fields, "v": v}, rec["mac"]) is None for v in (MAC_VERSION, 2, None))
         if not ok:
             bad(i, rec, "altered or reordered")
             continue

@@ -464,6 +464,13 @@ class AuditItem(Model):
     prev = UnicodeAttribute()
     mac = UnicodeAttribute()
     v = NumberAttribute(null=True)  # MAC format: 2 covers every stored attribute; absent: the first format
+    # Format 3: what the policy-impact replay needs of a host event (docs/policy-impact.md); never a password.
+    occurred_at = UnicodeAttribute(null=True)
+    app = UnicodeAttribute(null=True)
+    destination_host = UnicodeAttribute(null=True)
+    source_host = UnicodeAttribute(null=True)
+    apps = UnicodeAttribute(null=True)
+    password_verdict = UnicodeAttribute(null=True)
 
 
 MODELS_BY_SETTING = {

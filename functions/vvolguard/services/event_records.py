@@ -8,6 +8,7 @@ from vvolguard.adapters.audit import AuditRecord
 from vvolguard.domain.constants import Outcome, rfc3339
 from vvolguard.domain.engine import Decision
 from vvolguard.domain.events import Event
+from vvolguard.domain.replay import replay_fields
 from vvolguard.services.alerts import raise_alert
 from vvolguard.services.event_stores import EventContext
 from vvolguard.services.executors import Job
@@ -35,7 +36,8 @@ def records_of(ctx: EventContext, decisions: list[Decision], jobs: dict[str, Job
         recs.append(AuditRecord(actor=f"host:{ctx.host.host_id}", action=d.action, outcome=d.outcome, reason=d.reason,
                                 vm_id=ctx.event.vm_id, volume_id=d.volume_id, host_id=ctx.host.host_id,
                                 event_id=ctx.event.event_id, event_type=ctx.event.type,
-                                policy_version=d.policy_version, detail=detail))
+                                policy_version=d.policy_version, detail=detail,
+                                **replay_fields(ctx.event, d)))  # what a replay needs (docs/policy-impact.md)
     return recs
 
 

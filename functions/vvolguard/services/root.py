@@ -19,8 +19,10 @@ if TYPE_CHECKING:  # the imports are deferred to first use (cold start)
     from vvolguard.adapters.provider import EbsProvider
     from vvolguard.services.events import EventService
     from vvolguard.services.hosts import HostService
+    from vvolguard.services.impact import ImpactService
     from vvolguard.services.keys import KeyService
     from vvolguard.services.policies import PolicyService
+    from vvolguard.services.preflight import PreflightService
     from vvolguard.services.quarantine import QuarantineService
     from vvolguard.services.reconcile import Reconciler
     from vvolguard.services.simulate import Simulator
@@ -152,6 +154,24 @@ class Services:
 
             return Ec2Lifecycle(self.settings, events=self.events)
         return self._once("_ec2_lifecycle", make)
+
+    @property
+    def impact(self) -> "ImpactService":
+        """Replays of recorded events through a draft policy (docs/policy-impact.md); read-only."""
+        def make():
+            from vvolguard.services.impact import ImpactService
+
+            return ImpactService(self.settings, policies=self.policies)
+        return self._once("_impact", make)
+
+    @property
+    def preflight(self) -> "PreflightService":
+        """Will this VM boot? (docs/preflight.md)"""
+        def make():
+            from vvolguard.services.preflight import PreflightService
+
+            return PreflightService(self.settings, provider=self.provider)
+        return self._once("_preflight", make)
 
     @property
     def simulator(self) -> "Simulator":
