@@ -586,12 +586,13 @@ def cmd_key(args: argparse.Namespace) -> int:
     if args.action == "build":
         from datetime import datetime, timezone
 
+        from vvolguard.domain.constants import rfc3339
         from vvolguard.services.keys import collect_entries
 
         cap = args.size_mb * 1024 * 1024 if args.size_mb else None
         entries = collect_entries(args.generate or (), args.file or (), cap)
         image, header = kv.build(args.vm, args.volume, entries,
-                                 datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), cap)
+                                 rfc3339(datetime.now(timezone.utc)), cap)
         fd = _new_secret_file(args.out)
         try:
             _write_all(fd, image)

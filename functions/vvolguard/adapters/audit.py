@@ -100,6 +100,18 @@ def month_of(at: str) -> str:
     return at[:7]
 
 
+def months(end: datetime, start: datetime | None = None, limit: int = 1200) -> list[str]:
+    """The ``by-time`` partitions from ``end``'s month back to ``start``'s (or ``limit`` months), newest
+    first: the one month walk of every reader of that index."""
+    y, m = end.year, end.month
+    low = (start.year, start.month) if start is not None else None
+    out: list[str] = []
+    while len(out) < limit and (low is None or (y, m) >= low):
+        out.append(f"{y:04d}-{m:02d}")
+        y, m = (y, m - 1) if m > 1 else (y - 1, 12)
+    return out
+
+
 def at_key_of(at: str, chain: str, seq: int) -> str:
     """The sort key of a record in the ``by-time`` and ``by-volume`` indexes."""
     return f"{at}#{chain}#{int(seq):012d}"
@@ -262,11 +274,8 @@ class AuditLog:
 
     @staticmethod
     def _by_time(months_back: int, page: int) -> Iterator[AuditItem]:
-        now = datetime.now(timezone.utc)
-        y, m = now.year, now.month
-        for _ in range(months_back):
-            yield from AuditItem.by_time.query(f"{y:04d}-{m:02d}", scan_index_forward=False, page_size=page)
-            y, m = (y, m - 1) if m > 1 else (y - 1, 12)
+        for month in months(datetime.now(timezone.utc), limit=months_back):
+            yield from AuditItem.by_time.query(month, scan_index_forward=False, page_size=page)
 
     def heads(self) -> dict[str, tuple[int, str, str]]:
         """chain -> (head seq, head mac, head tag) of every chain head (a consistent scan of head items)."""

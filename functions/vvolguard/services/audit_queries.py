@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
-from vvolguard.adapters.audit import RECORD_FIELDS
+from vvolguard.adapters.audit import RECORD_FIELDS, months
 from vvolguard.adapters.models import AuditItem
 from vvolguard.domain.policy import ID_RE
 from vvolguard.errors import InvalidInput
@@ -146,15 +146,8 @@ class AuditQuery:
         y, m = int(top[:4]), int(top[5:7])
         if self.until and top[8:] == "01T00:00:00.000Z":  # an exclusive bound at a month's very start
             y, m = (y, m - 1) if m > 1 else (y - 1, 12)
-        low = self.since[:7] if self.since else None
-        out = []
-        for _ in range(MONTHS_BACK):
-            mo = f"{y:04d}-{m:02d}"
-            if low and mo < low:
-                break
-            out.append(mo)
-            y, m = (y, m - 1) if m > 1 else (y - 1, 12)
-        return out
+        low = datetime(int(self.since[:4]), int(self.since[5:7]), 1) if self.since else None
+        return months(datetime(y, m, 1), low, limit=MONTHS_BACK)
 
 
 @dataclass

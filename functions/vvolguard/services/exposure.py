@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from vvolguard.adapters.audit import months
 from vvolguard.adapters.models import EXPIRY_SHARDS, AuditItem, PolicyItem
 from vvolguard.domain.events import parse_time
 from vvolguard.domain.natural import natural_key
@@ -87,12 +88,8 @@ def attached_now() -> list[PolicyItem]:
 
 
 def _months(start: datetime, end: datetime) -> list[str]:
-    out = []
-    y, m = end.year, end.month
-    while (y, m) >= (start.year, start.month):
-        out.append(f"{y:04d}-{m:02d}")
-        y, m = (y, m - 1) if m > 1 else (y - 1, 12)
-    return out
+    """The by-time partitions of [start, end], newest first."""
+    return months(end, start)
 
 
 def _at(text: str) -> datetime:

@@ -6,6 +6,7 @@ import secrets as _secrets
 from datetime import datetime, timezone
 from typing import Any
 
+from vvolguard.domain.constants import rfc3339
 from vvolguard.adapters.tx import Tx
 
 from vvolguard.adapters import aws
@@ -69,7 +70,7 @@ class HostService:
     def rows(self) -> list[dict[str, str | None]]:
         """`vvg host list`: one row per host, revoked ones included."""
         return [{"host_id": h.host_id, "status": h.status, "auth": auth_of(h),
-                 "last_seen": _iso(h.last_seen_at) if h.last_seen_at else None} for h in self.all_hosts()]
+                 "last_seen": rfc3339(h.last_seen_at) if h.last_seen_at else None} for h in self.all_hosts()]
 
     def secret_of(self, host: HostItem) -> str:
         """The host's current webhook secret (decrypted; cached in a warm container)."""
@@ -329,5 +330,3 @@ def _key_detail(item: HostItem) -> dict[str, str]:
             "binding": item.key_binding or ""}
 
 
-def _iso(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

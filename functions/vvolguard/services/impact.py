@@ -10,6 +10,7 @@ from collections import OrderedDict
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Iterator
 
+from vvolguard.adapters.audit import months
 from vvolguard.adapters.models import AuditItem, PolicyItem
 from vvolguard.domain.engine import VolumeView
 from vvolguard.domain.events import Event
@@ -53,12 +54,8 @@ def _time(text: str) -> datetime:
 
 
 def _months(start: datetime, end: datetime) -> list[str]:
-    y, m = start.year, start.month
-    out = []
-    while (y, m) <= (end.year, end.month):
-        out.append(f"{y:04d}-{m:02d}")
-        y, m = (y, m + 1) if m < 12 else (y + 1, 1)
-    return out
+    """The by-time partitions of [start, end], oldest first."""
+    return list(reversed(months(end, start)))
 
 
 def read_period(since: datetime, until: datetime) -> Iterator[AuditItem]:

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 from botocore.exceptions import ClientError
 
+from vvolguard.domain.constants import rfc3339
 from vvolguard.adapters.audit import AuditLog, AuditRecord
 from vvolguard.adapters.models import HostItem, KeyVolumeItem, PolicyItem
 from vvolguard.adapters.provider import (
@@ -28,7 +29,7 @@ from vvolguard.adapters.provider import (
 )
 from vvolguard.adapters.tx import Tx
 from vvolguard.domain import keyvolume as kv
-from vvolguard.errors import Conflict, ConcurrentModification, InvalidInput, NotFound, VvgError
+from vvolguard.errors import Conflict, ConcurrentModification, InvalidInput, VvgError
 from vvolguard.services.policies import PolicyService
 from vvolguard.settings import Settings
 
@@ -89,9 +90,6 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _iso(dt: datetime) -> str:
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 def key_states(volume_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Key volume state of a page of volumes (the dashboard): one BatchGet per 100, never a scan; volumes
@@ -130,7 +128,7 @@ class KeyService:
                     "provider_volume_id": policy.provider_volume_id if policy else None,
                     "provisioned_at": None, "escrowed": False, "entries": []}
         return {"volume_id": volume_id, "provisioned": True, "provider_volume_id": item.provider_volume_id,
-                "provisioned_at": _iso(item.provisioned_at), "escrowed": bool(item.escrow_json),
+                "provisioned_at": rfc3339(item.provisioned_at), "escrowed": bool(item.escrow_json),
                 "entries": json.loads(item.entries_json)}
 
     def describe(self, volume_id: str) -> dict[str, Any]:
@@ -184,7 +182,7 @@ class KeyService:
             if zone is None:
                 raise KeyVolumeRefused(f"no instance is tagged vvg:vm-id={policy.vm_id} and the volume does not "
                                        f"exist yet: nowhere to put it") from None
-        image, header = kv.build(policy.vm_id, volume_id, entries, _iso(now), capacity_of(policy))
+        image, header = kv.build(policy.vm_id, volume_id, entries, rfc3339(now), capacity_of(policy))
         blobs = {e.name: self.writer.escrow(who, volume_id, e.name, e.data) for e in entries} if escrow else {}
         expires = int(time.time()) + LEFTOVER_SECONDS
 

@@ -6,6 +6,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from vvolguard.domain.constants import rfc3339
 from vvolguard.adapters.audit import AuditLog, AuditRecord
 from vvolguard.services.alerts import audit_ref, raise_alert
 from vvolguard.adapters.models import QUARANTINE_SK, HostItem, PolicyItem, QuarantineItem
@@ -157,7 +158,7 @@ class QuarantineService:
         if item is None:
             raise InvalidInput(f"VM {vm_id} is not quarantined")
         rec = AuditRecord(actor=actor, action="vm_release", outcome="done", vm_id=vm_id, reason="released",
-                          detail={"alert": "break_glass", "quarantined_since": item.since.strftime("%Y-%m-%dT%H:%M:%SZ")})
+                          detail={"alert": "break_glass", "quarantined_since": rfc3339(item.since)})
 
         def write(tx: Tx) -> None:
             tx.delete(item, condition=QuarantineItem.sk.exists())

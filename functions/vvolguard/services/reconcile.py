@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from vvolguard.domain.constants import rfc3339
 from vvolguard.adapters.audit import AuditLog, AuditRecord
 from vvolguard.adapters.models import EXPIRY_SHARDS, GrantItem, HostItem, PolicyItem, RefusalItem, expiry_key
 from vvolguard.adapters.provider import STUCK_DETACH_S, EbsProvider, HostIdentity, ProviderRefused, StorageProvider
@@ -196,7 +197,7 @@ class Reconciler:
                     raise_alert(self.settings, "lease_expired", vm_id=item.vm_id, volume_id=item.volume_id,
                                 host_id=item.host_id, ref=audit_ref(items[0]),
                                 detail=f"{item.volume_id} detached from {item.instance_id or '?'}: its lease ended "
-                                       f"{item.lease_expires_at.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+                                       f"{rfc3339(item.lease_expires_at)}")
             except (ProviderUnavailable, ProviderRefused) as exc:
                 s.errors.append(f"lease {item.volume_id}: {exc.code}")
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from pynamodb.exceptions import UpdateError
 
+from vvolguard.domain.constants import rfc3339
 from vvolguard.adapters.audit import AuditLog
 from vvolguard.adapters.models import TAMPER_PK, TamperCheckItem
 from vvolguard.settings import Settings
@@ -157,6 +158,6 @@ class TamperCheck:
         TamperCheckItem(TAMPER_PK, TAMPER_PK).update(actions=actions)
         if summary is not None and not summary["ok"] and problems:
             problem_alert(self.settings, problems[0], "the scheduled tamper check", now=now)
-        return {"at": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "ok": summary["ok"] if summary else None,
+        return {"at": rfc3339(now), "ok": summary["ok"] if summary else None,
                 "error": error, "took_ms": took, "source": source,
                 "first_problem": problems[0] if problems else None}

@@ -14,7 +14,7 @@ from vvolguard.adapters.tx import Tx
 
 from vvolguard.adapters.audit import AuditLog, AuditRecord
 from vvolguard.adapters.models import UserItem
-from vvolguard.domain.constants import ROLES  # noqa: F401 (re-exported for the dashboard)
+from vvolguard.domain.constants import ROLES, rfc3339  # noqa: F401 (ROLES re-exported for the dashboard)
 from vvolguard.domain.secrets import check_password, hash_password
 from vvolguard.errors import AlreadyExists, ConcurrentModification, Conflict, InvalidInput, NotFound
 from vvolguard.settings import Settings
@@ -171,7 +171,7 @@ class UserService:
 
     @staticmethod
     def row(u: UserItem) -> dict:
-        last = u.last_login.strftime("%Y-%m-%dT%H:%M:%SZ") if u.last_login else None
+        last = rfc3339(u.last_login) if u.last_login else None
         return {"user": u.username, "role": u.role, "disabled": bool(u.disabled), "last_login": last}
 
     def _existing(self, username: str) -> UserItem:

@@ -25,6 +25,7 @@ from typing import Any, Iterable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from vvolguard.domain.constants import rfc3339
 from vvolguard.adapters import aws
 from vvolguard.adapters.audit import AuditLog, AuditRecord
 from vvolguard.adapters.models import QUARANTINE_SK, PolicyItem, QuarantineItem
@@ -43,9 +44,6 @@ STATES = ("pending", "running", *STOPPED_STATES)
 STOP_WAIT_S = 120.0  # `vvg vm stop` waits this long for the instance to stop before it detaches anyway
 HEARTBEAT_BUCKET_S = 60  # one vm.heartbeat per running EC2 VM and minute, whoever notices it first
 
-
-def _iso(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _second(dt: datetime) -> datetime:
@@ -220,7 +218,7 @@ class VmService:
         return inst
 
     def _send(self, type_: str, vm_id: str, stamp: str, now: datetime) -> dict[str, Any]:
-        doc = {"event_id": f"{stamp}:{type_.split('.')[-1]}", "type": type_, "vm_id": vm_id, "occurred_at": _iso(now)}
+        doc = {"event_id": f"{stamp}:{type_.split('.')[-1]}", "type": type_, "vm_id": vm_id, "occurred_at": rfc3339(now)}
         return _sent(doc, self.events.handle_internal(EC2_HOST, doc, now))
 
     def _record(self, action: str, vm_id: str, actor: str, outcome: str, reason: str, detail: dict[str, str]) -> None:
@@ -318,7 +316,7 @@ class Ec2Lifecycle:
         if inst.state in STOPPED_STATES:
             if shutdown:
                 doc = {"event_id": f"ec2:{instance_id}:shutdown:{int(at.timestamp())}", "type": "vm.shutdown",
-                       "vm_id": inst.vm_id, "occurred_at": _iso(at)}
+                       "vm_id": inst.vm_id, "occurred_at": rfc3339(at)}
                 out["sent"].append(self._send(doc, now))
             return out
         if inst.state != "running":
@@ -329,7 +327,7 @@ class Ec2Lifecycle:
                 # One boot's vm.booted has one id, whoever sends it: its anchor is when its volumes were attached.
                 anchor = _second(min(p.attached_at for p in postboot))
                 doc = {"event_id": f"ec2:{instance_id}:booted:{int(anchor.timestamp())}", "type": "vm.booted",
-                       "vm_id": inst.vm_id, "occurred_at": _iso(anchor)}
+                       "vm_id": inst.vm_id, "occurred_at": rfc3339(anchor)}
                 out["sent"].append(self._send(doc, now))
             else:
                 out["waiting"] = "status_checks"
@@ -338,7 +336,7 @@ class Ec2Lifecycle:
             # this build answers invalid_event and the lease runs its course.
             bucket = datetime.fromtimestamp(int(now.timestamp()) // HEARTBEAT_BUCKET_S * HEARTBEAT_BUCKET_S, timezone.utc)
             doc = {"event_id": f"ec2:{instance_id}:heartbeat:{int(bucket.timestamp())}", "type": "vm.heartbeat",
-                   "vm_id": inst.vm_id, "occurred_at": _iso(bucket)}
+                   "vm_id": inst.vm_id, "occurred_at": rfc3339(bucket)}
             try:
                 out["sent"].append(self._send(doc, now))
             except InvalidInput as exc:
@@ -378,5 +376,5 @@ def notification(instance_id: str, state: str, at: datetime, region: str = "us-e
     """An EventBridge "EC2 Instance State-change Notification" (the shape AWS delivers)."""
     return {"version": "0", "id": f"local-{instance_id}-{state}-{int(at.timestamp())}",
             "detail-type": "EC2 Instance State-change Notification", "source": "aws.ec2", "account": "123456789012",
-            "time": _iso(at), "region": region, "resources": [f"arn:aws:ec2:{region}:123456789012:instance/{instance_id}"],
+            "time": rfc3339(at), "region": region, "resources": [f"arn:aws:ec2:{region}:123456789012:instance/{instance_id}"],
             "detail": {"instance-id": instance_id, "state": state}}
