@@ -47,21 +47,16 @@ class EventService:
         self.idempotency, self.state, self.hosts = IdempotencyStore(), VolumeStateStore(settings), HostGuard()
         self.refusals = Refusals(settings, self.audit)
 
-    # ---- entry points
-
     def handle_internal(self, host_id: str, doc: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
-        """An event vvolguard itself sends as the reserved host ``host_id`` (``aws-ec2``, for EC2 VMs:
-        docs/ec2-vms.md): the webhook's path after authentication (parse, authorize, claim, act, record), with
-        no signature and no host record. Never reachable from the webhook: a request naming a reserved host is
-        ``401 unknown_host`` (services/auth.py). Errors are the webhook's (a VvgError with its code)."""
+        """An event vvolguard sends itself as a reserved host (``aws-ec2``: docs/ec2-vms.md), on the path after
+        authentication; the webhook answers any request naming a reserved host ``401 unknown_host``."""
         from vvolguard.services.vms import internal_host
 
-        now = now or datetime.now(timezone.utc)
-        host = internal_host(self.settings, host_id)  # refuses any host that is not reserved
-        raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        now, raw = now or datetime.now(timezone.utc), json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
         if len(raw) > MAX_BODY:
             raise PayloadTooLarge(f"the body is over {MAX_BODY} bytes")
-        return self._process(host, parse_doc(doc, now), BodyPrint.of(self.settings, raw, doc), now)
+        return self._process(internal_host(self.settings, host_id), parse_doc(doc, now),
+                             BodyPrint.of(self.settings, raw, doc), now)
 
     def handle(self, headers: dict[str, str], body: bytes, now: datetime | None = None) -> dict[str, Any]:
         """The answer to one request, or a VvgError carrying the contract's status and code.
