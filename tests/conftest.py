@@ -22,6 +22,22 @@ from infra.moto_patches import install as _install_moto_patches  # noqa: E402
 
 _install_moto_patches()  # the same emulation fixes the local stack runs with
 
+# Password hashes made in the test processes use a tiny scrypt cost (checking reads the cost a hash names, so
+# every path is the same, only ~1000x cheaper); the local stacks the end-to-end tests start hash at the
+# production cost, and tests/test_hash_cost.py pins that cost (docs/test-speed.md).
+from vvolguard.domain import secrets as _secrets  # noqa: E402
+
+TEST_HASH_COST = (16, 1, 1)
+_secrets.set_hash_cost(TEST_HASH_COST)
+
+
+@pytest.fixture
+def production_hash_cost():
+    """New hashes at the production scrypt cost for one test (e.g. to check what is stored)."""
+    previous = _secrets.set_hash_cost(_secrets.PRODUCTION_COST)
+    yield _secrets.PRODUCTION_COST
+    _secrets.set_hash_cost(previous)
+
 # Never reach a real account from a test: fake credentials, no endpoint override, no profile.
 for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
     os.environ.pop(_var, None)
