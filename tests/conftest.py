@@ -47,19 +47,29 @@ os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", 
 
 @pytest.fixture
 def aws():
-    """moto's mock_aws with the template's tables and keys created; yields the Settings."""
+    """moto's mock_aws with the template's tables and keys created; yields the Settings. The worker's one
+    emulation, back in its just-bootstrapped state (tests/emulation.py)."""
     from moto import mock_aws
+    from moto.core.models import MockAWS
 
     from infra.bootstrap import bootstrap
+    from tests.emulation import EMULATION
     from vvolguard.adapters import aws as aws_adapter
     from vvolguard.settings import Settings
 
-    with mock_aws():
-        aws_adapter.reset_clients()
-        settings = Settings.from_env()
-        bootstrap(settings)
-        yield settings
-        aws_adapter.reset_clients()
+    settings = Settings.from_env()
+    if MockAWS._nested_count:  # inside another fixture's emulation (dashboard_support.shared_aws): share it
+        with mock_aws():
+            bootstrap(settings)
+            yield settings
+        return
+    mock = mock_aws()
+    mock.start(reset=False)
+    try:
+        yield EMULATION.fresh(settings)
+    finally:
+        mock.stop(remove_data=False)
+        aws_adapter.forget_keys()
 
 
 class CliResult:
@@ -223,11 +233,18 @@ def webhook(aws):
     handler_module.reset()
 
 
-def ec2_client():
-    """An EC2 client of the emulation (under mock_aws)."""
-    import boto3
+_ec2 = None
 
-    return boto3.client("ec2", region_name="us-east-1")
+
+def ec2_client():
+    """An EC2 client of the emulation (under mock_aws), built once per process: the tests' own, outside
+    vvolguard's hooks (a test's fault injection or call count never sees the test's own checks)."""
+    global _ec2
+    if _ec2 is None:
+        from vvolguard.adapters import aws as aws_adapter
+
+        _ec2 = aws_adapter.session("us-east-1").client("ec2")
+    return _ec2
 
 
 def managed_volumes(ec2=None) -> dict[str, dict]:

@@ -120,9 +120,14 @@ def _client(service: str, region: str):
 def reset_clients() -> None:
     """Forget cached clients and keys (tests switch between mocks and servers)."""
     _client.cache_clear()
-    audit_key.cache_clear()
     with _lock:
         _sessions.clear()
+    forget_keys()
+
+
+def forget_keys() -> None:
+    """Forget the cached audit key and decrypted host secrets, keep the clients (a test's fresh emulation)."""
+    audit_key.cache_clear()
     _secret_cache.clear()
 
 
