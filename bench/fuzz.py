@@ -1234,8 +1234,11 @@ class FuzzStack:
     pointed at it."""
 
     def __init__(self) -> None:
+        import logging
+
         from infra.local import LocalStack
 
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the dashboard's access log, as `make run` has it
         self.stack = LocalStack(seed=True, admin_password="fuzz-admin-pass", quiet=True,
                                 environ={"VVG_LOG_EVENTS": "0"})
         self.stack.__enter__()
