@@ -182,7 +182,7 @@ def test_port_in_use__is_refused_with_a_clear_message():
     assert f"port {port} on 127.0.0.1 is in use; set VVG_API_PORT" in p.stderr
 
 
-def _listening(port: int) -> bool:
+def _accepts(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
@@ -205,8 +205,8 @@ def test_library__a_with_block_starts_every_part_and_leaving_frees_ports_threads
         assert requests.get(f"{s.api_url}/v1/health", timeout=5).json() == {"status": "ok"}
         assert requests.get(f"{s.dashboard_url}/healthz", timeout=5).status_code == 200
         ports, moto = (s.aws_port, s.api_port, s.dashboard_port), s.moto
-        assert all(_listening(p) for p in ports)
+        assert all(_accepts(p) for p in ports)
         assert any(t.name == "vvg-reconcile" for t in threading.enumerate())
-    assert moto.poll() is not None and not any(_listening(p) for p in ports)
+    assert moto.poll() is not None and not any(_accepts(p) for p in ports)
     assert set(threading.enumerate()) <= before_threads
     assert dict(os.environ) == before_env
