@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The runtime (requirements.txt: what `make run` needs) and, on top, the development tools
+# (requirements-dev.txt: tests, benchmarks, fuzzing, linters); each set has its own stamp.
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: run test venv bench fuzz soak openapi clean lint
 
@@ -13,15 +16,19 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
-venv: $(STAMP)
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	touch $(DEV_STAMP)
+
+venv: $(DEV_STAMP)
 
 run: $(STAMP)
 	exec $(BIN)/python -m infra.local
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/cfn-lint template.yaml
 	$(BIN)/checkov -f template.yaml --framework cloudformation --skip-download --compact --quiet
 
@@ -29,18 +36,18 @@ clean:
 	rm -rf $(VENV) .pytest_cache
 
 # The fleet (bench/fleet.py), then the dashboard's pages (bench/pages.py), whose last line merges both JSON lines.
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	( $(BIN)/python -m bench.fleet $(BENCH_ARGS); echo $$? > .bench-fleet.rc ) | tee .bench-fleet.out
 	test "$$(cat .bench-fleet.rc)" = 0
 	$(BIN)/python -m bench.pages $(PAGES_BENCH_ARGS) --merge .bench-fleet.out
 
 # 10,000 requests generated from openapi.yaml against a fresh local stack (FUZZ_ARGS="--requests N --seed S").
-fuzz: $(STAMP)
+fuzz: $(DEV_STAMP)
 	$(BIN)/python -m bench.fuzz $(FUZZ_ARGS)
 
 # The soak test at full size: 200 VMs (`make test` runs 130; SOAK_VMS=N to choose).
 SOAK_VMS ?= 200
-soak: $(STAMP)
+soak: $(DEV_STAMP)
 	VVG_SOAK_VMS=$(SOAK_VMS) $(BIN)/python -m pytest tests/test_soak.py -p no:cacheprovider -q -s $(PYTEST_ARGS)
 
 # Regenerate openapi.yaml from the code's event schema (tests/test_openapi.py fails while it is stale).

@@ -16,13 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -35,12 +32,6 @@ PATTERNS = [  # Table 1, one row per VM in turn
     dict(size_mb=10, attach_on="app_start", detach_on="app_stop", app="A1", authorized_apps=["A1"]),
     dict(size_mb=10, attach_on="app_start", detach_on="app_stop", app="A2", authorized_apps=["A2"]),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def pct(values: list[float], p: float) -> float:
@@ -72,33 +63,22 @@ class Counts:
 class Fleet:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.port = free_port()
-        self.url = f"http://{HOST}:{self.port}"
-        self.moto: subprocess.Popen | None = None
+        self.stack = None
         self.retries = 0
 
     # ---- set-up
     def start(self) -> None:
-        self.moto = subprocess.Popen([sys.executable, "-m", "infra.motoserver", "-H", HOST, "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1)  # noqa: S310 - loopback
-                break
-            except Exception:
-                time.sleep(0.1)
-        from infra.template import Template
+        """The local stack's emulation only (infra.local.LocalStack without gateway, dashboard or reconciler:
+        the events go through the handler in-process), then the hosts."""
+        from infra.local import LocalStack
 
-        os.environ.update(Template().environment())
-        os.environ.update(AWS_ENDPOINT_URL=self.url, AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1",
-                          AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", VVG_LOG_EVENTS="0")
-        from infra.bootstrap import bootstrap
+        self.stack = LocalStack(seed=False, gateway=False, dashboard=False, reconcile_seconds=0,
+                                environ={"VVG_LOG_EVENTS": "0", "VVG_EC2_POLL_SECONDS": "0"})
+        self.stack.__enter__()
+        self.url = self.stack.aws_url
         from vvolguard.adapters import aws
-        from vvolguard.settings import Settings
 
-        aws.reset_clients()
-        self.settings = Settings.from_env()
-        bootstrap(self.settings)
+        self.settings = self.stack.settings
         from vvolguard.services.hosts import HostService
 
         hosts = HostService(self.settings)
@@ -111,7 +91,7 @@ class Fleet:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
         self.keys = {}
-        for i in range(self.args.key_hosts):
+        for i in range(getattr(self.args, "key_hosts", 0)):
             hid = f"key-{i:02d}"
             key = Ed25519PrivateKey.generate()
             pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
@@ -121,13 +101,9 @@ class Fleet:
         aws.add_hook("before-call", self.counts.hook)
 
     def stop(self) -> None:
-        if self.moto:
-            self.moto.terminate()
-            try:
-                self.moto.wait(10)
-            except subprocess.TimeoutExpired:
-                self.moto.kill()
-                self.moto.wait()
+        if self.stack is not None:
+            self.stack.__exit__(None, None, None)
+            self.stack = None
 
     def vm(self, i: int) -> tuple[str, str]:
         return f"vm-{i:05d}", f"host-{i % self.args.hosts:02d}"

@@ -37,9 +37,8 @@ import socket
 import subprocess
 import sys
 from datetime import datetime, timezone
-import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -1230,45 +1229,27 @@ class CliResult:
     err: str
 
 
-class LocalStack:
-    """`python -m infra.local` on free ports, seeded, as `make run` starts it."""
+class FuzzStack:
+    """A fresh local stack (infra.local.LocalStack, as `make run` starts it, on free ports, seeded) and the CLI
+    pointed at it."""
 
     def __init__(self) -> None:
-        ports = []
-        for _ in range(3):
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                ports.append(s.getsockname()[1])
-        self.aws_url = f"http://127.0.0.1:{ports[0]}"
-        self.api_url = f"http://127.0.0.1:{ports[1]}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env.update(VVG_AWS_PORT=str(ports[0]), VVG_API_PORT=str(ports[1]), VVG_DASHBOARD_PORT=str(ports[2]),
-                   VVG_ADMIN_PASSWORD="fuzz-admin-pass", PYTHONUNBUFFERED="1", VVG_LOG_EVENTS="0")
-        self.proc = subprocess.Popen([sys.executable, "-m", "infra.local"], cwd=ROOT, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        lines: list[str] = []
-        self.tail: deque[str] = deque(maxlen=40)  # the stack's last words, shown if the run stops early
-        ready = threading.Event()
+        import logging
 
-        def reader() -> None:
-            for line in self.proc.stdout:  # type: ignore[union-attr]
-                if not ready.is_set():
-                    lines.append(line)
-                else:
-                    self.tail.append(line)
-                if "Ctrl-C stops everything" in line:
-                    ready.set()
-            ready.set()
+        from infra.local import LocalStack
 
-        threading.Thread(target=reader, daemon=True).start()
-        if not ready.wait(120) or self.proc.poll() is not None:
-            self.stop()
-            raise RuntimeError("the local stack did not start:\n" + "".join(lines))
-        m = re.search(r"demo host\s+(\S+)\s+secret: (\S+)", "".join(lines))
-        if not m:
-            self.stop()
-            raise RuntimeError("no demo host in the banner:\n" + "".join(lines))
-        self.host_id, self.host_secret = m.group(1), m.group(2)
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the dashboard's access log, as `make run` has it
+        self.stack = LocalStack(seed=True, admin_password="fuzz-admin-pass", quiet=True,
+                                environ={"VVG_LOG_EVENTS": "0"})
+        self.stack.__enter__()
+        self.aws_url, self.api_url = self.stack.aws_url, self.stack.api_url
+        self.host_id, self.host_secret = self.stack.host_id, self.stack.host_secret
+
+    def state(self) -> str:
+        """What to show if the run stops early: whether the emulation is still up."""
+        moto = self.stack.moto
+        return "the AWS emulation " + ("exited with " + str(moto.poll()) if moto and moto.poll() is not None
+                                       else "is running")
 
     def vvg(self, *argv: str, stdin: str = "") -> CliResult:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "VVG_"))}
@@ -1279,13 +1260,7 @@ class LocalStack:
         return CliResult(p.returncode, p.stdout, p.stderr)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.stack.__exit__(None, None, None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1295,7 +1270,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint-every", type=int, default=1000, help="compare the state every N requests")
     args = p.parse_args(argv)
     print("starting a local stack ...", flush=True)
-    stack = LocalStack()
+    stack = FuzzStack()
     try:
         target = Target(stack.api_url, stack.aws_url, {stack.host_id: stack.host_secret}, stack.vvg)
         prepare(target)
@@ -1305,8 +1280,7 @@ def main(argv: list[str] | None = None) -> int:
                         log=lambda s: print(s, flush=True))
         report = fuzzer.run(args.requests)
         if fuzzer.stopped:
-            print(f"the local stack {'exited with ' + str(stack.proc.poll()) if stack.proc.poll() is not None else 'is running'};"
-                  " its last lines:\n" + "".join(stack.tail), flush=True)
+            print(f"the run stopped early; {stack.state()}", flush=True)
     finally:
         stack.stop()
     print()

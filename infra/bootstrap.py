@@ -60,14 +60,19 @@ def create_resources(template: Template, settings: Settings) -> None:
             for pol in props.get("Policies", []):
                 iam.put_role_policy(RoleName=name, PolicyName=pol["PolicyName"],
                                     PolicyDocument=json.dumps(pol["PolicyDocument"]))
+    create_secrets(settings)
+    create_keys(template, settings)
+    create_buckets(template, settings)
+    create_topics(template, settings)
+
+
+def create_secrets(settings: Settings) -> None:
+    """The audit key's secret (a random 256-bit key), unless it exists."""
     sm = aws.client("secretsmanager", settings.region)
     try:
         sm.describe_secret(SecretId=settings.audit_key_secret_id)
     except ClientError:
         sm.create_secret(Name=settings.audit_key_secret_id, SecretString=secrets.token_hex(32))
-    create_keys(template, settings)
-    create_buckets(template, settings)
-    create_topics(template, settings)
 
 
 def create_topics(template: Template, settings: Settings) -> None:

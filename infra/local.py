@@ -66,26 +66,85 @@ def _reconcile_seconds() -> float:
     return value
 
 
-class LocalStack:
-    """Start, seed and stop the parts; usable from `make run` and from end-to-end tests."""
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
 
-    def __init__(self, aws_port: int, api_port: int, dashboard_port: int, seed: bool = True,
-                 admin_password: str | None = None, quiet: bool = False) -> None:
-        self.aws_port, self.api_port, self.dashboard_port = aws_port, api_port, dashboard_port
+
+class LocalStack:
+    """Start, seed and stop the parts: `make run`, the benchmarks and the fuzzer use it as a library.
+
+        with LocalStack(seed=True) as stack:      # ports 0: free ones are chosen
+            ... stack.aws_url, stack.api_url, stack.dashboard_url, stack.host_id, stack.host_secret ...
+
+    Entering starts the moto server (a child process), creates the template's resources, seeds the demo
+    (or only the admin user), serves the gateway and the dashboard on their own threads and runs the
+    reconciler every ``reconcile_seconds`` (VVG_RECONCILE_SECONDS, default 60, 0 off); leaving stops all of
+    them, frees the ports, joins the threads and restores the environment variables it set. ``gateway`` and
+    ``dashboard`` False start only the emulation (bench/fleet.py calls the handlers in-process)."""
+
+    def __init__(self, aws_port: int = 0, api_port: int = 0, dashboard_port: int = 0, seed: bool = True,
+                 admin_password: str | None = None, quiet: bool = False, *, gateway: bool = True,
+                 dashboard: bool = True, reconcile_seconds: float | None = None,
+                 environ: dict[str, str] | None = None) -> None:
+        self.aws_port, self.api_port, self.dashboard_port = (p or free_port() for p in (aws_port, api_port, dashboard_port))
         self.seed = seed
         self.admin_password = admin_password or secrets.token_urlsafe(12)
         self.generated_password = admin_password is None
         self.quiet = quiet
+        self.gateway, self.dashboard = gateway, dashboard
+        self.extra_environ = dict(environ or {})
         self.moto: subprocess.Popen | None = None
         self.servers: list[Any] = []
         self.threads: list[threading.Thread] = []
         self.seeded: dict[str, Any] = {}
-        self.reconcile_seconds = _reconcile_seconds()
+        self.settings: Any = None
+        self.reconcile_seconds = _reconcile_seconds() if reconcile_seconds is None else float(reconcile_seconds)
         self._stopping = threading.Event()
+        self._saved_environ: dict[str, str | None] | None = None
+
+    def __enter__(self) -> "LocalStack":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     @property
     def aws_url(self) -> str:
         return f"http://{HOST}:{self.aws_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{HOST}:{self.api_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{HOST}:{self.dashboard_port}"
+
+    @property
+    def host_id(self) -> str | None:
+        return self.seeded.get("host_id")
+
+    @property
+    def host_secret(self) -> str | None:
+        return self.seeded.get("host_secret")
+
+    def _set_environ(self, values: dict[str, str], drop: tuple[str, ...] = ()) -> None:
+        """Set (and remember, for :meth:`stop`) the process environment the parts read."""
+        if self._saved_environ is None:
+            self._saved_environ = {}
+        for k in (*values, *drop):
+            self._saved_environ.setdefault(k, os.environ.get(k))
+        for k in drop:
+            os.environ.pop(k, None)
+        os.environ.update(values)
 
     def environment(self) -> dict[str, str]:
         """What a client (the CLI, a test) needs to reach this stack."""
@@ -100,14 +159,16 @@ class LocalStack:
         return env
 
     def start(self) -> None:
-        for port, name in ((self.aws_port, "VVG_AWS_PORT"), (self.api_port, "VVG_API_PORT"),
-                           (self.dashboard_port, "VVG_DASHBOARD_PORT")):
+        ports = [(self.aws_port, "VVG_AWS_PORT")]
+        ports += [(self.api_port, "VVG_API_PORT")] if self.gateway else []
+        ports += [(self.dashboard_port, "VVG_DASHBOARD_PORT")] if self.dashboard else []
+        for port, name in ports:
             _check_free(port, name)
         # Credentials of the emulation only; a real AWS_PROFILE must never leak into the local stack.
-        os.environ.pop("AWS_PROFILE", None)
-        os.environ.pop("AWS_SESSION_TOKEN", None)
-        os.environ.update(self.environment())
-        os.environ.setdefault("VVG_DASHBOARD_INSECURE_COOKIES", "1")  # plain http on loopback
+        values = {**self.environment(), **self.extra_environ}
+        if "VVG_DASHBOARD_INSECURE_COOKIES" not in os.environ:
+            values["VVG_DASHBOARD_INSECURE_COOKIES"] = "1"  # plain http on loopback
+        self._set_environ(values, drop=("AWS_PROFILE", "AWS_SESSION_TOKEN"))
         self.moto = subprocess.Popen(
             [sys.executable, "-m", "infra.motoserver", "-H", HOST, "-p", str(self.aws_port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -121,39 +182,38 @@ class LocalStack:
         from vvolguard.services.root import Services
 
         aws.reset_clients()
-        settings = Settings.from_env()
+        settings = self.settings = Settings.from_env()
         bootstrap(settings)
         self.root = root = Services.build(settings)
         if self.seed:
             self.seeded = seed_demo(settings, self.admin_password)
             provision_demo_keys(settings)  # Table 1's preboot volumes hold a luks key (docs/key-volume.md)
-        else:
+        elif self.gateway or self.dashboard:
             root.users.add("admin", "admin", self.admin_password, actor="cli")
 
-        from werkzeug.serving import make_server
+        if self.gateway:
+            from infra.gateway import Gateway
 
-        from dashboard import create_app
-        from infra.gateway import Gateway, fixed_host
+            self._serve(Gateway((HOST, self.api_port)))  # answers with its configured address, never the Host header
+            _wait_http(f"http://{HOST}:{self.api_port}/v1/health", 30)
+        if self.dashboard:
+            from werkzeug.serving import make_server
 
-        gateway = Gateway((HOST, self.api_port))
-        # both answer with their configured address, never the client's Host header
-        dash = make_server(HOST, self.dashboard_port, fixed_host(create_app(services=root), f"{HOST}:{self.dashboard_port}"),
-                           threaded=True)
-        for srv in (gateway, dash):
-            t = threading.Thread(target=srv.serve_forever, name=type(srv).__name__, daemon=True)
-            t.start()
-            self.servers.append(srv)
-            self.threads.append(t)
-        _wait_http(f"http://{HOST}:{self.api_port}/v1/health", 30)
-        _wait_http(f"http://{HOST}:{self.dashboard_port}/healthz", 30)
+            from dashboard import create_app
+            from infra.gateway import fixed_host
+
+            self._serve(make_server(HOST, self.dashboard_port,
+                                    fixed_host(create_app(services=root), f"{HOST}:{self.dashboard_port}"), threaded=True))
+            _wait_http(f"http://{HOST}:{self.dashboard_port}/healthz", 30)
         if self.reconcile_seconds:
             t = threading.Thread(target=self._reconcile_loop, args=(settings,), name="vvg-reconcile", daemon=True)
             t.start()
             self.threads.append(t)
+        if self.dashboard:  # the dashboard's "Check now" reaches the scheduled function (docs/audit-check.md)
+            t = threading.Thread(target=self._tamper_requests, name="vvg-tamper-check", daemon=True)
+            t.start()
+            self.threads.append(t)
         self.ec2_poller = start_ec2_poller(settings, self._stopping)
-        t = threading.Thread(target=self._tamper_requests, name="vvg-tamper-check", daemon=True)
-        t.start()
-        self.threads.append(t)
 
     def _tamper_requests(self) -> None:
         """What AWS does with the dashboard's "Check now" (an asynchronous invoke of the reconcile function):
@@ -163,6 +223,12 @@ class LocalStack:
                 self.root.tamper.run_if_due(requested_only=True)
             except Exception:  # the next poll tries again
                 log.exception("tamper check failed")
+
+    def _serve(self, srv: Any) -> None:
+        t = threading.Thread(target=srv.serve_forever, name=type(srv).__name__, daemon=True)
+        t.start()
+        self.servers.append(srv)
+        self.threads.append(t)
 
     def _reconcile_loop(self, settings: Any) -> None:
         """The schedule of the template (every VVG_RECONCILE_SECONDS): a reconciler pass, which ends with the
@@ -249,6 +315,8 @@ class LocalStack:
             pass
 
     def stop(self) -> None:
+        """Stop every part (idempotent): servers shut down and their ports closed, threads joined, the
+        moto server ended, the environment variables :meth:`start` set restored."""
         self._stopping.set()
         stop_ec2_poller(getattr(self, "ec2_poller", None))
         self.remove_env_file()
@@ -258,6 +326,11 @@ class LocalStack:
                 srv.server_close()
             except Exception:  # already closed
                 pass
+        self.servers = []
+        for t in self.threads:
+            if t is not threading.current_thread():
+                t.join(10)
+        self.threads = []
         if self.moto and self.moto.poll() is None:
             self.moto.terminate()
             try:
@@ -265,6 +338,16 @@ class LocalStack:
             except subprocess.TimeoutExpired:
                 self.moto.kill()
                 self.moto.wait()
+        if self._saved_environ is not None:
+            for k, v in self._saved_environ.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            self._saved_environ = None
+            from vvolguard.adapters import aws
+
+            aws.reset_clients()  # the clients pointed at this stack's emulation
 
 
 def start_ec2_poller(settings: Any, stopping: threading.Event) -> threading.Thread | None:

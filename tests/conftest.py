@@ -22,6 +22,22 @@ from infra.moto_patches import install as _install_moto_patches  # noqa: E402
 
 _install_moto_patches()  # the same emulation fixes the local stack runs with
 
+# Password hashes made in the test processes use a tiny scrypt cost (checking reads the cost a hash names, so
+# every path is the same, only ~1000x cheaper); the local stacks the end-to-end tests start hash at the
+# production cost, and tests/test_hash_cost.py pins that cost (docs/test-speed.md).
+from vvolguard.domain import secrets as _secrets  # noqa: E402
+
+TEST_HASH_COST = (16, 1, 1)
+_secrets.set_hash_cost(TEST_HASH_COST)
+
+
+@pytest.fixture
+def production_hash_cost():
+    """New hashes at the production scrypt cost for one test (e.g. to check what is stored)."""
+    previous = _secrets.set_hash_cost(_secrets.PRODUCTION_COST)
+    yield _secrets.PRODUCTION_COST
+    _secrets.set_hash_cost(previous)
+
 # Never reach a real account from a test: fake credentials, no endpoint override, no profile.
 for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
     os.environ.pop(_var, None)
@@ -31,19 +47,29 @@ os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", 
 
 @pytest.fixture
 def aws():
-    """moto's mock_aws with the template's tables and keys created; yields the Settings."""
+    """moto's mock_aws with the template's tables and keys created; yields the Settings. The worker's one
+    emulation, back in its just-bootstrapped state (tests/emulation.py)."""
     from moto import mock_aws
+    from moto.core.models import MockAWS
 
     from infra.bootstrap import bootstrap
+    from tests.emulation import EMULATION
     from vvolguard.adapters import aws as aws_adapter
     from vvolguard.settings import Settings
 
-    with mock_aws():
-        aws_adapter.reset_clients()
-        settings = Settings.from_env()
-        bootstrap(settings)
-        yield settings
-        aws_adapter.reset_clients()
+    settings = Settings.from_env()
+    if MockAWS._nested_count:  # inside another fixture's emulation (dashboard_support.shared_aws): share it
+        with mock_aws():
+            bootstrap(settings)
+            yield settings
+        return
+    mock = mock_aws()
+    mock.start(reset=False)
+    try:
+        yield EMULATION.fresh(settings)
+    finally:
+        mock.stop(remove_data=False)
+        aws_adapter.forget_keys()
 
 
 class CliResult:
@@ -207,11 +233,18 @@ def webhook(aws):
     handler_module.reset()
 
 
-def ec2_client():
-    """An EC2 client of the emulation (under mock_aws)."""
-    import boto3
+_ec2 = None
 
-    return boto3.client("ec2", region_name="us-east-1")
+
+def ec2_client():
+    """An EC2 client of the emulation (under mock_aws), built once per process: the tests' own, outside
+    vvolguard's hooks (a test's fault injection or call count never sees the test's own checks)."""
+    global _ec2
+    if _ec2 is None:
+        from vvolguard.adapters import aws as aws_adapter
+
+        _ec2 = aws_adapter.session("us-east-1").client("ec2")
+    return _ec2
 
 
 def managed_volumes(ec2=None) -> dict[str, dict]:

@@ -563,7 +563,7 @@ def test_packaging__lambda_pins_are_the_repositorys_pins():
 
 
 def test_packaging__aws_sam_translator_is_pinned_to_the_installed_version():
-    assert _requirements(ROOT / "requirements.txt")["aws-sam-translator"] == metadata.version("aws-sam-translator")
+    assert _requirements(ROOT / "requirements-dev.txt")["aws-sam-translator"] == metadata.version("aws-sam-translator")
 
 
 def _closure(names: set[str]) -> set[str]:

@@ -180,3 +180,33 @@ def test_port_in_use__is_refused_with_a_clear_message():
                            timeout=60)
     assert p.returncode != 0
     assert f"port {port} on 127.0.0.1 is in use; set VVG_API_PORT" in p.stderr
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_library__a_with_block_starts_every_part_and_leaving_frees_ports_threads_and_environment(monkeypatch):
+    """infra.local.LocalStack as the benchmarks and the fuzzer use it: entering serves both health endpoints
+    and the emulation on free ports; leaving closes the ports, ends the moto server, joins every thread
+    (the reconciler's among them) and puts back the environment it changed."""
+    import os
+    import threading
+
+    from infra.local import LocalStack
+
+    monkeypatch.setenv("AWS_PROFILE", "someones-real-profile")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    before_env = dict(os.environ)
+    before_threads = set(threading.enumerate())
+    with LocalStack(seed=False, admin_password="admin-pass-123", reconcile_seconds=0.2) as s:
+        assert os.environ["AWS_ENDPOINT_URL"] == s.aws_url and "AWS_PROFILE" not in os.environ
+        assert requests.get(f"{s.api_url}/v1/health", timeout=5).json() == {"status": "ok"}
+        assert requests.get(f"{s.dashboard_url}/healthz", timeout=5).status_code == 200
+        ports, moto = (s.aws_port, s.api_port, s.dashboard_port), s.moto
+        assert all(_accepts(p) for p in ports)
+        assert any(t.name == "vvg-reconcile" for t in threading.enumerate())
+    assert moto.poll() is not None and not any(_accepts(p) for p in ports)
+    assert set(threading.enumerate()) <= before_threads
+    assert dict(os.environ) == before_env

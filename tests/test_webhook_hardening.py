@@ -81,7 +81,7 @@ def test_occurred_at_more_than_300_s_ahead__400_invalid_event_and_nothing_writte
 WORDS = ["password", "123456", "s3cret", "letmein", "qwerty", "admin", "secret"]
 
 
-def test_events_table_keeps_nothing_a_password_guess_can_be_tested_against_offline(webhook, aws):
+def test_events_table_keeps_nothing_a_password_guess_can_be_tested_against_offline(webhook, aws, production_hash_cost):
     from vvolguard.adapters.models import EventItem
 
     add_policies(aws, REQUEST_VOLUME)

@@ -84,6 +84,21 @@ def session(region: str) -> boto3.session.Session:
         return _sessions[region]
 
 
+def credentials_session(region: str, access_key: str, secret_key: str, token: str) -> boto3.session.Session:
+    """A boto3 session with its own credentials (an assumed role's) that reads the service models through
+    the one shared loader: a fresh loader would parse EC2's model again (about a second per session)."""
+    import botocore.session
+
+    core = botocore.session.get_session()
+    core.register_component("data_loader", shared_loader())
+    sess = boto3.session.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+                                 aws_session_token=token, region_name=region, botocore_session=core)
+    with _lock:
+        paths = _loader.search_paths  # boto3 appends its data folder to the loader on every session
+        paths[:] = list(dict.fromkeys(paths))
+    return sess
+
+
 def client(service: str, region: str):
     """A cached client; boto3 clients are thread-safe once built."""
     return _client(service, region)
@@ -98,9 +113,14 @@ def _client(service: str, region: str):
 def reset_clients() -> None:
     """Forget cached clients and keys (tests switch between mocks and servers)."""
     _client.cache_clear()
-    audit_key.cache_clear()
     with _lock:
         _sessions.clear()
+    forget_keys()
+
+
+def forget_keys() -> None:
+    """Forget the cached audit key and decrypted host secrets, keep the clients (a test's fresh emulation)."""
+    audit_key.cache_clear()
     _secret_cache.clear()
 
 

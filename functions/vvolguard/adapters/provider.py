@@ -142,8 +142,8 @@ class EbsProvider:
             raise ProviderRefused("wrong_session", f"the provider session is not {who.host_id}'s")
         creds = resp["Credentials"]
         expires = creds["Expiration"].timestamp() if hasattr(creds["Expiration"], "timestamp") else time.time() + 900
-        sess = boto3.session.Session(aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
-                                     aws_session_token=creds["SessionToken"], region_name=self.settings.region)
+        sess = aws.credentials_session(self.settings.region, creds["AccessKeyId"], creds["SecretAccessKey"],
+                                       creds["SessionToken"])
         # Retries are ours (_call): botocore's own would multiply them, and the whole provider phase must
         # stay well inside an event's claim (BUSY_SECONDS).
         client = aws.track(sess.client("ec2", config=Config(retries={"mode": "standard", "max_attempts": 1},

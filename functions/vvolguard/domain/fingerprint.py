@@ -16,10 +16,10 @@ import base64
 import hashlib
 import hmac
 import json
-import secrets
 from typing import Any
 
-_N, _R, _P = 2**14, 8, 1
+from vvolguard.domain.secrets import scrypt_tag
+
 CONTEXT = b"vvg:event-body-mac:v1"
 
 
@@ -38,11 +38,9 @@ def body_mac(key: bytes, raw: bytes, doc: dict[str, Any] | None) -> str:
 
 
 def password_tag(raw: bytes) -> str:
-    """A salted scrypt of a body that carries a password (``scrypt$n$r$p$salt$hash``)."""
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(raw, salt=salt, n=_N, r=_R, p=_P, dklen=32)
-    b64 = lambda b: base64.b64encode(b).decode("ascii")  # noqa: E731
-    return f"scrypt${_N}${_R}${_P}${b64(salt)}${b64(digest)}"
+    """A salted scrypt of a body that carries a password (``scrypt$n$r$p$salt$hash``), at the cost of the
+    policy's own password hash (vvolguard.domain.secrets.hash_cost)."""
+    return scrypt_tag(raw)
 
 
 def same_body(raw: bytes, tag: str | None) -> bool:

@@ -6,15 +6,41 @@ import hashlib
 import hmac
 import secrets
 
-_N, _R, _P = 2**14, 8, 1
+# The scrypt cost (N, r, p) of every new hash: passwords here, event bodies that carry one in
+# vvolguard.domain.fingerprint. A stored hash names its own cost, so checking never depends on this.
+PRODUCTION_COST = (2**14, 8, 1)
+_cost = PRODUCTION_COST
+
+
+def hash_cost() -> tuple[int, int, int]:
+    """The (N, r, p) new hashes are made with: PRODUCTION_COST unless a test lowered it."""
+    return _cost
+
+
+def set_hash_cost(cost: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Make new hashes at ``cost`` (N, r, p) in this process; returns the previous cost. Only the test suite
+    calls it (tests/conftest.py), so that thousands of fixture hashes stay cheap; nothing in vvolguard reads
+    a cost from the environment or the settings, so a deployment always hashes at PRODUCTION_COST."""
+    global _cost
+    n, r, p = (int(v) for v in cost)
+    if n < 2 or n & (n - 1) or r < 1 or p < 1:
+        raise ValueError("scrypt cost: N must be a power of 2 above 1, r and p at least 1")
+    previous, _cost = _cost, (n, r, p)
+    return previous
+
+
+def scrypt_tag(material: bytes) -> str:
+    """A salted scrypt of ``material`` at :func:`hash_cost`, self-describing: ``scrypt$n$r$p$salt$hash``."""
+    n, r, p = _cost
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(material, salt=salt, n=n, r=r, p=p, dklen=32)
+    b64 = lambda b: base64.b64encode(b).decode("ascii")  # noqa: E731
+    return f"scrypt${n}${r}${p}${b64(salt)}${b64(digest)}"
 
 
 def hash_password(password: str) -> str:
     """A salted scrypt hash of ``password``, self-describing: ``scrypt$n$r$p$salt$hash``."""
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=_N, r=_R, p=_P, dklen=32)
-    b64 = lambda b: base64.b64encode(b).decode("ascii")  # noqa: E731
-    return f"scrypt${_N}${_R}${_P}${b64(salt)}${b64(digest)}"
+    return scrypt_tag(password.encode("utf-8"))
 
 
 def check_password(password: str, stored: str) -> bool:
