@@ -187,6 +187,18 @@ class RefusalItem(StateItem, discriminator="refusals"):
     expiry_at = UnicodeAttribute()
 
 
+class ClaimItem(StateItem, discriminator="claim"):
+    """An event's claim while its provider work runs (pk ``VM#<vm>``, sk ``CLAIM#<host>/<event_id>``), written
+    with the claim and deleted with the event's records (or its release): in the expiry index under ``C#n``
+    at the claim's lease end, so the reconciler finds the claims of a process that died (docs/crash-safety.md)."""
+
+    by_expiry = ExpiryIndex()
+
+    event_key = UnicodeAttribute()  # the events table's id: host/event_id
+    expiry_shard = UnicodeAttribute()
+    expiry_at = UnicodeAttribute()
+
+
 class AlertItem(StateItem, discriminator="alert"):
     """One security alert (docs/alerts.md): pk ``ALERTS#<day>``, sk ``<at>#<random>``, so a day's alerts are
     one Query, newest first. The ids are ``a_*`` (not ``vm_id``...): alerts stay out of the state indexes.
@@ -463,6 +475,7 @@ def configure(settings: Settings) -> None:
     AlertItem._connection = None
     AlertKeyItem._connection = None
     SigFailItem._connection = None
+    ClaimItem._connection = None
     _connections.clear()
     track_model_clients()
 
@@ -490,5 +503,5 @@ def track_model_clients() -> None:
     for model in MODELS_BY_SETTING.values():
         track(model._get_connection().connection.client)
     for model in (PolicyItem, ChainHead, GrantItem, LimitItem, QuarantineItem, RefusalItem, AlertItem, AlertKeyItem,
-                  SigFailItem):
+                  SigFailItem, ClaimItem):
         track(model._get_connection().connection.client)
