@@ -22,6 +22,7 @@ from tests.crash_harness import (CRASH_EXIT, MotoServer, Operation, World, check
 from vvolguard.domain.engine import BUSY_SECONDS
 
 WALK = os.environ.get("VVG_CRASH_WALK", "sample")
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300 if WALK == "sample" else 3600)]
 LEASE = 900  # Table 1's max_attach_seconds (docs/policy-file.md)
 
 
