@@ -360,7 +360,7 @@ class EbsProvider:
                     continue
                 tags = {t["Key"]: t["Value"] for t in vol.get("Tags", [])}
                 yield {"provider_volume_id": vol["VolumeId"], "volume_id": tags.get(TAG_VOLUME, ""),
-                       "hosts": tuple(h for h in tags.get(TAG_HOSTS, "").split(",") if h),
+                       "vm_id": tags.get(TAG_VM, ""), "hosts": tuple(h for h in tags.get(TAG_HOSTS, "").split(",") if h),
                        "provisioning": tags.get(TAG_PROVISIONING), "state": vol.get("State"),
                        "zone": vol.get("AvailabilityZone"), "created": vol.get("CreateTime"),
                        "attached": [a["InstanceId"] for a in vol.get("Attachments", [])

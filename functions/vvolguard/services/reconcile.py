@@ -333,9 +333,25 @@ class Reconciler:
         policies = PolicyService(self.settings)
         settled = now - timedelta(seconds=BUSY_SECONDS)
         grants: dict[str, tuple[str, ...]] = {}
+        page: list[dict[str, Any]] = []
         for vol in volumes():
-            item = policies.find(vol["volume_id"]) if vol["volume_id"] else None
-            if item is None or (vol["created"] is not None and vol["created"] > settled):
+            if vol["volume_id"] and (vol["created"] is None or vol["created"] <= settled):
+                page.append(vol)
+            if len(page) == PAGE:
+                self._check_volumes(page, policies, now, s, grants)
+                page = []
+        if page:
+            self._check_volumes(page, policies, now, s, grants)
+
+    def _check_volumes(self, page: list[dict[str, Any]], policies: Any, now: datetime, s: Summary,
+                       grants: dict[str, tuple[str, ...]]) -> None:
+        """One page of provider volumes against their policies (one BatchGetItem by the vvg:vm-id tag; a
+        volume whose policy is not where its tag says is looked up by volume id)."""
+        keys = {(f"VM#{v['vm_id']}", f"POLICY#{v['volume_id']}") for v in page if v["vm_id"]}
+        found = {p.volume_id: p for p in PolicyItem.batch_get(list(keys), consistent_read=True)} if keys else {}
+        for vol in page:
+            item = found.get(vol["volume_id"]) or policies.find(vol["volume_id"])
+            if item is None:
                 continue
             if item.busy_until and item.busy_until > now:
                 s.skipped_busy += 1
