@@ -837,6 +837,26 @@ def test_iam_calls__the_events_function_role_covers_every_webhook_call(webhook, 
         "ec2:CreateVolume", "ec2:CreateTags", "ec2:DescribeVolumes", "ec2:DescribeInstances", "ec2:DescribeTags"})
 
 
+class _Died(BaseException):
+    """The process dying mid-event (docs/crash-safety.md): nothing catches it, so nothing is undone."""
+
+
+def _dead_claim(webhook, monkeypatch) -> None:
+    """vm-5's vvol-5 claimed by an app.started whose process died before its attach; a 1 s claim lease."""
+    from vvolguard.adapters import aws
+
+    def die(**_):
+        raise _Died()
+
+    monkeypatch.setattr("vvolguard.services.event_stores.BUSY_SECONDS", 1)
+    aws.add_hook("before-call.ec2.AttachVolume", die)
+    try:
+        with pytest.raises(_Died):
+            webhook.send("app.started", "vm-5", app="A2")
+    finally:
+        aws.remove_hook("before-call.ec2.AttachVolume", die)
+
+
 def test_iam_calls__the_reconcile_function_role_covers_a_pass_that_does_everything(webhook, calls, monkeypatch):
     import time
 
@@ -860,10 +880,12 @@ def test_iam_calls__the_reconcile_function_role_covers_a_pass_that_does_everythi
     inst = ec2_client().describe_instances(Filters=[{"Name": "tag:vvg:vm-id", "Values": ["vm-3"]}])
     ec2_client().attach_volume(VolumeId=vol["VolumeId"], Device="/dev/sdz",
                                InstanceId=inst["Reservations"][0]["Instances"][0]["InstanceId"])
+    _dead_claim(webhook, monkeypatch)                                                     # a claim to release
     time.sleep(1.5)
     with calls:
         summary = reconcile_handler.handler({"source": "aws.events"}, None)  # the scheduled function itself
     assert summary["expired_leases"] >= 1 and summary["grants_expired"] == 1 and summary["orphans_detached"] == 1, summary
+    assert summary["claims_released"] == 1, summary
     assert_granted(calls, "ReconcileRole", {"sns:Publish",
         "dynamodb:Query", "dynamodb:GetItem", "dynamodb:TransactWriteItems", "secretsmanager:GetSecretValue",
         "sts:AssumeRole", "ec2:DescribeVolumes", "ec2:DetachVolume", "ec2:CreateTags", "dynamodb:Scan",

@@ -244,6 +244,18 @@ class RefusalItem(StateItem, discriminator="refusals"):
     expiry_at = UnicodeAttribute()
 
 
+class ClaimItem(StateItem, discriminator="claim"):
+    """An event's claim while its provider work runs (pk ``VM#<vm>``, sk ``CLAIM#<host>/<event_id>``), written
+    with the claim and deleted with the event's records (or its release): in the expiry index under ``C#n``
+    at the claim's lease end, so the reconciler finds the claims of a process that died (docs/crash-safety.md)."""
+
+    by_expiry = ExpiryIndex()
+
+    event_key = UnicodeAttribute()  # the events table's id: host/event_id
+    expiry_shard = UnicodeAttribute()
+    expiry_at = UnicodeAttribute()
+
+
 class AlertItem(StateItem, discriminator="alert"):
     """One security alert (docs/alerts.md): pk ``ALERTS#<day>``, sk ``<at>#<random>``, so a day's alerts are
     one Query, newest first. The ids are ``a_*`` (not ``vm_id``...): alerts stay out of the state indexes.

@@ -477,6 +477,23 @@ class EbsProvider:
                         yield Attachment(vol["VolumeId"], tags.get(TAG_VOLUME, ""), att["InstanceId"], att.get("Device", ""),
                                          tuple(h for h in tags.get(TAG_HOSTS, "").split(",") if h))
 
+    def volumes(self) -> Iterator[dict[str, Any]]:
+        """Every managed volume (tagged vvg:volume-id) not being deleted, page by page, read with vvolguard's
+        own identity: the reconciler's view for drift (docs/crash-safety.md)."""
+        ec2 = aws.track((self.base or aws.session(self.settings.region)).client("ec2"))
+        for page in ec2.get_paginator("describe_volumes").paginate(
+                Filters=[{"Name": "tag-key", "Values": [TAG_VOLUME]}], PaginationConfig={"PageSize": 500}):
+            for vol in page.get("Volumes", []):
+                if vol.get("State") in ("deleting", "deleted", "error"):
+                    continue
+                tags = {t["Key"]: t["Value"] for t in vol.get("Tags", [])}
+                yield {"provider_volume_id": vol["VolumeId"], "volume_id": tags.get(TAG_VOLUME, ""),
+                       "vm_id": tags.get(TAG_VM, ""), "hosts": tuple(h for h in tags.get(TAG_HOSTS, "").split(",") if h),
+                       "provisioning": tags.get(TAG_PROVISIONING), "state": vol.get("State"),
+                       "zone": vol.get("AvailabilityZone"), "created": vol.get("CreateTime"),
+                       "attached": [a["InstanceId"] for a in vol.get("Attachments", [])
+                                    if a.get("State") in ("attaching", "attached", "detaching")]}
+
     def detach_for_policy_delete(self, item: Any) -> None:
         """Detach a volume whose policy is being deleted (acting for the VM's host)."""
         from vvolguard.adapters.models import HostItem

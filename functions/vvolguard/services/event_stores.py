@@ -20,6 +20,7 @@ from vvolguard.adapters import aws
 from vvolguard.adapters.audit import HEAD_SK
 from vvolguard.adapters.models import (
     ChainHead,
+    ClaimItem,
     EventItem,
     GrantItem,
     HostItem,
@@ -136,15 +137,26 @@ class IdempotencyStore:
         cond = (EventItem.event_id.does_not_exist() | (EventItem.status == "failed")
                 | (same & (EventItem.status == "in_progress") & (EventItem.lease_until < now_s)))
         tx.save(item, condition=cond, label="event")
+        if answer is None:  # provider work follows: findable by the reconciler if this process dies
+            ends = ctx.now + timedelta(seconds=BUSY_SECONDS)
+            tx.save(self._marker(ctx, ends), label="marker")
+
+    @staticmethod
+    def _marker(ctx: EventContext, ends: datetime | None = None) -> ClaimItem:
+        """The claim's entry in the expiry index (docs/crash-safety.md)."""
+        return ClaimItem(pk=ctx.vm_pk, sk=f"CLAIM#{ctx.key}", event_key=ctx.key,
+                         expiry_shard=expiry_shard("C", ctx.key), expiry_at=expiry_key(ends or ctx.now))
 
     def finish(self, tx: Tx, ctx: EventContext, answer: dict[str, Any]) -> None:
         tx.update(EventItem(event_id=ctx.key), actions=[EventItem.status.set("done"),
                                                         EventItem.response.set(json.dumps(answer))])
+        tx.delete(self._marker(ctx), label="marker")
 
     def release(self, tx: Tx, ctx: EventContext) -> None:
         """Mark a claimed event failed, so it can be retried."""
         tx.update(EventItem(event_id=ctx.key), actions=[EventItem.status.set("failed")],
                   condition=EventItem.status == "in_progress", label="event")
+        tx.delete(self._marker(ctx), label="marker")
 
     @staticmethod
     def stored_answer(ctx: EventContext) -> dict[str, Any]:

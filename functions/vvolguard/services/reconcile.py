@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from vvolguard.domain.constants import rfc3339
 from vvolguard.adapters.audit import AuditLog, AuditRecord
-from vvolguard.adapters.models import EXPIRY_SHARDS, GrantItem, HostItem, PolicyItem, RefusalItem, expiry_key
+from vvolguard.adapters.models import (EXPIRY_SHARDS, ClaimItem, EventItem, GrantItem, HostItem, PolicyItem,
+                                       RefusalItem, expiry_key)
 from vvolguard.adapters.provider import STUCK_DETACH_S, EbsProvider, HostIdentity, ProviderRefused, StorageProvider
 from vvolguard.adapters.tx import Tx
+from vvolguard.domain.engine import BUSY_SECONDS
 from vvolguard.errors import ConcurrentModification, ProviderUnavailable, VvgError
 from vvolguard.services.alerts import audit_ref, bad_signature_alerts, raise_alert, republish
 from vvolguard.settings import Settings
@@ -43,6 +45,10 @@ class Summary:
     stuck_detaches_forced: int = 0
     tamper_check: dict[str, Any] | None = None
     errors: list[str] = field(default_factory=list)
+    claims_released: int = 0
+    volumes_recorded: int = 0
+    volumes_removed: int = 0
+    hosts_corrected: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"expired_leases": self.expired_leases, "grants_expired": self.grants_expired,
@@ -50,7 +56,9 @@ class Summary:
                 "skipped_busy": self.skipped_busy, "attachments_seen": self.attachments_seen,
                 "refusal_windows": self.refusal_windows, "provisioning_leftovers": self.provisioning_leftovers,
                 "alerts_republished": self.alerts_republished, "ec2_booted": self.ec2_booted,
-                "stuck_detaches_forced": self.stuck_detaches_forced, "checkpoint": self.checkpoint,
+                "stuck_detaches_forced": self.stuck_detaches_forced, "claims_released": self.claims_released,
+                "volumes_recorded": self.volumes_recorded, "volumes_removed": self.volumes_removed,
+                "hosts_corrected": self.hosts_corrected, "checkpoint": self.checkpoint,
                 "tamper_check": self.tamper_check, "errors": self.errors[:20], "ok": not self.errors}
 
 
@@ -88,7 +96,8 @@ class Reconciler:
     def run(self, now: datetime | None = None) -> dict[str, Any]:
         now = now or datetime.now(timezone.utc)
         s = Summary()
-        for step in (self._expire_leases, self._expire_grants, self._force_stuck_detaches, self._detach_orphans_and_correct,
+        for step in (self._release_claims, self._expire_leases, self._expire_grants, self._force_stuck_detaches,
+                     self._detach_orphans_and_correct, self._volumes_match_records,
                      self._bad_signatures, self._fold_refusals, self._remove_provisioning_leftovers,
                      self._republish_alerts, self._ec2_booted,
                      self._checkpoint, self._tamper_check):
@@ -168,11 +177,57 @@ class Reconciler:
         """Only the tamper check, for a request (the dashboard's "Check now" invokes the function with it)."""
         return {"tamper_check": self.tamper.run_if_due(now or datetime.now(timezone.utc), requested_only=True)}
 
+    # ---- (0) the claims of events whose process died mid-way (docs/crash-safety.md)
+
+    def _release_claims(self, now: datetime, s: Summary) -> None:
+        """An event's claim whose lease passed while its provider work never recorded an outcome: the event
+        becomes ``failed`` (its id may be sent again) and its volumes are no longer busy, in one transaction
+        with one audit record per volume. What the provider did meanwhile is repaired by the later steps."""
+        now_s = int(now.timestamp())
+        for hit in self._expired("C", now):
+            try:
+                marker = ClaimItem.get(hit.pk, hit.sk, consistent_read=True)
+            except ClaimItem.DoesNotExist:
+                continue
+            if marker.expiry_at > expiry_key(now):
+                continue  # taken over by the same event sent again: a new lease
+            key = marker.event_key
+            try:
+                event = EventItem.get(key, consistent_read=True)
+            except EventItem.DoesNotExist:
+                event = None
+            running = event is not None and event.status == "in_progress"
+            if running and event.lease_until is not None and int(event.lease_until) >= now_s:
+                continue
+            busy = [p for p in PolicyItem.query(marker.pk, PolicyItem.sk.startswith("POLICY#"), consistent_read=True)
+                    if p.busy_event == key]
+            vm_id, (host_id, _, event_id) = marker.pk.split("#", 1)[1], key.partition("/")
+            recs = [AuditRecord(actor=ACTOR, action="release", outcome="done", reason="claim_expired", vm_id=vm_id,
+                                volume_id=p.volume_id, host_id=host_id, event_id=event_id,
+                                policy_version=int(p.policy_version)) for p in busy] or \
+                [AuditRecord(actor=ACTOR, action="release", outcome="done", reason="claim_expired", vm_id=vm_id,
+                             host_id=host_id, event_id=event_id)]
+
+            def write(tx: Tx, m=marker, items=busy, k=key, update_event=running) -> None:
+                tx.delete(m, condition=ClaimItem.expiry_at == m.expiry_at)
+                if update_event:
+                    tx.update(EventItem(event_id=k), actions=[EventItem.status.set("failed")],
+                              condition=(EventItem.status == "in_progress") & (EventItem.lease_until < now_s))
+                for p in items:
+                    tx.update(p, actions=[PolicyItem.busy_event.remove(), PolicyItem.busy_until.remove(),
+                                          PolicyItem.state_version.add(1)], condition=PolicyItem.busy_event == k)
+
+            try:
+                self.audit.append(recs, extra=write)
+                s.claims_released += 1
+            except ConcurrentModification:
+                pass  # finished, taken over or released meanwhile: the next pass looks again
+
     # ---- (a) leases
 
     def _expired(self, kind: str, now: datetime):
         cutoff = expiry_key(now)
-        model = {"L": PolicyItem, "G": GrantItem, "R": RefusalItem}[kind]
+        model = {"L": PolicyItem, "G": GrantItem, "R": RefusalItem, "C": ClaimItem}[kind]
         for shard in range(EXPIRY_SHARDS):
             yield from model.by_expiry.query(f"{kind}#{shard}", model.expiry_at <= cutoff, page_size=PAGE)
 
@@ -349,6 +404,106 @@ class Reconciler:
                 continue
             if not still and self._mark_detached(item, "not_attached_at_provider", "state_corrected"):
                 s.states_corrected += 1
+
+    # ---- (i) every managed volume at the provider against its record (docs/crash-safety.md)
+
+    def _volumes_match_records(self, now: datetime, s: Summary) -> None:
+        """A volume whose creation was never recorded is recorded (the event path adopts such a volume
+        too: it may be a re-applied policy's, with data); a second one beside the recorded volume is deleted
+        once unattached; a vvg:hosts tag that is not the policy's host plus the VM's live migration grantees
+        is set back. A volume younger than a claim's lease, or of a busy policy, is left to its event; one
+        whose policy was deleted is kept (docs/policy-file.md)."""
+        from vvolguard.services.policies import PolicyService
+
+        volumes = getattr(self.provider, "volumes", None)
+        if volumes is None:
+            return
+        policies = PolicyService(self.settings)
+        settled = now - timedelta(seconds=BUSY_SECONDS)
+        grants: dict[str, tuple[str, ...]] = {}
+        page: list[dict[str, Any]] = []
+        for vol in volumes():
+            if vol["volume_id"] and (vol["created"] is None or vol["created"] <= settled):
+                page.append(vol)
+            if len(page) == PAGE:
+                self._check_volumes(page, policies, now, s, grants)
+                page = []
+        if page:
+            self._check_volumes(page, policies, now, s, grants)
+
+    def _check_volumes(self, page: list[dict[str, Any]], policies: Any, now: datetime, s: Summary,
+                       grants: dict[str, tuple[str, ...]]) -> None:
+        """One page of provider volumes against their policies (one BatchGetItem by the vvg:vm-id tag; a
+        volume whose policy is not where its tag says is looked up by volume id)."""
+        keys = {(f"VM#{v['vm_id']}", f"POLICY#{v['volume_id']}") for v in page if v["vm_id"]}
+        found = {p.volume_id: p for p in PolicyItem.batch_get(list(keys), consistent_read=True)} if keys else {}
+        for vol in page:
+            item = found.get(vol["volume_id"]) or policies.find(vol["volume_id"])
+            if item is None:
+                continue
+            if item.busy_until and item.busy_until > now:
+                s.skipped_busy += 1
+                continue
+            pvid = vol["provider_volume_id"]
+            provisioning = vol["provisioning"] not in (None, "done")  # a key volume being written: step (g)
+            try:
+                if item.provider_volume_id == pvid:
+                    self._match_hosts(item, vol["hosts"], now, s, grants)
+                elif provisioning:
+                    continue
+                elif not item.provider_volume_id:
+                    if self._record_volume(item, vol):
+                        s.volumes_recorded += 1
+                elif not vol["attached"] and vol["state"] == "available":
+                    who = self.who(item.host_id)
+                    if who is None:
+                        s.errors.append(f"volume {pvid}: no enrolled host to act for")
+                        continue
+                    self.provider.delete(who, pvid)
+                    s.volumes_removed += 1
+                    self.audit.append([AuditRecord(
+                        actor=ACTOR, action="delete", outcome="done", reason="unrecorded_volume", vm_id=item.vm_id,
+                        volume_id=item.volume_id, host_id=item.host_id, policy_version=int(item.policy_version),
+                        detail={"provider_volume": pvid, "recorded": item.provider_volume_id or ""})])
+            except (ProviderUnavailable, ProviderRefused) as exc:
+                s.errors.append(f"volume {pvid}: {exc.code}")
+
+    def _record_volume(self, item: PolicyItem, vol: dict[str, Any]) -> bool:
+        rec = AuditRecord(actor=ACTOR, action="state_corrected", outcome="done", reason="unrecorded_volume",
+                          vm_id=item.vm_id, volume_id=item.volume_id, host_id=item.host_id,
+                          policy_version=int(item.policy_version), detail={"provider_volume": vol["provider_volume_id"]})
+
+        def write(tx: Tx) -> None:
+            tx.update(item, actions=[PolicyItem.provider_volume_id.set(vol["provider_volume_id"]),
+                                     PolicyItem.zone.set(vol["zone"]), PolicyItem.state_version.add(1)],
+                      condition=(PolicyItem.state_version == item.state_version)
+                      & PolicyItem.provider_volume_id.does_not_exist())
+
+        try:
+            self.audit.append([rec], extra=write)
+            return True
+        except ConcurrentModification:
+            return False
+
+    def _match_hosts(self, item: PolicyItem, hosts: tuple[str, ...], now: datetime, s: Summary,
+                     grants: dict[str, tuple[str, ...]]) -> None:
+        if item.vm_id not in grants:
+            grants[item.vm_id] = tuple(sorted(
+                g.destination_host for g in GrantItem.query(f"VM#{item.vm_id}", GrantItem.sk.startswith("GRANT#"),
+                                                            consistent_read=True) if g.expires_at > now))
+        want = tuple(dict.fromkeys((item.host_id, *grants[item.vm_id])))
+        if set(hosts) == set(want):
+            return
+        who = self.who(item.host_id)
+        if who is None:
+            s.errors.append(f"hosts of {item.volume_id}: no enrolled host to act for")
+            return
+        self.provider.set_hosts(who, item.provider_volume_id, want)
+        s.hosts_corrected += 1
+        self.audit.append([AuditRecord(actor=ACTOR, action="state_corrected", outcome="done", reason="hosts_drift",
+                                       vm_id=item.vm_id, volume_id=item.volume_id, host_id=item.host_id,
+                                       policy_version=int(item.policy_version),
+                                       detail={"was": ",".join(hosts), "now": ",".join(want)})])
 
     # ---- (e) unauthenticated refusals
 
