@@ -73,6 +73,41 @@ def _setup_migration_granted(w: World) -> None:
     assert "error" not in w.send("host-1", "vm.migrate.start", "vm-2", "s-mstart", w.at(-60), destination_host="host-2")
 
 
+EC2_POLICY = b"""volumes:
+  - {volume_id: vvol-ec2, vm_id: vm-ec2, host_id: aws-ec2, storage_array: S1, size_mb: 10,
+     attach_on: preboot, detach_on: postboot, os_disk_encryption: true}
+"""
+
+
+def _setup_ec2_vm_stopped(w: World) -> None:
+    """An EC2 VM (docs/ec2-vms.md): its policy on the reserved host aws-ec2 and its instance stopped."""
+    from infra.bootstrap import ensure_instance
+    from vvolguard.adapters import aws
+    from vvolguard.domain.policy import parse_policy_text
+    from vvolguard.services.policies import PolicyService
+
+    PolicyService(w.settings).apply(parse_policy_text(EC2_POLICY, "ec2.yaml"), actor="cli")
+    iid = ensure_instance(w.settings, "vm-ec2")
+    aws.client("ec2", w.settings.region).stop_instances(InstanceIds=[iid])
+
+
+def _vm_start(w: World, at: datetime) -> dict:
+    from vvolguard.services.vms import VmService
+
+    return VmService(w.settings).start("vm-ec2", actor="cli:crash-walk", now=at)
+
+
+def _vm_start_again(w: World, at: datetime) -> dict:
+    """`vvg vm start` again after recovery: it starts a still-stopped instance, or is refused (the instance
+    runs), changing nothing."""
+    from vvolguard.errors import VvgError
+
+    try:
+        return _vm_start(w, at)
+    except VvgError as exc:
+        return {"error": exc.code}
+
+
 OPERATIONS = [
     Operation("event vm.created then vm.preboot (create, attach)", lambda w: None, _created_then_preboot),
     Operation("event vm.preboot cold (lazy create and attach in one event)", lambda w: None, _preboot),
@@ -81,12 +116,8 @@ OPERATIONS = [
     Operation("event vm.migrate.complete (revoke)", _setup_migration_granted, _migrate_complete),
     Operation("reconciler: expired lease detach", _setup_attached, lambda w, at: w.reconcile(at), start=LEASE + 1),
     Operation("reconciler: orphan detach", _orphan, lambda w, at: w.reconcile(at)),
-    # TODO(merger, `ec2` branch): add `vvg vm start` here, one entry, e.g.
-    #   Operation("vvg vm start", _setup_ec2_vm_stopped,
-    #             lambda w, at: VmService(w.settings).start("vm-ec2", actor="cli")),
-    # where _setup_ec2_vm_stopped applies a policy with host_id aws-ec2 and stops the VM's instance. It reads the
-    # real clock (no `now`); the recovery clock already follows the real one. Its event ids are new on each call,
-    # so "sent again" is a second `vm start` (refused: the instance runs) or, after the pass, a consistent world.
+    Operation("vvg vm start (create, attach to the stopped instance, start it)", _setup_ec2_vm_stopped, _vm_start,
+              again=_vm_start_again),
 ]
 
 

@@ -225,8 +225,9 @@ class VmService:
         self.audit.append([AuditRecord(actor=actor, action=action, outcome=outcome, reason=reason, vm_id=vm_id,
                                        host_id=EC2_HOST, detail=detail)])
 
-    def start(self, vm_id: str, actor: str) -> dict[str, Any]:
-        """Create the missing volumes, attach the preboot ones to the stopped instance, start it."""
+    def start(self, vm_id: str, actor: str, now: datetime | None = None) -> dict[str, Any]:
+        """Create the missing volumes, attach the preboot ones to the stopped instance, start it (``now``: the
+        server's clock, given by tests)."""
         self.policies(vm_id)
         try:
             QuarantineItem.get(f"VM#{vm_id}", QUARANTINE_SK, consistent_read=True)
@@ -237,7 +238,7 @@ class VmService:
         if inst.state != "stopped":
             raise Conflict(f"{vm_id}'s instance {inst.instance_id} is {inst.state}; only a stopped instance is started "
                            f"(its volumes are attached before it boots)")
-        now = datetime.now(timezone.utc)
+        now = now or datetime.now(timezone.utc)
         stamp = f"vm-start:{inst.instance_id}:{int(now.timestamp())}:{secrets.token_hex(4)}"
         sent = [self._send("vm.created", vm_id, stamp, now), self._send("vm.preboot", vm_id, stamp, now)]
         bad = [d for d in sent[1]["decisions"] if d.get("action") == "attach" and d.get("outcome") in ("failed", "denied")]
