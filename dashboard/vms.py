@@ -90,25 +90,23 @@ def _decisions(out: dict) -> str:
 @role_required("editor")
 def start(vm_id: str):
     """EC2 VM: create its missing volumes, attach the preboot ones to the stopped instance, start it."""
-    _vm(vm_id)
-    try:
-        out = current_app.extensions["vvg"].vms.start(vm_id, actor=actor())
-    except VvgError as exc:
-        flash(f"Not started: {exc.message}", "error")
-        return redirect(url_for("vms.vm_page", vm_id=vm_id))
-    flash(f"{vm_id} started (instance {out['instance_id']} {out['instance_state']}): {_decisions(out)}.", "ok")
-    return redirect(url_for("vms.vm_page", vm_id=vm_id))
+    return _ec2_action(vm_id, "start", "started")
 
 
 @bp.post("/vms/<vm_id>/stop")
 @role_required("editor")
 def stop(vm_id: str):
     """EC2 VM: stop the instance, then detach every volume still attached."""
+    return _ec2_action(vm_id, "stop", "stopped")
+
+
+def _ec2_action(vm_id: str, verb: str, done: str):
+    """`vvg vm start` / `vvg vm stop` from the VM page (docs/ec2-vms.md); the decisions shown after the redirect."""
     _vm(vm_id)
     try:
-        out = current_app.extensions["vvg"].vms.stop(vm_id, actor=actor())
+        out = getattr(current_app.extensions["vvg"].vms, verb)(vm_id, actor=actor())
     except VvgError as exc:
-        flash(f"Not stopped: {exc.message}", "error")
+        flash(f"Not {done}: {exc.message}", "error")
         return redirect(url_for("vms.vm_page", vm_id=vm_id))
-    flash(f"{vm_id} stopped (instance {out['instance_id']} {out['instance_state']}): {_decisions(out)}.", "ok")
+    flash(f"{vm_id} {done} (instance {out['instance_id']} {out['instance_state']}): {_decisions(out)}.", "ok")
     return redirect(url_for("vms.vm_page", vm_id=vm_id))

@@ -223,37 +223,35 @@ class EbsProvider:
 
     def find_instance(self, who: HostIdentity, vm_id: str) -> Instance:
         """The instance tagged vvg:vm-id = vm_id."""
-        ec2 = self.ec2(who)
-        ids = self._tagged(ec2, "instance", TAG_VM, vm_id)
-        if ids:
-            try:
-                resp = self._call(lambda: ec2.describe_instances(InstanceIds=ids))
-            except ClientError as exc:
-                if "NotFound" not in exc.response.get("Error", {}).get("Code", ""):
-                    raise
-                resp = {}
-            for r in resp.get("Reservations", []):
-                for i in r.get("Instances", []):
-                    if i.get("State", {}).get("Name") in ("pending", "running", "stopping", "stopped"):
-                        return Instance(i["InstanceId"], i["Placement"]["AvailabilityZone"])
-        raise ProviderRefused("vm_not_found", f"no instance is tagged {TAG_VM}={vm_id}")
+        found = self._tagged_instance(who, TAG_VM, vm_id, ("pending", "running", "stopping", "stopped"))
+        if found is None:
+            raise ProviderRefused("vm_not_found", f"no instance is tagged {TAG_VM}={vm_id}")
+        return found
 
     def find_host_instance(self, who: HostIdentity, host_id: str) -> Instance:
         """The bare-metal host's own instance, tagged vvg:host-id = host_id (attach_to: host)."""
+        found = self._tagged_instance(who, TAG_HOST, host_id, ("pending", "running"))
+        if found is None:
+            raise ProviderRefused("instance_not_found", f"no running instance is tagged {TAG_HOST}={host_id}")
+        return found
+
+    def _tagged_instance(self, who: HostIdentity, key: str, value: str, states: tuple[str, ...]) -> Instance | None:
+        """The first instance tagged ``key = value`` in one of ``states`` (None when there is none)."""
         ec2 = self.ec2(who)
-        ids = self._tagged(ec2, "instance", TAG_HOST, host_id)
-        if ids:
-            try:
-                resp = self._call(lambda: ec2.describe_instances(InstanceIds=ids))
-            except ClientError as exc:
-                if "NotFound" not in exc.response.get("Error", {}).get("Code", ""):
-                    raise
-                resp = {}
-            for r in resp.get("Reservations", []):
-                for i in r.get("Instances", []):
-                    if i.get("State", {}).get("Name") in ("pending", "running"):
-                        return Instance(i["InstanceId"], i["Placement"]["AvailabilityZone"])
-        raise ProviderRefused("instance_not_found", f"no running instance is tagged {TAG_HOST}={host_id}")
+        ids = self._tagged(ec2, "instance", key, value)
+        if not ids:
+            return None
+        try:
+            resp = self._call(lambda: ec2.describe_instances(InstanceIds=ids))
+        except ClientError as exc:
+            if "NotFound" not in exc.response.get("Error", {}).get("Code", ""):
+                raise
+            return None
+        for r in resp.get("Reservations", []):
+            for i in r.get("Instances", []):
+                if i.get("State", {}).get("Name") in states:
+                    return Instance(i["InstanceId"], i["Placement"]["AvailabilityZone"])
+        return None
 
     def _volume(self, ec2, provider_volume_id: str) -> dict[str, Any]:
         try:
