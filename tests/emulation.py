@@ -87,7 +87,7 @@ class Emulation:
         from infra.bootstrap import create_buckets, create_secrets, create_topics
         from infra.template import Template
         from vvolguard.adapters import aws as aws_adapter
-        from vvolguard.adapters.models import configure
+        from vvolguard.adapters.models import bind
 
         ddb = _region_backend("dynamodb", settings.region)
         for table in ddb.tables.values():
@@ -103,7 +103,7 @@ class Emulation:
         if not _clients_on_aws_endpoints():
             aws_adapter.reset_clients()
         aws_adapter.forget_keys()
-        configure(settings)
+        bind(settings)
         template = Template()
         create_secrets(settings)
         create_buckets(template, settings)
