@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 
 from dashboard.auth import actor, role_required
+from dashboard.listing import listing_page
 from vvolguard.domain.policy import ID_RE
 from vvolguard.errors import VvgError
 from vvolguard.services.hosts import HostService, auth_of
@@ -22,10 +23,13 @@ def _service() -> HostService:
 
 
 def _page(form=None, error=None, status=200):
+    """One page of hosts (a Query and a BatchGetItem of the by-listing index: docs/host-user-pages.md)."""
     now = datetime.now(timezone.utc)
-    hosts = _service().all_hosts()
-    return render_template("hosts/list.html", hosts=hosts, form=form or {}, error=error, now=now,
-                           auth_of=auth_of), status
+    listing = listing_page("hosts", _service().page)
+    if listing["page_error"] and status == 200:
+        status = 400
+    return render_template("hosts/list.html", hosts=listing["page"].items, form=form or {}, error=error, now=now,
+                           auth_of=auth_of, **listing), status
 
 
 def _pasted_key(text: str) -> str | None:

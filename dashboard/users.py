@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 
 from dashboard.auth import actor, role_required
+from dashboard.listing import listing_page
 from vvolguard.errors import VvgError
 from vvolguard.services.users import ROLES, USERNAME_RE, UserService
 
@@ -16,8 +17,13 @@ def _service() -> UserService:
 
 
 def _page(form=None, error=None, status=200):
-    return render_template("users/list.html", users=_service().rows(), roles=ROLES, form=form or {},
-                           error=error), status
+    """One page of users (a Query and a BatchGetItem of the by-listing index: docs/host-user-pages.md); the
+    sign-in limit counters in the same table are never read."""
+    listing = listing_page("users", _service().page)
+    if listing["page_error"] and status == 200:
+        status = 400
+    return render_template("users/list.html", users=listing["page"].items, roles=ROLES, form=form or {},
+                           error=error, **listing), status
 
 
 def _name(username: str) -> str:

@@ -23,8 +23,8 @@ PAGES = {
     "/attachments": False,
     "/vms/bench-vm-0": False,
     "/audit": False,
-    "/hosts": False,
-    "/users": False,
+    "/hosts": True,
+    "/users": True,
     "/alerts": False,
 }
 
@@ -254,3 +254,216 @@ def test_simulate__the_vm_field_hints_the_first_page_and_takes_any_vm(client, lo
     text = r.get_data(as_text=True)
     # a VM beyond the hint list is simulated, its host found by one query of its partition
     assert '<span class="mono id">bench-vm-16</span> from <span class="mono id">bench-host-' in text
+
+
+# ---- /hosts and /users: one Query of the by-listing index and one BatchGetItem (docs/host-user-pages.md)
+
+FEW, MANY, COUNTERS = 5, 60, 300
+LISTING_PAGE = 4  # full at both sizes (the seed holds 1 host and 3 users)
+
+
+def _fill_hosts(start: int, stop: int) -> None:
+    """Hosts as HostService writes them (with the listing attribute), by batch writes."""
+    from datetime import datetime, timezone
+
+    from vvolguard.adapters.models import HOSTS_PART, HostItem
+
+    now = datetime.now(timezone.utc)
+    with HostItem.batch_write() as batch:
+        for n in range(start, stop):
+            batch.save(HostItem(host_id=f"cost-host-{n:03d}", cred_salt="00", cred_hash="00", secret_enc="x",
+                                status="active", enrolled_at=now, updated_at=now, list_part=HOSTS_PART))
+
+
+def _fill_users(start: int, stop: int) -> None:
+    from datetime import datetime, timezone
+
+    from vvolguard.adapters.models import USERS_PART, UserItem
+
+    now = datetime.now(timezone.utc)
+    with UserItem.batch_write() as batch:
+        for n in range(start, stop):
+            batch.save(UserItem(username=f"cost-user-{n:03d}", password_hash="not-a-hash", role="viewer",
+                                created_at=now, sessions={}, list_part=USERS_PART))
+
+
+def _fill_counters(n: int) -> None:
+    """Sign-in limit counters as failed sign-ins leave them (users table, ``#`` keys, never listed)."""
+    import time
+
+    from vvolguard.adapters.models import LimitItem
+
+    with LimitItem.batch_write() as batch:
+        for i in range(n):
+            batch.save(LimitItem(key=f"#login-pair:{i:040d}", count=3, last_at=1, expires_at=int(time.time()) + 3600))
+
+
+def _listing_costs(client) -> dict[str, tuple[int, int, tuple[str, ...]]]:
+    from vvolguard.adapters import aws
+
+    counter = Counter()
+    aws.add_hook("before-call.dynamodb", counter.before)
+    aws.add_hook("after-call.dynamodb", counter.after)
+    out = {}
+    try:
+        for path in (f"/hosts?per_page={LISTING_PAGE}", f"/users?per_page={LISTING_PAGE}"):
+            counter.reset()
+            r = client.get(path)
+            assert r.status_code == 200, (path, r.status_code)
+            out[path] = (counter.calls, counter.scanned, tuple(counter.ops))
+    finally:
+        aws.remove_hook("before-call.dynamodb", counter.before)
+        aws.remove_hook("after-call.dynamodb", counter.after)
+    return out
+
+
+def test_hosts_and_users_cost_the_same_with_5_or_60_of_them_and_0_or_300_limit_counters(small_pages):
+    """Fails on a scan of either table: the users table also holds the sign-in limit counters, whose number
+    failed sign-ins (anyone's) decide."""
+    client = small_pages
+    _fill_hosts(0, FEW - 1)
+    _fill_users(0, FEW - 3)
+    small = _listing_costs(client)
+    _fill_hosts(FEW - 1, MANY)
+    _fill_users(FEW - 3, MANY)
+    _fill_counters(COUNTERS)
+    big = _listing_costs(client)
+    for path in small:
+        assert small[path][:2] == big[path][:2], f"{path}: (calls, items read) {small[path]} -> {big[path]}"
+        # the session's user, one Query of LISTING_PAGE + 1 keys, the page's items by key
+        assert big[path] == (3, 1 + (LISTING_PAGE + 1) + LISTING_PAGE, ("GetItem", "Query", "BatchGetItem")), big[path]
+
+
+def _rows(text: str, what: str) -> list[str]:
+    if what == "hosts":
+        return re.findall(r'<td class="mono" data-label="Host"><span class="id">([^<]+)</span>', text)
+    return re.findall(r'<td class="mono" data-label="User"><span class="id">([^<]+)</span>', text)
+
+
+@pytest.mark.parametrize("what", ["hosts", "users"])
+def test_listing__following_next_page_lists_every_host_or_user_once_in_id_order(small_pages, seeded, what):
+    client = small_pages
+    (_fill_hosts if what == "hosts" else _fill_users)(0, 11)
+    _fill_counters(20)
+    url, seen, pages = f"/{what}?per_page=3", [], 0
+    while url:
+        text = client.get(url).get_data(as_text=True)
+        rows = _rows(text, what)
+        assert 1 <= len(rows) <= 3, (url, rows)
+        seen += rows
+        pages += 1
+        m = re.search(r'<a rel="next" href="([^"]+)"', text)
+        url = html.unescape(m.group(1)) if m else None
+        assert url is None or ("cursor=" in url and "per_page=3" in url)
+    from vvolguard.services.hosts import HostService
+    from vvolguard.services.users import UserService
+
+    svc = HostService if what == "hosts" else UserService
+    want = [r["host_id" if what == "hosts" else "user"] for r in svc(seeded[0]).rows()]  # vvg host/user list
+    assert seen == sorted(seen) == want and len(set(seen)) == len(seen) and pages == -(-len(want) // 3)
+    assert not any(r.startswith("#") for r in seen)
+
+
+
+def _tables_snapshot():
+    from vvolguard.adapters.models import AuditItem, HostItem, UserItem
+
+    return (sorted((h.host_id, int(h.secret_version), h.status, h.list_part) for h in HostItem.scan()),
+            sorted((u.username, u.role, bool(u.disabled), u.password_hash, u.list_part) for u in UserItem.scan()),
+            AuditItem.count())
+
+
+@pytest.mark.parametrize("what", ["hosts", "users"])
+def test_listing__an_altered_foreign_or_hostile_cursor_answers_400_with_the_first_page_and_writes_nothing(
+        small_pages, what):
+    client = small_pages
+    _fill_hosts(0, 8)
+    _fill_users(0, 8)
+    other = "users" if what == "hosts" else "hosts"
+    mine = _next_link(client, f"/{what}?per_page=2")
+    cursor = re.search(r"cursor=([^&]+)", mine).group(1)
+    foreign = re.search(r"cursor=([^&]+)", _next_link(client, f"/{other}?per_page=2")).group(1)
+    audit = client.get("/audit?per_page=1").get_data(as_text=True)
+    audit_cursor = re.search(r'href="/audit\?cursor=([^"&]+)', audit).group(1)
+    policies = re.search(r"cursor=([^&]+)", _next_link(client, "/policies?per_page=2")).group(1)
+    before = _tables_snapshot()
+    for bad in (cursor[:-2] + ("xx" if not cursor.endswith("xx") else "yy"), foreign, audit_cursor, policies,
+                "A" * 20000, "%00%0a%3Cscript%3E", "..%2F..%2Fetc"):
+        r = client.get(f"/{what}?per_page=2&cursor={bad}")
+        text = r.get_data(as_text=True)
+        assert r.status_code == 400, bad[:40]
+        assert "The page link is not valid" in text and "<script>" not in text
+        first = _rows(text, what)
+        assert first and first == sorted(first) and len(first) == 2  # the first page instead
+    assert client.get(mine).status_code == 200  # the genuine link still works
+    assert _tables_snapshot() == before
+
+
+@pytest.mark.parametrize("what", ["hosts", "users"])
+def test_listing__paging_needs_a_signed_in_admin(client, login, seeded, what):
+    r = client.get(f"/{what}?per_page=2&cursor=anything")
+    assert r.status_code == 302 and "/login" in r.headers["Location"]
+    login("editor")
+    assert client.get(f"/{what}?per_page=2&cursor=anything").status_code == 403
+
+
+@pytest.mark.parametrize("per_page", ["0", "-1", "abc", "99999", "1e3", "%00"])
+def test_listing__a_malformed_per_page_is_the_default_page(small_pages, per_page):
+    r = small_pages.get(f"/users?per_page={per_page}")
+    assert r.status_code == 200 and "admin" in _rows(r.get_data(as_text=True), "users")
+
+
+def _cli_ops(vvg, *argv):
+    from vvolguard.adapters import aws
+
+    counter = Counter()
+    aws.add_hook("before-call.dynamodb", counter.before)
+    try:
+        out = vvg(*argv)
+    finally:
+        aws.remove_hook("before-call.dynamodb", counter.before)
+    return out, counter.ops
+
+
+def test_cli_lists_page_through_the_index_and_backfill_joins_items_written_before_it(aws, vvg):
+    """The upgrade (docs/host-user-pages.md): hosts and users stored before the by-listing index are not
+    listed until `vvg host list --backfill` / `vvg user list --backfill` (or their next change) gives them
+    its key; the limit counters never join; a second backfill finds nothing; plain lists never Scan."""
+    import json
+
+    from vvolguard.adapters.models import HostItem, LimitItem, UserItem
+    from vvolguard.services.hosts import HostService
+    from vvolguard.services.users import UserService
+
+    hosts, users = HostService(aws), UserService(aws)
+    for n in range(3):
+        hosts.enroll(f"old-h{n}", f"02:00:00:00:00:0{n}", f"SN{n}")
+        users.add(f"old-u{n}", "viewer", "password-123")
+    _fill_hosts(0, 101)  # more than one page of the CLI (100 a page)
+    _fill_counters(5)
+    for item in list(HostItem.scan(HostItem.host_id.startswith("old-"))) + list(UserItem.scan(
+            UserItem.username.startswith("old-"))):
+        item.update(actions=[type(item).list_part.remove()])  # as stored before the index
+    out, ops = _cli_ops(vvg, "host", "list")
+    listed = [json.loads(line)["host_id"] for line in out.out.splitlines()]
+    assert out.code == 0 and "Scan" not in ops and ops.count("Query") == 2
+    assert listed == sorted(listed) and len(listed) == 101 and not any(h.startswith("old-") for h in listed)
+    out, ops = _cli_ops(vvg, "user", "list")
+    assert out.code == 0 and "Scan" not in ops and out.out == ""
+
+    hosts.rotate("old-h0")  # a change joins the item too
+    users.set_role("old-u0", "editor")
+    assert [r["user"] for r in users.rows()] == ["old-u0"] and "old-h0" in [r["host_id"] for r in hosts.rows()]
+
+    out = vvg("host", "list", "--backfill")
+    assert out.code == 0 and "backfill: 2 hosts added" in out.err
+    assert [json.loads(line)["host_id"] for line in out.out.splitlines()][-3:] == ["old-h0", "old-h1", "old-h2"]
+    out = vvg("user", "list", "--backfill")
+    assert out.code == 0 and "backfill: 2 users added" in out.err
+    assert [json.loads(line) for line in out.out.splitlines()] == [
+        {"user": "old-u0", "role": "editor", "disabled": False, "last_login": None},
+        {"user": "old-u1", "role": "viewer", "disabled": False, "last_login": None},
+        {"user": "old-u2", "role": "viewer", "disabled": False, "last_login": None}]
+    assert len([i for i in LimitItem.scan() if i.key.startswith("#")]) == 5 and not [i for i in UserItem.scan(UserItem.username.startswith("#")) if i.list_part]
+    assert "backfill: 0 users added" in vvg("user", "list", "--backfill").err
+    assert "backfill: 0 hosts added" in vvg("host", "list", "--backfill").err

@@ -907,7 +907,7 @@ def test_iam_calls__the_dashboard_function_role_covers_its_pages_and_changes(web
     with calls:
         assert client.post("/login", data={"username": "admin", "password": "admin-pass-123"}).status_code == 302
         for path in ("/policies", "/policies/vvol-1", "/policies/vvol-2", "/attachments", "/audit", "/audit/export.csv",
-                     "/audit/export.json", "/hosts", "/simulate", "/alerts"):
+                     "/audit/export.json", "/hosts", "/users", "/users?per_page=1", "/simulate", "/alerts"):
             assert client.get(path).status_code == 200, path
         assert client.post("/simulate", data={"vm_id": "vm-1", "type": "vm.preboot"}).status_code == 200
         assert client.post("/audit/verify").status_code in (200, 302)
@@ -919,8 +919,9 @@ def test_iam_calls__the_dashboard_function_role_covers_its_pages_and_changes(web
         out = PolicyService(webhook.settings, provider=EbsProvider(webhook.settings)).delete("vvol-1", actor="user:admin")
         assert out["detached"]
     # The tamper check is the reconciler's (docs/audit-check.md): "Check now" writes a request (UpdateItem).
-    assert_granted(calls, "DashboardRole", {"sns:Publish",
-        "dynamodb:Query", "dynamodb:GetItem", "dynamodb:Scan", "dynamodb:TransactWriteItems", "kms:Encrypt",
+    # /hosts and /users read by their by-listing index and BatchGetItem, never a Scan (docs/host-user-pages.md).
+    assert_granted(calls, "DashboardRole", {"sns:Publish", "dynamodb:BatchGetItem",
+        "dynamodb:Query", "dynamodb:GetItem", "dynamodb:TransactWriteItems", "kms:Encrypt",
         "secretsmanager:GetSecretValue", "sts:AssumeRole", "ec2:DetachVolume", "dynamodb:UpdateItem"})
 
 
@@ -937,6 +938,7 @@ def test_iam_calls__the_operator_policy_covers_the_vvg_cli(webhook, calls, vvg, 
                             (("audit", "list", "--volume", "vvol-1"), ""), (("audit", "verify"), ""),
                             (("reconcile",), ""), (("user", "add", "olga", "--role", "viewer", "--password-stdin"),
                                                    "olga-pass-123\n"),
+                            (("host", "list", "--backfill"), ""), (("user", "list", "--backfill"), ""),
                             (("audit", "checkpoint"), ""), (("audit", "verify"), ""),
                             (("alerts", "list", "--since", "1d"), ""),
                             (("audit", "export", "--out", str(tmp_path / "e.json")), ""),

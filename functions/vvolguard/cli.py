@@ -113,10 +113,17 @@ def cmd_host(args: argparse.Namespace) -> int:
     elif args.action == "rotate":
         _out(hosts.rotate(args.host_id, public_key=key))
     elif args.action == "list":
+        if args.backfill:
+            _backfilled(hosts.backfill_listing(), "host")
         emit_rows(hosts.rows(), args.output, ("host_id", "status", "auth", "last_seen"))
     else:
         _out(hosts.revoke(args.host_id))
     return 0
+
+
+def _backfilled(n: int, what: str) -> None:
+    """Say on stderr (stdout stays JSON lines) how many items the listing backfill added."""
+    print(f"backfill: {n} {what}{'s' if n != 1 else ''} added to the listing index", file=sys.stderr)
 
 
 MAX_KEY_FILE = 16 * 1024
@@ -284,6 +291,8 @@ def cmd_user(args: argparse.Namespace) -> int:
     root = _root()
     settings, users = root.settings, root.users
     if args.action == "list":
+        if args.backfill:
+            _backfilled(users.backfill_listing(), "user")
         emit_rows(users.rows(), args.output, ("user", "role", "disabled", "last_login"))
         return 0
     actor = cli_actor(settings)
@@ -676,6 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--public-key", dest="public_key", help="a key host's new Ed25519 public key file")
     hl = hs.add_parser("list", help="every host, revoked ones included")
     add_output_option(hl)
+    hl.add_argument("--backfill", action="store_true", help="once, after upgrading: list hosts enrolled before the "
+                    "listing index too (scans the hosts table; docs/host-user-pages.md)")
     hs.add_parser("revoke", help="refuse a host from now on; detach, untag and end the grants of what it holds"
                   ).add_argument("host_id", help="the enrolled host's id")
     host.set_defaults(func=cmd_host)
@@ -806,6 +817,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="read the password (8 to 256 characters) from standard input; required")
     ul = us.add_parser("list", help="every dashboard user, disabled ones included")
     add_output_option(ul)
+    ul.add_argument("--backfill", action="store_true", help="once, after upgrading: list users added before the "
+                    "listing index too (scans the users table; docs/host-user-pages.md)")
     for name, text in (("disable", "disable a user; its sessions end at once"),
                        ("remove", "remove a user; its sessions end at once")):
         us.add_parser(name, help=text).add_argument("name", help="the user name")

@@ -16,7 +16,7 @@ from pynamodb.attributes import (
     UTCDateTimeAttribute,
 )
 from pynamodb.connection import Connection
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection, KeysOnlyProjection
 from pynamodb.models import Model
 
 from vvolguard.settings import Settings
@@ -344,12 +344,43 @@ class KeyVolumeItem(StateItem, discriminator="keyvol"):
 # ---- hosts, users, events
 
 
+# The by-listing indexes of the hosts and users tables (docs/host-user-pages.md): one partition each, in id
+# order, holding keys only, so /hosts and /users read a page with one Query and one BatchGetItem, whatever
+# else the table holds (the users table also holds the sign-in limit counters, which never carry it).
+HOSTS_PART = "HOSTS"
+USERS_PART = "USERS"
+
+
+class HostListingIndex(GlobalSecondaryIndex):
+    """Every host in id order (sparse: only host items carry ``list_part``); keys only."""
+
+    class Meta:
+        index_name = "by-listing"
+        projection = KeysOnlyProjection()
+
+    list_part = UnicodeAttribute(hash_key=True)
+    host_id = UnicodeAttribute(range_key=True)
+
+
+class UserListingIndex(GlobalSecondaryIndex):
+    """Every user in name order (sparse: only user items carry ``list_part``, never a limit counter); keys only."""
+
+    class Meta:
+        index_name = "by-listing"
+        projection = KeysOnlyProjection()
+
+    list_part = UnicodeAttribute(hash_key=True)
+    username = UnicodeAttribute(range_key=True)
+
+
 class HostItem(Model):
     """An enrolled host: hashed hardware credentials and its webhook secret, encrypted with KMS; or, for a
     key host (docs/host-keys.md), only its Ed25519 public key, bound to the hardware it was enrolled with."""
 
     class Meta(_Meta):
         pass
+
+    by_listing = HostListingIndex()
 
     host_id = UnicodeAttribute(hash_key=True)
     cred_salt = UnicodeAttribute()
@@ -370,6 +401,7 @@ class HostItem(Model):
     hw_serial = UnicodeAttribute(null=True)
     hw_text = UnicodeAttribute(null=True)
     key_binding = UnicodeAttribute(null=True)
+    list_part = UnicodeAttribute(null=True)  # HOSTS_PART: the by-listing index (set by every write of HostService)
 
 
 class UserItem(Model):
@@ -382,6 +414,8 @@ class UserItem(Model):
     class Meta(_Meta):
         pass
 
+    by_listing = UserListingIndex()
+
     username = UnicodeAttribute(hash_key=True)
     password_hash = UnicodeAttribute()
     role = UnicodeAttribute()
@@ -389,6 +423,7 @@ class UserItem(Model):
     disabled = BooleanAttribute(default=False)
     last_login = UTCDateTimeAttribute(null=True)
     sessions = MapAttribute(null=True)
+    list_part = UnicodeAttribute(null=True)  # USERS_PART: the by-listing index (set by every write of UserService)
 
 
 class LimitItem(Model):

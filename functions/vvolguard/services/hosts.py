@@ -11,13 +11,14 @@ from vvolguard.adapters.tx import Tx
 
 from vvolguard.adapters import aws
 from vvolguard.adapters.audit import AuditLog, AuditRecord
-from vvolguard.adapters.models import EXPIRY_SHARDS, GrantItem, HostItem, PolicyItem
+from vvolguard.adapters.models import EXPIRY_SHARDS, HOSTS_PART, GrantItem, HostItem, PolicyItem
 from vvolguard.domain import hostkeys
 from vvolguard.domain.policy import ID_RE
 from vvolguard.domain.policy_diff import RESERVED_HOSTS  # EC2 VMs' host: vvolguard itself, never enrolled
 from vvolguard.domain.secrets import credential_digest, new_host_secret, normalize_mac
 from vvolguard.errors import AlreadyExists, ConcurrentModification, InvalidInput, NotFound
 from vvolguard.services.alerts import audit_ref, raise_alert
+from vvolguard.services.listing_pages import ListingPage, backfill, read_all, read_listing
 from vvolguard.services.policies import PolicyService
 from vvolguard.settings import Settings
 
@@ -64,8 +65,16 @@ class HostService:
             raise NotFound(f"host {host_id} is not enrolled") from None
 
     def all_hosts(self) -> list[HostItem]:
-        """All hosts (the fleet's host list is small next to its volumes)."""
-        return sorted(HostItem.scan(page_size=500), key=lambda h: h.host_id)
+        """All hosts in id order, page by page of the by-listing index (docs/host-user-pages.md): no scan."""
+        return list(read_all(HostItem, HOSTS_PART))
+
+    def page(self, position: dict | None = None, limit: int = 50) -> ListingPage:
+        """One page of hosts in id order from ``position`` (/hosts): one Query and one BatchGetItem."""
+        return read_listing(HostItem, HOSTS_PART, position, limit)
+
+    def backfill_listing(self) -> int:
+        """The one-off upgrade of hosts enrolled before the by-listing index (docs/host-user-pages.md)."""
+        return backfill(HostItem, HOSTS_PART)
 
     def rows(self) -> list[dict[str, str | None]]:
         """`vvg host list`: one row per host, revoked ones included."""
@@ -92,7 +101,7 @@ class HostService:
         salt = _secrets.token_hex(16)
         item = HostItem(
             host_id=host_id, cred_salt=salt, cred_hash=credential_digest(salt, normalize_mac(mac), serial, hardware),
-            secret_version=1, status="active", enrolled_at=now, updated_at=now,
+            secret_version=1, status="active", enrolled_at=now, updated_at=now, list_part=HOSTS_PART,
         )
         if key is None:
             secret = new_host_secret()
@@ -142,7 +151,8 @@ class HostService:
 
         def write(tx: Tx) -> int:
             tx.update(host, actions=[HostItem.secret_enc.set(enc), HostItem.secret_version.set(version),
-                                     HostItem.updated_at.set(datetime.now(timezone.utc))],
+                                     HostItem.updated_at.set(datetime.now(timezone.utc)),
+                                     HostItem.list_part.set(HOSTS_PART)],
                       condition=(HostItem.secret_version == host.secret_version) & (HostItem.status == "active"))
             return 1
 
@@ -162,7 +172,8 @@ class HostService:
         def write(tx: Tx) -> int:
             tx.update(host, actions=[HostItem.public_key.set(host.public_key), HostItem.fingerprint.set(fp),
                                      HostItem.key_binding.set(bound), HostItem.secret_version.set(version),
-                                     HostItem.updated_at.set(datetime.now(timezone.utc))],
+                                     HostItem.updated_at.set(datetime.now(timezone.utc)),
+                                     HostItem.list_part.set(HOSTS_PART)],
                       condition=(HostItem.secret_version == version - 1) & (HostItem.status == "active")
                       & (HostItem.auth == "ed25519"))
             return 1
@@ -181,7 +192,8 @@ class HostService:
 
             def write(tx: Tx) -> int:
                 tx.update(host, actions=[HostItem.status.set("revoked"),
-                                         HostItem.updated_at.set(datetime.now(timezone.utc))],
+                                         HostItem.updated_at.set(datetime.now(timezone.utc)),
+                                         HostItem.list_part.set(HOSTS_PART)],
                           condition=HostItem.status == "active")
                 return 1
 

@@ -13,14 +13,17 @@ from pynamodb.exceptions import UpdateError
 from vvolguard.adapters.tx import Tx
 
 from vvolguard.adapters.audit import AuditLog, AuditRecord
-from vvolguard.adapters.models import UserItem
+from vvolguard.adapters.models import USERS_PART, UserItem
 from vvolguard.domain.constants import ROLES, rfc3339  # noqa: F401 (ROLES re-exported for the dashboard)
 from vvolguard.domain.secrets import check_password, hash_password
 from vvolguard.errors import AlreadyExists, ConcurrentModification, Conflict, InvalidInput, NotFound
+from vvolguard.services.listing_pages import ListingPage, backfill, read_all, read_listing
 from vvolguard.settings import Settings
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 MIN_PASSWORD, MAX_PASSWORD = 8, 256
+# What a row of `vvg user list` and /users shows, and all a listing page reads of a user (never a hash or a session).
+ROW_ATTRIBUTES = ("username", "role", "disabled", "last_login")
 
 
 @functools.cache
@@ -44,10 +47,6 @@ def _live_sessions(user: UserItem, now: float) -> dict[str, float]:
     return {k: float(v) for k, v in raw.items() if isinstance(v, (int, float)) and float(v) > now}
 
 
-def _is_user_key(name: str) -> bool:
-    return bool(USERNAME_RE.match(name))
-
-
 class UserService:
     """Create and authenticate dashboard users."""
 
@@ -66,7 +65,7 @@ class UserService:
         if UserItem.count(username, consistent_read=True):
             raise AlreadyExists(f"user {username} already exists")
         item = UserItem(username=username, role=role, password_hash=hash_password(password),
-                        created_at=datetime.now(timezone.utc), disabled=False, sessions={})
+                        created_at=datetime.now(timezone.utc), disabled=False, sessions={}, list_part=USERS_PART)
         rec = AuditRecord(actor=actor, action="user_add", outcome="done", reason=f"role={role}",
                           detail={"user": username})
 
@@ -162,12 +161,21 @@ class UserService:
     # ---- management (vvg user ..., /users): each change is audited and ends the user's sessions
 
     def rows(self) -> list[dict]:
-        """Every user as {"user", "role", "disabled", "last_login"} (never a hash or a session)."""
-        out = []
-        for u in UserItem.scan(UserItem.password_hash.exists(), page_size=500):
-            if _is_user_key(u.username):
-                out.append(self.row(u))
-        return sorted(out, key=lambda r: r["user"])
+        """Every user as {"user", "role", "disabled", "last_login"} (never a hash or a session), in name order,
+        page by page of the by-listing index (docs/host-user-pages.md): no scan, and no limit counter read."""
+        return [self.row(u) for u in read_all(UserItem, USERS_PART, ROW_ATTRIBUTES)]
+
+    def page(self, position: dict | None = None, limit: int = 50) -> ListingPage:
+        """One page of users' rows (``items``) in name order from ``position`` (/users): one Query, one BatchGetItem
+        of the rows' attributes only."""
+        page = read_listing(UserItem, USERS_PART, position, limit, ROW_ATTRIBUTES)
+        page.items = [self.row(u) for u in page.items]
+        return page
+
+    def backfill_listing(self) -> int:
+        """The one-off upgrade of users added before the by-listing index (docs/host-user-pages.md); the
+        limit counters (no password hash) are left out."""
+        return backfill(UserItem, USERS_PART, UserItem.password_hash.exists())
 
     @staticmethod
     def row(u: UserItem) -> dict:
@@ -198,7 +206,7 @@ class UserService:
             if delete:
                 tx.delete(user, condition=same)
             else:
-                tx.update(user, actions=actions, condition=same)
+                tx.update(user, actions=[*actions, UserItem.list_part.set(USERS_PART)], condition=same)
             return 1
 
         self.audit.append([rec], extra=write)
