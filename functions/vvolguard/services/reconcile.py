@@ -13,6 +13,7 @@ from typing import Any
 
 from vvolguard.domain.constants import rfc3339
 from vvolguard.adapters.audit import AuditLog, AuditRecord
+from vvolguard.adapters.metrics import count
 from vvolguard.adapters.models import EXPIRY_SHARDS, GrantItem, HostItem, PolicyItem, RefusalItem, expiry_key
 from vvolguard.adapters.provider import STUCK_DETACH_S, EbsProvider, HostIdentity, ProviderRefused, StorageProvider
 from vvolguard.adapters.tx import Tx
@@ -97,6 +98,7 @@ class Reconciler:
             except Exception as exc:  # one broken step must not stop the others
                 log.exception("reconcile step %s failed", step.__name__)
                 s.errors.append(f"{step.__name__}: {type(exc).__name__}")
+        count(self.settings.metrics_namespace, "ReconcileProblems", len(s.errors))  # 0 when clean: docs/metrics.md
         return s.as_dict()
 
     # ---- (g) what a key volume provisioning that died halfway left (docs/key-volume.md)
