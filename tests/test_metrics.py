@@ -245,6 +245,7 @@ def test_a_warm_event__keeps_3_dynamodb_and_2_provider_calls_metrics_add_none(we
 
     assert webhook.send("vm.preboot", "vm-1")[0] == 200  # cold: creates the volume, caches the host
     assert webhook.send("vm.booted", "vm-1")[0] == 200
+    capsys.readouterr()
     seen: Counter = Counter()
 
     def count(model, **_):
