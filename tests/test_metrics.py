@@ -173,13 +173,12 @@ def test_an_internal_aws_ec2_event__is_counted_too(aws, lambda_env, capsys):
     apply(aws, b"volumes:\n  - {volume_id: vvol-e, vm_id: i-0123456789abcdef0, host_id: aws-ec2, storage_array: S1,"
                b" size_mb: 10, attach_on: preboot, detach_on: shutdown}\n")
     capsys.readouterr()
-    try:
-        EventService(aws).handle_internal(EC2_HOST, {"event_id": "e-1", "type": "vm.preboot",
-                                                     "vm_id": "i-0123456789abcdef0"})
-    except Exception:  # the emulation's instance does not exist: the decision fails, and is still counted
-        pass
+    answer = EventService(aws).handle_internal(EC2_HOST, {"event_id": "e-1", "type": "vm.preboot",
+                                                          "vm_id": "i-0123456789abcdef0"})
+    # the emulation has no such instance: the decision fails, and is counted like any other
+    assert [(d["action"], d["outcome"]) for d in answer["decisions"]] == [("attach", "failed")], answer
     docs = emitted(capsys)
-    assert sum(counts(docs, "Decisions").values()) == 1, docs
+    assert counts(docs, "Decisions") == {("attach", "failed"): 1}, docs
     assert "i-0123456789abcdef0" not in json.dumps(docs)
 
 
