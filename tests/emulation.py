@@ -87,7 +87,7 @@ class Emulation:
         from infra.bootstrap import create_buckets, create_secrets, create_topics
         from infra.template import Template
         from vvolguard.adapters import aws as aws_adapter
-        from vvolguard.adapters.models import bind as configure
+        from vvolguard.adapters.models import configure
 
         ddb = _region_backend("dynamodb", settings.region)
         for table in ddb.tables.values():
