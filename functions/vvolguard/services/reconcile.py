@@ -13,12 +13,12 @@ from typing import Any
 
 from vvolguard.domain.constants import rfc3339
 from vvolguard.adapters.audit import AuditLog, AuditRecord
-from vvolguard.adapters.metrics import count
 from vvolguard.adapters.models import EXPIRY_SHARDS, GrantItem, HostItem, PolicyItem, RefusalItem, expiry_key
 from vvolguard.adapters.provider import STUCK_DETACH_S, EbsProvider, HostIdentity, ProviderRefused, StorageProvider
 from vvolguard.adapters.tx import Tx
 from vvolguard.errors import ConcurrentModification, ProviderUnavailable, VvgError
 from vvolguard.services.alerts import audit_ref, bad_signature_alerts, raise_alert, republish
+from vvolguard.adapters.metrics import count
 from vvolguard.settings import Settings
 
 log = logging.getLogger("vvg.reconcile")
