@@ -49,6 +49,7 @@ class Settings:
     provider_role_arn: str = "arn:aws:iam::123456789012:role/vvg-provider"
     alert_topic_arn: str = "arn:aws:sns:us-east-1:123456789012:vvg-alerts"
     ec2_poll_seconds: int = 10
+    metrics_namespace: str = "vvolguard/vvg"  # CloudWatch namespace of the EMF metrics (docs/metrics.md)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -72,4 +73,5 @@ class Settings:
             provider_role_arn=e.get("VVG_PROVIDER_ROLE_ARN", d.provider_role_arn),
             alert_topic_arn=e.get("VVG_ALERT_TOPIC_ARN", d.alert_topic_arn),
             ec2_poll_seconds=_int_setting("VVG_EC2_POLL_SECONDS", e.get("VVG_EC2_POLL_SECONDS"), d.ec2_poll_seconds),
+            metrics_namespace=e.get("VVG_METRICS_NAMESPACE", d.metrics_namespace),
         )

@@ -11,6 +11,7 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
+from vvolguard.adapters.metrics import count
 from vvolguard.errors import InvalidInput
 from vvolguard.settings import Settings
 
@@ -76,6 +77,7 @@ def raise_alert(settings: Settings, kind: str, *, vm_id: str | None = None, volu
         return None
     if item is None:
         return None
+    count(getattr(settings, "metrics_namespace", ""), "Alerts", kind=kind)  # docs/metrics.md
     log.warning("alert %s severity=%s vm=%s volume=%s host=%s", kind, alert["severity"], vm_id, volume_id, host_id)
     try:
         store.publish(alert)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vvolguard.adapters.audit import AuditRecord
+from vvolguard.adapters.metrics import Metrics
 from vvolguard.domain.constants import Outcome, rfc3339
 from vvolguard.domain.engine import Decision
 from vvolguard.domain.events import Event
@@ -42,8 +43,13 @@ def records_of(ctx: EventContext, decisions: list[Decision], jobs: dict[str, Job
 
 
 def raise_alerts(settings: Settings, ctx: EventContext, decisions: list[Decision], head: tuple[int, str]) -> None:
-    """After the event is recorded, never inside its transaction: a volume it locked raises volume_locked, its
+    """After the event is recorded, never inside its transaction: its decisions are counted (``Decisions`` by
+    action and outcome, one flush per event: docs/metrics.md), and a volume it locked raises volume_locked, its
     audit record being the decision's (one record per decision, appended after ``head``)."""
+    counts = Metrics(settings.metrics_namespace)
+    for d in decisions:
+        counts.add("Decisions", action=d.action, outcome=d.outcome)
+    counts.flush()
     for i, d in enumerate(decisions):
         if d.locked_until is not None:
             raise_alert(settings, "volume_locked", vm_id=ctx.event.vm_id, volume_id=d.volume_id,

@@ -20,6 +20,7 @@ from vvolguard.adapters.tx import Tx
 from vvolguard.domain.engine import BUSY_SECONDS
 from vvolguard.errors import ConcurrentModification, ProviderUnavailable, VvgError
 from vvolguard.services.alerts import audit_ref, bad_signature_alerts, raise_alert, republish
+from vvolguard.adapters.metrics import count
 from vvolguard.settings import Settings
 
 log = logging.getLogger("vvg.reconcile")
@@ -106,6 +107,7 @@ class Reconciler:
             except Exception as exc:  # one broken step must not stop the others
                 log.exception("reconcile step %s failed", step.__name__)
                 s.errors.append(f"{step.__name__}: {type(exc).__name__}")
+        count(self.settings.metrics_namespace, "ReconcileProblems", len(s.errors))  # 0 when clean: docs/metrics.md
         return s.as_dict()
 
     # ---- (g) what a key volume provisioning that died halfway left (docs/key-volume.md)
