@@ -881,7 +881,7 @@ def test_iam_calls__the_reconcile_function_role_covers_a_pass_that_does_everythi
     ec2_client().attach_volume(VolumeId=vol["VolumeId"], Device="/dev/sdz",
                                InstanceId=inst["Reservations"][0]["Instances"][0]["InstanceId"])
     _dead_claim(webhook, monkeypatch)                                                     # a claim to release
-    time.sleep(1.5)
+    time.sleep(2.2)  # past the 1 s claim lease in whole seconds (the reconciler compares epoch seconds)
     with calls:
         summary = reconcile_handler.handler({"source": "aws.events"}, None)  # the scheduled function itself
     assert summary["expired_leases"] >= 1 and summary["grants_expired"] == 1 and summary["orphans_detached"] == 1, summary
