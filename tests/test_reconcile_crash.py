@@ -36,7 +36,7 @@ def _item(volume_id: str) -> PolicyItem:
 
 
 def _records(settings, reason: str) -> list:
-    return [r for r in AuditLog(settings).list(limit=1000) if r.actor == "reconciler" and r.reason == reason]
+    return [r for r in AuditLog(settings).recent(limit=1000) if r.actor == "reconciler" and r.reason == reason]
 
 
 def _later(seconds: float = BUSY_SECONDS + 5) -> datetime:
