@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
-from typing import Any
-
 from datetime import datetime, timezone
+from typing import Any
 
 from flask import Flask, render_template
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from markupsafe import Markup, escape
 
 from vvolguard.services.root import Services
 from vvolguard.settings import Settings
@@ -56,6 +57,7 @@ def create_app(test_config: dict[str, Any] | None = None, services: Services | N
     app.context_processor(lambda: {"can": auth.can})
     app.add_template_filter(_when, "when")
     app.add_template_filter(_duration, "duration")
+    app.add_template_filter(_keep_ids, "keep_ids")
 
     @app.errorhandler(CSRFError)
     def csrf_error(exc):
@@ -120,3 +122,14 @@ def _duration(seconds: float | None) -> str:
     else:
         out = f"{s // 3600} h {s % 3600 // 60:02d} min"
     return out if seconds >= 0 else "-" + out
+
+
+_ID_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*-[A-Za-z0-9._:/-]*[A-Za-z0-9]")
+
+
+def _keep_ids(text: object) -> Markup:
+    """A sentence whose identifiers (``vol-0abc``, ``us-east-1a``, ``i-0123``) never break at their hyphens on a
+    narrow screen: each is kept whole in an ``id`` span (one too long for the screen scrolls inside itself);
+    the rest of the sentence wraps as usual, and everything is escaped."""
+    escaped = str(escape("" if text is None else text))
+    return Markup(_ID_TOKEN.sub(lambda m: f'<span class="id">{m.group(0)}</span>', escaped))
