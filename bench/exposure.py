@@ -28,7 +28,7 @@ Figures, per volume kind (docs/benchmarks.md): ``exposure_pct`` = attached time 
 (``preboot_exposure_pct`` for preboot/postboot: goal under 1%), and ``max_overrun_s``: the longest a volume
 stayed attached past its lease (goal: at most one reconciler interval, 60 s).
 
-    .venv/bin/python -m bench.exposure                    # defaults: 12 VMs on 4 hosts, 3 simulated hours
+    .venv/bin/python -m bench.exposure                    # defaults: 8 VMs on 4 hosts, 2.5 simulated hours
     .venv/bin/python -m bench.exposure --vms 40 --hours 24
     .venv/bin/python -m bench.exposure --merge FILE       # make bench: the last JSON line of FILE merged in
 """
@@ -90,14 +90,14 @@ class Truth:
 @dataclass
 class Day:
     settings: Any
-    vms: int = 16
+    vms: int = 8
     hosts: int = 4
-    hours: float = 8.0
+    hours: float = 2.5
     seed: int = 7
     lost: float = 0.03             # share of vm.booted never sent
     lost_app: float | None = None  # share of app.stopped never sent (default: ``lost``)
     deaths: int = 1
-    death_hosts: tuple[int, ...] = ()  # which hosts die (default: host 0, 1, ... in turn)
+    death_hosts: tuple[int, ...] = ()  # which hosts die (default: host 1, 2, ... in turn)
     start: datetime = field(default_factory=lambda: datetime.now(timezone.utc).replace(microsecond=0))
 
     def __post_init__(self) -> None:
@@ -138,7 +138,8 @@ class Day:
         entries = []
         for i in range(self.vms):
             kind = KINDS[i % len(KINDS)]
-            vm = Vm(f"xvm-{i:04d}", f"xh-{i % self.hosts:02d}", kind, f"xvol-{i:04d}")
+            # Kinds in turn, hosts shifted every round of kinds: each host runs VMs of several kinds.
+            vm = Vm(f"xvm-{i:04d}", f"xh-{(i + i // len(KINDS)) % self.hosts:02d}", kind, f"xvol-{i:04d}")
             self.fleet[vm.vm_id] = vm
             self.truth[vm.volume_id] = Truth()
             self.owner[vm.volume_id] = vm.vm_id
@@ -324,7 +325,7 @@ class Day:
             self.send(vm, "vm.created", first - 1)
             self.schedule(first, lambda t, v=vm, r=self.rng.uniform(1800, 10 * 3600) - first: self.boot(v, t, r))
         hosts = sorted(self.host_dead)
-        dying = [hosts[i % len(hosts)] for i in (self.death_hosts or range(self.deaths))]
+        dying = [hosts[i % len(hosts)] for i in (self.death_hosts or range(1, self.deaths + 1))]
         for h in dying:
             self.schedule(self.rng.uniform(0.2, 0.8) * self.end, lambda t, h=h: self.host_death(h, t))
         self.schedule(INTERVAL, self.reconcile)
@@ -385,9 +386,9 @@ def last_json(path: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--vms", type=int, default=12)
+    ap.add_argument("--vms", type=int, default=8)
     ap.add_argument("--hosts", type=int, default=4)
-    ap.add_argument("--hours", type=float, default=3.0)
+    ap.add_argument("--hours", type=float, default=2.5)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--lost", type=float, default=0.03, help="share of vm.booted / app.stopped never sent")
     ap.add_argument("--deaths", type=int, default=1, help="host deaths in the day")
