@@ -28,14 +28,13 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache
 
-# The fleet (bench/fleet.py), the dashboard's pages (bench/pages.py), then the measured exposure (bench/exposure.py),
-# whose last line merges all three JSON lines.
+# The fleet (bench/fleet.py), then the dashboard's pages (bench/pages.py), whose last line merges both JSON lines.
 bench: $(STAMP)
 	( $(BIN)/python -m bench.fleet $(BENCH_ARGS); echo $$? > .bench-fleet.rc ) | tee .bench-fleet.out
 	test "$$(cat .bench-fleet.rc)" = 0
 	( $(BIN)/python -m bench.pages $(PAGES_BENCH_ARGS) --merge .bench-fleet.out; echo $$? > .bench-pages.rc ) | tee .bench-pages.out
 	test "$$(cat .bench-pages.rc)" = 0
-	$(BIN)/python -m bench.exposure $(EXPOSURE_BENCH_ARGS) --merge .bench-pages.out
+	$(BIN)/python -m bench.exposure $(EXPOSURE_BENCH_ARGS) --merge .bench-pages.out  # measured exposure: its last line merges all three
 
 # 10,000 requests generated from openapi.yaml against a fresh local stack (FUZZ_ARGS="--requests N --seed S").
 fuzz: $(STAMP)
