@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from tests.conftest import attached_volume_ids, ec2_client, managed_volumes
 
 INTERVAL = 60
@@ -21,6 +23,13 @@ LEASE = 900
 
 
 _ROOTS: dict = {}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_roots():
+    _ROOTS.clear()
+    yield
+    _ROOTS.clear()
 
 
 def _reconcile(settings, now):
