@@ -23,7 +23,6 @@ from typing import Any, Iterable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from vvolguard.adapters import aws
 from vvolguard.adapters.audit import AuditLog, AuditRecord
 from vvolguard.adapters.models import QUARANTINE_SK, PolicyItem, QuarantineItem
 from vvolguard.adapters.provider import TAG_VM, EbsProvider, HostIdentity, reserved_identity  # noqa: F401 (re-exported)
