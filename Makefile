@@ -39,7 +39,9 @@ clean:
 bench: $(DEV_STAMP)
 	( $(BIN)/python -m bench.fleet $(BENCH_ARGS); echo $$? > .bench-fleet.rc ) | tee .bench-fleet.out
 	test "$$(cat .bench-fleet.rc)" = 0
-	$(BIN)/python -m bench.pages $(PAGES_BENCH_ARGS) --merge .bench-fleet.out
+	( $(BIN)/python -m bench.pages $(PAGES_BENCH_ARGS) --merge .bench-fleet.out; echo $$? > .bench-pages.rc ) | tee .bench-pages.out
+	test "$$(cat .bench-pages.rc)" = 0
+	$(BIN)/python -m bench.exposure $(EXPOSURE_BENCH_ARGS) --merge .bench-pages.out  # measured exposure: its last line merges all three
 
 # 10,000 requests generated from openapi.yaml against a fresh local stack (FUZZ_ARGS="--requests N --seed S").
 fuzz: $(DEV_STAMP)

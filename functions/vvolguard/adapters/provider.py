@@ -66,6 +66,19 @@ class HostIdentity:
         return hmac.new(bytes.fromhex(self.cred_hash), b"vvg:provider-external-id", hashlib.sha256).hexdigest()[:48]
 
 
+def reserved_identity(settings: Settings, host_id: str | None) -> HostIdentity | None:
+    """The provider identity of a reserved host (vvolguard acting as ``aws-ec2`` for EC2 VMs,
+    docs/ec2-vms.md), or None for any other host. It has no enrolled secret: its credential digest is
+    derived from the audit key (a server-side secret), never from anything a caller could present."""
+    from vvolguard.domain.policy_diff import RESERVED_HOSTS
+
+    if host_id not in RESERVED_HOSTS:
+        return None
+    key = aws.audit_key(settings.region, settings.audit_key_secret_id)
+    cred = hmac.new(key, b"vvg:internal-host:" + host_id.encode("ascii"), hashlib.sha256).hexdigest()
+    return HostIdentity(host_id, cred)
+
+
 @dataclass(frozen=True)
 class Instance:
     instance_id: str
@@ -125,6 +138,7 @@ class EbsProvider:
         self._clients: dict[str, tuple[Any, float]] = {}
         self._sessions: dict[str, boto3.session.Session] = {}
         self._more: dict[tuple[str, str], Any] = {}
+        self._own: Any = None
 
     # ---- authentication
 
@@ -165,6 +179,16 @@ class EbsProvider:
         with self._lock:
             self._clients[who.host_id] = (client, expires)
         return client
+
+    def own_ec2(self):
+        """vvolguard's own EC2 client (the reconciler's reads), built once: a new client per reconciler pass
+        costs more than the pass's DescribeVolumes."""
+        if self.base is None:
+            return aws.client("ec2", self.settings.region)  # cached; forgotten by aws.reset_clients()
+        with self._lock:
+            if self._own is None:
+                self._own = aws.track(self.base.client("ec2"))
+            return self._own
 
     def forget(self, host_id: str) -> None:
         """Drop a host's cached session (after revocation or rotation)."""
@@ -362,7 +386,7 @@ class EbsProvider:
     def stuck_detaching(self) -> Iterator[tuple[Attachment, float | None]]:
         """Every managed volume with an attachment in ``detaching``, with the time it was first seen so
         (``vvg:detaching-since``; None: not marked yet)."""
-        ec2 = aws.track((self.base or aws.session(self.settings.region)).client("ec2"))
+        ec2 = self.own_ec2()
         for page in ec2.get_paginator("describe_volumes").paginate(
                 Filters=[{"Name": "tag-key", "Values": [TAG_VOLUME]}, {"Name": "status", "Values": ["in-use"]}],
                 PaginationConfig={"PageSize": 500}):
@@ -465,7 +489,7 @@ class EbsProvider:
 
     def attachments(self, who: HostIdentity | None = None) -> Iterator[Attachment]:
         """Every managed volume attached at the provider, page by page."""
-        ec2 = self.ec2(who) if who else aws.track((self.base or aws.session(self.settings.region)).client("ec2"))
+        ec2 = self.ec2(who) if who else self.own_ec2()
         paginator = ec2.get_paginator("describe_volumes")
         for page in paginator.paginate(Filters=[{"Name": "tag-key", "Values": [TAG_VOLUME]}], PaginationConfig={"PageSize": 500}):
             for vol in page.get("Volumes", []):
@@ -497,8 +521,10 @@ class EbsProvider:
         from vvolguard.adapters.models import HostItem
 
         try:
-            host = HostItem.get(item.host_id)
-            who = HostIdentity(host.host_id, host.cred_hash)
+            who = reserved_identity(self.settings, item.host_id)  # an EC2 VM's volume: vvolguard acts as aws-ec2
+            if who is None:
+                host = HostItem.get(item.host_id)
+                who = HostIdentity(host.host_id, host.cred_hash)
         except HostItem.DoesNotExist:
             raise ProviderRefused("host_not_found", f"host {item.host_id} is not enrolled; cannot act for it") from None
         if item.provider_volume_id:
@@ -640,7 +666,7 @@ class KeyVolumeWriter:
     def leftovers(self, now: float) -> Iterator[tuple[str, str, str, str]]:
         """(kind, id, volume_id, host) of every provisioning snapshot and unrecorded-candidate volume whose
         ``vvg:provisioning`` expiry has passed (the reconciler's list; read with the caller's own identity)."""
-        ec2 = aws.track((self.p.base or aws.session(self.p.settings.region)).client("ec2"))
+        ec2 = self.p.own_ec2()
         flt = [{"Name": "tag-key", "Values": [TAG_PROVISIONING]}]
         for page in ec2.get_paginator("describe_snapshots").paginate(OwnerIds=["self"], Filters=flt):
             for snap in page.get("Snapshots", []):

@@ -13,8 +13,6 @@ from the events table as a duplicate).
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import re
 import secrets
@@ -25,13 +23,11 @@ from typing import Any, Iterable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from vvolguard.domain.constants import rfc3339
-from vvolguard.adapters import aws
 from vvolguard.adapters.audit import AuditLog, AuditRecord
 from vvolguard.adapters.models import QUARANTINE_SK, PolicyItem, QuarantineItem
-from vvolguard.adapters.provider import TAG_VM, EbsProvider, HostIdentity
+from vvolguard.adapters.provider import TAG_VM, EbsProvider, HostIdentity, reserved_identity  # noqa: F401 (re-exported)
+from vvolguard.domain.constants import rfc3339
 from vvolguard.domain.policy import ID_RE
-from vvolguard.domain.policy_diff import RESERVED_HOSTS
 from vvolguard.errors import Conflict, InvalidInput, NotFound, ProviderUnavailable, UnknownHost, VvgError
 from vvolguard.services.auth import AuthenticatedHost
 from vvolguard.settings import Settings
@@ -52,21 +48,12 @@ def _second(dt: datetime) -> datetime:
 
 def internal_host(settings: Settings, host_id: str) -> AuthenticatedHost:
     """vvolguard acting as the reserved host ``host_id``: no enrolled secret, so the provider's external id is
-    derived from the audit key (a server-side secret), never from anything a caller could present."""
-    if host_id not in RESERVED_HOSTS:
+    derived from the audit key (a server-side secret), never from anything a caller could present
+    (adapters/provider.py: ``reserved_identity``)."""
+    who = reserved_identity(settings, host_id)
+    if who is None:
         raise UnknownHost("only a reserved host's events are sent internally")
-    key = aws.audit_key(settings.region, settings.audit_key_secret_id)
-    cred = hmac.new(key, b"vvg:internal-host:" + host_id.encode("ascii"), hashlib.sha256).hexdigest()
-    return AuthenticatedHost(host_id=host_id, secret_version=0, cred_hash=cred)
-
-
-def reserved_identity(settings: Settings, host_id: str) -> HostIdentity | None:
-    """The provider identity of a reserved host (vvolguard acting as ``aws-ec2``), or None for any other
-    host: the reconciler and quarantine act for EC2 VMs' volumes with it."""
-    if host_id not in RESERVED_HOSTS:
-        return None
-    host = internal_host(settings, host_id)
-    return HostIdentity(host.host_id, host.cred_hash)
+    return AuthenticatedHost(host_id=host_id, secret_version=0, cred_hash=who.cred_hash)
 
 
 def validate_vm(vm_id: Any) -> str:
