@@ -22,7 +22,8 @@ def test_iam_calls__operator_policy_covers_key_hosts_and_quarantine(webhook, cal
         for argv in (("host", "enroll", "key-8", "--mac", "02:00:00:00:00:08", "--serial", "SN-8", "--public-key",
                       _pub(tmp_path, "a.pub", Ed25519PrivateKey.generate())),
                      ("host", "rotate", "key-8", "--public-key", _pub(tmp_path, "b.pub", Ed25519PrivateKey.generate())),
-                     ("host", "list"), ("vm", "quarantine", "vm-2", "--reason", "iam"), ("vm", "release", "vm-2")):
+                     ("host", "list"), ("host", "list", "--backfill"),  # the listing index; its one-off backfill scans
+                     ("vm", "quarantine", "vm-2", "--reason", "iam"), ("vm", "release", "vm-2")):
             r = vvg(*argv)
             assert r.code == 0, (argv, r)
     assert_granted(calls, "OperatorPolicy", {"dynamodb:Query", "dynamodb:Scan", "dynamodb:TransactWriteItems",
