@@ -54,3 +54,4 @@ def test_set_hash_cost_refuses_what_scrypt_cannot_do_and_changes_nothing(cost):
     with pytest.raises(ValueError):
         secrets.set_hash_cost(cost)
     assert secrets.hash_cost() == before
+

@@ -68,8 +68,12 @@ def credential_digest(salt: str, mac: str, serial: str, hardware: str) -> str:
 
 
 def new_host_secret() -> str:
-    """A fresh webhook secret (256 bits, URL-safe)."""
-    return secrets.token_urlsafe(32)
+    """A fresh webhook secret (256 bits, URL-safe), never starting with ``-``: a secret that did would read as an
+    option after ``vvg event send --secret`` (argparse) and in most shells' tools."""
+    while True:
+        secret = secrets.token_urlsafe(32)
+        if not secret.startswith("-"):
+            return secret
 
 
 def _signature_mac(secret: str, timestamp: int, body: bytes) -> str:
