@@ -35,9 +35,9 @@ from vvolguard.adapters.models import (
 from vvolguard.adapters.tx import Tx
 from vvolguard.domain.constants import Action, Outcome
 from vvolguard.domain.engine import BUSY_SECONDS, Decision, VolumeView
-from vvolguard.domain.events import Event
+from vvolguard.domain.events import MAX_BODY, Event
 from vvolguard.domain.fingerprint import body_key, body_mac, password_tag, same_body
-from vvolguard.errors import EventConflict, EventInProgress
+from vvolguard.errors import EventConflict, EventInProgress, PayloadTooLarge
 from vvolguard.services.auth import AuthenticatedHost
 from vvolguard.domain.policy_diff import RESERVED_HOSTS
 from vvolguard.settings import Settings
@@ -98,6 +98,15 @@ class BodyPrint:
     def of(cls, settings: Settings, raw: bytes, doc: dict[str, Any]) -> BodyPrint:
         key = body_key(aws.audit_key(settings.region, settings.audit_key_secret_id))
         return cls(body_mac(key, raw, doc), password_tag(raw) if "password" in doc else None, raw)
+
+    @classmethod
+    def internal(cls, settings: Settings, doc: dict[str, Any]) -> BodyPrint:
+        """The print of an event vvolguard sends itself (docs/ec2-vms.md): its canonical JSON, held to the
+        webhook's size limit."""
+        raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        if len(raw) > MAX_BODY:
+            raise PayloadTooLarge(f"the body is over {MAX_BODY} bytes")
+        return cls.of(settings, raw, doc)
 
 
 @dataclass(frozen=True)
@@ -308,3 +317,11 @@ def lease_state(lease_expires_at: datetime, volume_id: str) -> dict[str, Any]:
 def _actions(updates: dict[str, Any]) -> list:
     return [getattr(PolicyItem, k).set(v) if v is not None else getattr(PolicyItem, k).remove()
             for k, v in updates.items()]
+
+
+class HostChanged(Exception):
+    """The host was revoked or its secret rotated since it was authenticated from the cache."""
+
+
+class Duplicate(Exception):
+    """Carries the stored answer of a repeated event (its only argument)."""

@@ -9,7 +9,6 @@ step), provider work to ``services/executors.py``.
 """
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime, timezone
 from typing import Any
@@ -26,12 +25,12 @@ from vvolguard.errors import AuthError, EventInProgress, PayloadTooLarge, Provid
 from vvolguard.services.auth import AuthenticatedHost, HostAuthenticator
 from vvolguard.services.event_records import answer_of, raise_alerts, records_of
 from vvolguard.services.event_refusals import Refusals, backoff
-from vvolguard.services.event_stores import (BodyPrint, EventContext, HostGuard, IdempotencyStore, Partition,
-                                             VolumeStateStore, decision_state, new_tx, view_of)
+from vvolguard.services.event_stores import (BodyPrint, Duplicate, EventContext, HostChanged, HostGuard,
+                                             IdempotencyStore, Partition, VolumeStateStore, decision_state,
+                                             new_tx, view_of)
 from vvolguard.services.executors import Job, Run, carry_out, immediate_state
 from vvolguard.settings import Settings
 
-__all__ = ["EventService", "Partition", "view_of"]
 log = logging.getLogger("vvg.events")
 ATTEMPTS = 12
 
@@ -52,11 +51,9 @@ class EventService:
         authentication; the webhook answers any request naming a reserved host ``401 unknown_host``."""
         from vvolguard.services.vms import internal_host
 
-        now, raw = now or datetime.now(timezone.utc), json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-        if len(raw) > MAX_BODY:
-            raise PayloadTooLarge(f"the body is over {MAX_BODY} bytes")
+        now = now or datetime.now(timezone.utc)
         return self._process(internal_host(self.settings, host_id), parse_doc(doc, now),
-                             BodyPrint.of(self.settings, raw, doc), now)
+                             BodyPrint.internal(self.settings, doc), now)
 
     def handle(self, headers: dict[str, str], body: bytes, now: datetime | None = None) -> dict[str, Any]:
         """The answer to one request, or a VvgError carrying the contract's status and code.
@@ -78,7 +75,7 @@ class EventService:
             event = parse_doc(doc, now)
             try:
                 return self._process(host, event, BodyPrint.of(self.settings, body, doc), now)
-            except _HostChanged:
+            except HostChanged:
                 raise self.auth.recheck(host_id, ts, sig, body) or UnknownHost("the host changed; retry") from None
         except VvgError as exc:
             if host is not None and not isinstance(exc, AuthError):
@@ -113,17 +110,15 @@ class EventService:
             decisions = self.decisions(host, event, ctx.part, now)
             if ctx.part.quarantine is not None:
                 decisions = refuse_attaches(decisions)
+            direct = None if any(d.needs_provider for d in decisions) else answer_of(event, decisions)
             try:
-                if not any(d.needs_provider for d in decisions):
-                    answer = answer_of(event, decisions)
-                    if self._claim(ctx, decisions, answer):
-                        raise_alerts(self.settings, ctx, decisions, ctx.part.head)
-                        return answer
+                if not self._claim(ctx, decisions, direct):
                     continue
-                if not self._claim(ctx, decisions):
-                    continue
-            except _Duplicate as dup:
+            except Duplicate as dup:
                 return dup.args[0]
+            if direct is not None:  # nothing for the provider: the claim recorded it all
+                raise_alerts(self.settings, ctx, decisions, ctx.part.head)
+                return direct
             jobs = self._act(ctx, decisions)
             answer = answer_of(event, decisions)
             raise_alerts(self.settings, ctx, decisions, self._record(ctx, jobs, decisions, answer))
@@ -153,9 +148,9 @@ class EventService:
             why = tx.cancellation(exc)
             if "host" in why.failed:  # first: a revoked host or an old secret never gets a stored answer
                 self.auth.forget(ctx.host.host_id)
-                raise _HostChanged() from None
+                raise HostChanged() from None
             if "event" in why.failed:
-                raise _Duplicate(self.idempotency.stored_answer(ctx)) from None
+                raise Duplicate(self.idempotency.stored_answer(ctx)) from None
             if not why.failed and not why.conflict:
                 raise
             return False
@@ -202,10 +197,3 @@ class EventService:
                 head = self.audit.head(ctx.vm_pk)
         raise EventInProgress("the VM's audit chain is busy; retry with the same event_id")
 
-
-class _HostChanged(Exception):
-    """The host was revoked or its secret rotated since it was authenticated from the cache."""
-
-
-class _Duplicate(Exception):
-    """Carries the stored answer of a repeated event (its only argument)."""
