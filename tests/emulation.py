@@ -21,6 +21,8 @@ from __future__ import annotations
 from typing import Any
 
 KEPT = ("dynamodb", "kms", "iam")  # built by bootstrap, only read by the code: kept when unchanged
+# What using a role changes in moto (every AssumeRole stamps it): not a change of the role itself.
+ROLE_USE = ("last_used", "last_used_region")
 
 
 def _backends(service: str) -> Any:
@@ -59,7 +61,7 @@ class Emulation:
             "objects": (id(ddb), id(kms), id(iam)),
             "tables": {name: (id(t), _shape(t, "items", "stream_shard")) for name, t in ddb.tables.items()},
             "keys": {kid: _shape(k) for kid, k in kms.keys.items()},
-            "roles": {rid: _shape(r) for rid, r in iam.roles.items()},
+            "roles": {rid: _shape(r, *ROLE_USE) for rid, r in iam.roles.items()},
             "policies": len(iam.managed_policies),
         }
 
