@@ -35,6 +35,7 @@ The layers, from the outside in, and what each may NOT import:
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -227,3 +228,49 @@ def test_checker__catches_each_forbidden_edge_and_passes_the_allowed_ones():
 def test_checker__a_module_outside_every_layer_fails():
     assert check_source("", "vvolguard.newlayer.thing") == [
         "<source>:1: vvolguard.newlayer.thing belongs to no layer (add it to tests/test_layers.py's layer_of)"]
+
+
+# ---- the picture and the table of docs/architecture.md name what exists
+
+ARCH = ROOT / "docs" / "architecture.md"
+
+
+def _section(text: str, title: str) -> str:
+    return text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_architecture_doc__the_picture_names_every_module_of_the_four_layers():
+    """A module added to handlers/, services/, domain/ or adapters/ is drawn in docs/architecture.md's picture."""
+    picture = _section(ARCH.read_text(), "The shape").split("```")[1]
+    missing = [f"{layer}/{path.name}" for layer in ("handlers", "services", "domain", "adapters")
+               for path in sorted((ROOT / "functions" / "vvolguard" / layer).glob("*.py"))
+               if path.name != "__init__.py" and not re.search(rf"(?<![\w/]){re.escape(path.stem)}\b", picture)]
+    assert missing == [], f"docs/architecture.md's picture does not name: {missing}"
+
+
+def test_architecture_doc__every_module_and_page_of_the_table_exists():
+    text = ARCH.read_text()
+    table = _section(text, "Where each behaviour lives")
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| ---")][1:]
+    assert len(rows) >= 30, len(rows)
+    anchors = {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in re.findall(r"^## (.+)$", text, re.M)}
+    problems = []
+    for row in rows:
+        behaviour, where, docs = [c.strip() for c in row.strip("|").split(" | ")]
+        for token in re.findall(r"`([^`]+)`", where):
+            if "/" not in token and "." not in token:
+                continue  # a class or constant named beside its module
+            if not any((base / token).exists() for base in (ROOT, ROOT / "functions" / "vvolguard")):
+                problems.append(f"{behaviour}: no such module {token}")
+        links = re.findall(r"\]\(([^)]+)\)", docs)
+        if not links:
+            problems.append(f"{behaviour}: no user doc")
+        for link in links:
+            page, _, anchor = link.partition("#")
+            if page and not (ARCH.parent / page).exists():
+                problems.append(f"{behaviour}: no such page {page}")
+            if not page and anchor not in anchors:
+                problems.append(f"{behaviour}: no heading #{anchor} in docs/architecture.md")
+        if "contract" in row.lower():
+            problems.append(f"{behaviour}: users never see the contract; cite docs/")
+    assert problems == []
