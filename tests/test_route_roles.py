@@ -182,7 +182,8 @@ def test_every_route_has_a_role_rule_and_every_rule_a_route(shared_app):
 
 
 def test_the_coverage_check_names_a_new_route_and_a_gone_one(shared_app):
-    """The check above can fail: a route added to a copy of the table's app, and an entry for nothing."""
+    """The check above can fail: a table without the entry of a served route (as when a route is added), and
+    a table with an entry for a route the app does not serve (as when one is removed)."""
     rules = dict(RULES)
     del rules[("/alerts", "GET")]
     rules[("/gone", "POST")] = Rule("admin")
