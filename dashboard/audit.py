@@ -12,11 +12,10 @@ from flask import Blueprint, Response, current_app, flash, redirect, render_temp
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from dashboard.auth import actor, role_required
-from vvolguard.adapters.audit import REPLAY_FIELDS, export_row
 from vvolguard.domain.events import TYPES
 from vvolguard.errors import InvalidInput
-from vvolguard.services.audit_queries import (OUTCOMES, AuditQuery, is_relative, iterate, parse_bound, read_page,
-                                              record_dict)
+from vvolguard.services.audit_queries import (OUTCOMES, REPLAY_FIELDS, AuditQuery, export_row, is_relative, iterate,
+                                              parse_bound, read_page, record_dict)
 
 bp = Blueprint("audit", __name__)
 PER_PAGE, MAX_PER_PAGE = 50, 200

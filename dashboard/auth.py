@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, session, url_for
 
-from vvolguard.adapters.limits import LoginLimiter, Refused
+from vvolguard.services.limits import LoginLimiter, Refused
 from vvolguard.errors import VvgError
 from vvolguard.services.users import ROLES, SESSION_LIFETIME_S, UserService
 

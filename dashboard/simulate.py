@@ -6,7 +6,7 @@ import re
 from flask import Blueprint, current_app, g, render_template, request
 
 from dashboard.auth import role_required
-from vvolguard.adapters.limits import Refused, GuessSlots
+from vvolguard.services.limits import GuessSlots, Refused
 from vvolguard.domain.events import TYPES
 from vvolguard.errors import VvgError
 from vvolguard.domain.policy import ID_RE

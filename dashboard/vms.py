@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 
 from dashboard.auth import actor, role_required
 from vvolguard.domain.policy import ID_RE
 from vvolguard.errors import VvgError
+from vvolguard.services.diagnostics import CLIENT_ERRORS
 from vvolguard.services.keys import key_states
 from vvolguard.services.quarantine import MAX_REASON, QuarantineService
 from vvolguard.services.vms import is_ec2_vm
@@ -43,7 +43,7 @@ def vm_page(vm_id: str):
     preflight, preflight_error = None, None
     try:  # will this VM boot? (docs/preflight.md)
         preflight = root.preflight.run(vm_id)
-    except (VvgError, BotoCoreError, ClientError) as exc:
+    except (VvgError, *CLIENT_ERRORS) as exc:
         preflight_error = getattr(exc, "message", None) or type(exc).__name__
     return render_template("vms/page.html", vm_id=vm_id, policies=policies, quarantine=quarantine, audit=audit,
                            keyvols=keyvols, now=datetime.now(timezone.utc), max_reason=MAX_REASON,

@@ -358,9 +358,11 @@ def start_ec2_poller(settings: Any, stopping: threading.Event) -> threading.Thre
         return None
 
     def loop() -> None:
-        from vvolguard.services.vms import Ec2Poller
+        from vvolguard.handlers.ec2_lifecycle import process
+        from vvolguard.services.vms import Ec2Lifecycle, Ec2Poller
 
-        poller = Ec2Poller(settings)
+        lifecycle = Ec2Lifecycle(settings)
+        poller = Ec2Poller(settings, feed=lambda event: process(event, lifecycle))
         while not stopping.wait(settings.ec2_poll_seconds):
             try:
                 poller.poll()

@@ -7,12 +7,8 @@ import os
 import sys
 from typing import Any, Iterable, NoReturn, Sequence
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from pynamodb.exceptions import PynamoDBException
-
-from vvolguard.adapters import target
 from vvolguard.errors import VvgError
+from vvolguard.services import diagnostics
 
 MAX_STDIN_PASSWORD = 1024
 DEFAULT_API_URL = "http://127.0.0.1:3000"
@@ -269,9 +265,7 @@ def cli_actor(settings) -> str:
     if "actor" not in _actor_cache:
         import getpass
 
-        from vvolguard.adapters.aws import caller_arn
-
-        who = caller_arn(settings.region)
+        who = diagnostics.caller_arn(settings.region)
         if not who:
             try:
                 who = getpass.getuser()
@@ -315,7 +309,7 @@ POLICY_COLUMNS = ("volume_id", "vm_id", "host_id", "storage_array", "size_mb", "
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from vvolguard.adapters.audit import RECORD_FIELDS
+    from vvolguard.services.audit_queries import RECORD_FIELDS
 
     log = _root().audit
     if args.action == "list":
@@ -370,8 +364,7 @@ def _audit_export(args: argparse.Namespace) -> int:
     import tempfile
     from datetime import datetime, timezone
 
-    from vvolguard.adapters.audit import export_row
-    from vvolguard.services.audit_queries import export_items, parse_duration
+    from vvolguard.services.audit_queries import export_items, export_row, parse_duration
 
     since = None
     if args.since is not None:
@@ -403,7 +396,7 @@ def _audit_verify_file(log, name: str, allow_gaps: bool) -> int:
     """`vvg audit verify --file EXPORT.json`: the export's records checked offline with the audit key."""
     import os
 
-    from vvolguard.adapters.audit import verify_export
+    from vvolguard.services.audit_queries import verify_export
 
     try:
         with open(name, "rb") as fh:
@@ -418,7 +411,7 @@ def _audit_verify_file(log, name: str, allow_gaps: bool) -> int:
         raise CliError(f"audit verify: {name} is not JSON (an export is a JSON array of records)") from None
     if not isinstance(records, list):
         raise CliError(f"audit verify: {name} is not a JSON array of audit records")
-    summary = verify_export(log._key(), records, allow_gaps=allow_gaps)
+    summary = verify_export(log, records, allow_gaps=allow_gaps)
     _out(summary)
     if not summary["ok"]:
         p = summary["first_problem"]
@@ -838,12 +831,12 @@ def _key_service(message: str) -> str:
 
 def _aws_failure(exc: BaseException) -> str:
     """One line for an AWS failure: its cause, the endpoint, region and account (docs/cli.md)."""
-    text = target.describe(exc)
+    text = diagnostics.describe(exc)
     if text:
         return text
     # A PynamoDB error without an AWS error underneath (e.g. a malformed item)
     return f"DynamoDB request failed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]} " \
-           f"(endpoint {target.endpoint()}, region {target.region()})"
+           f"(endpoint {diagnostics.endpoint()}, region {diagnostics.region()})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -858,10 +851,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     except VvgError as exc:
         # A key held in KMS / Secrets Manager that could not be used: say why and where.
-        cause = target.describe(exc, service=_key_service(exc.message)) if exc.code == "key_unavailable" else None
+        cause = diagnostics.describe(exc, service=_key_service(exc.message)) if exc.code == "key_unavailable" else None
         sys.stderr.write(f"vvg: error: {exc.message}" + (f": {cause}" if cause else "") + "\n")
         return 1
-    except (PynamoDBException, ClientError, BotoCoreError) as exc:
+    except diagnostics.AWS_ERRORS as exc:
         sys.stderr.write(f"vvg: error: {_aws_failure(exc)}\n")
         return 1
     except KeyboardInterrupt:

@@ -18,9 +18,14 @@ from botocore.exceptions import (
     PartialCredentialsError,
     ReadTimeoutError,
 )
+from pynamodb.exceptions import PynamoDBException
 
 LOCAL_HINT = "for the local stack, run '. .vvg/env' (written by 'make run') first"
 TABLES_HINT = "are the tables created? start the local stack ('make run') or deploy the stack (docs/deploy.md)"
+# The AWS libraries' failures, for the transports that tell them without importing an AWS library
+# (through services/diagnostics.py): the provider's (botocore) and, in AWS_ERRORS, the tables' too.
+CLIENT_ERRORS: tuple[type[Exception], ...] = (ClientError, BotoCoreError)
+AWS_ERRORS: tuple[type[Exception], ...] = (PynamoDBException, ClientError, BotoCoreError)
 
 
 def region(env: dict[str, str] | None = None) -> str:

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
-from vvolguard.adapters.audit import RECORD_FIELDS, months
+from vvolguard.adapters.audit import REPLAY_FIELDS, RECORD_FIELDS, AuditLog, export_row, months  # noqa: F401
+from vvolguard.adapters.audit import verify_export as _verify_export
 from vvolguard.adapters.models import AuditItem
 from vvolguard.domain.policy import ID_RE
 from vvolguard.errors import InvalidInput
@@ -310,3 +311,10 @@ def export_items(vm_id: str | None = None, since: str | None = None) -> list[Aud
             run = run[first:]
         out.extend(run)
     return out
+
+
+def verify_export(log: AuditLog, records: list[Any], allow_gaps: bool = False) -> dict[str, Any]:
+    """An export's records (``vvg audit export``'s JSON array) checked offline against the audit key
+    (docs/audit-export.md); the key stays inside this call. REPLAY_FIELDS and export_row are the export's
+    columns, for the CLI and the dashboard."""
+    return _verify_export(log._key(), records, allow_gaps=allow_gaps)

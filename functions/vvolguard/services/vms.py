@@ -335,17 +335,13 @@ class Ec2Lifecycle:
 class Ec2Poller:
     """The local stack's stand-in for the EventBridge rule (docs/ec2-vms.md): reads the emulation's instance
     states and feeds each change, and each running instance (for vm.booted and heartbeats), to the lifecycle
-    handler, in the notification's own shape."""
+    handler, in the notification's own shape. ``feed`` is that handler (infra/local.py passes it: a service
+    never imports a handler)."""
 
-    def __init__(self, settings: Settings, feed=None) -> None:
+    def __init__(self, settings: Settings, feed) -> None:
         self.settings = settings
         self.ec2 = Ec2(settings)
         self.seen: dict[str, str] = {}
-        if feed is None:
-            from vvolguard.handlers.ec2_lifecycle import process
-
-            lifecycle = Ec2Lifecycle(settings)
-            feed = lambda event: process(event, lifecycle)  # noqa: E731
         self.feed = feed
 
     def poll(self, now: datetime | None = None) -> list[dict[str, Any]]:
