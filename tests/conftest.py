@@ -93,11 +93,26 @@ def vvg(monkeypatch):
     def run(*argv: str, stdin: str = "") -> CliResult:
         out, err = io.StringIO(), io.StringIO()
         monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin.encode("utf-8"))))
-        with redirect_stdout(out), redirect_stderr(err):
+        me = threading.current_thread()
+        with redirect_stdout(_ThisThread(out, sys.stdout, me)), redirect_stderr(_ThisThread(err, sys.stderr, me)):
             code = main(list(argv))
         return CliResult(code, out.getvalue(), err.getvalue())
 
     return run
+
+
+class _ThisThread(io.TextIOBase):
+    """What the CLI's own thread writes goes to ``mine``; another thread's (a local stack's server thread
+    logging a dropped connection, say) to where it went before, not into the CLI's captured output."""
+
+    def __init__(self, mine: io.StringIO, other, thread: threading.Thread) -> None:
+        self.mine, self.other, self.thread = mine, other, thread
+
+    def write(self, text: str) -> int:
+        return (self.mine if threading.current_thread() is self.thread else self.other).write(text)
+
+    def flush(self) -> None:
+        self.other.flush()
 
 
 def free_port() -> int:
