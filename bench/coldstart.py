@@ -1,0 +1,165 @@
+"""The event handler's cold start: what importing its path costs, as a whole fresh Python process, over
+``import boto3`` (docs/benchmarks.md#cold-start).
+
+What is measured: each figure is the CPU time (user + system, from ``getrusage(RUSAGE_CHILDREN)``) of a fresh ``python -c``
+process, from spawn to exit, the median of ``--runs`` runs:
+
+- **boto3**, the floor: ``import boto3`` (every handler that talks to AWS pays it);
+- **handler**: ``import vvolguard.handlers.events`` alone, what Lambda imports when the container starts
+  (the handler builds its service on the first call, not at import);
+- **path**, the headline: the handler module and every vvolguard module its first call imports, imported in
+  the order the first call imports them (with whatever they import: PynamoDB, boto3, ...). The list is
+  taken, at the start of each run, from a child that makes the first call's set-up for real:
+  ``h.service()``, which builds the composition root (``Services.build()``) and the ``EventService``. A first
+  real event (an HMAC host's vm.preboot) imports no vvolguard module beyond those; an Ed25519 host's also
+  imports vvolguard.domain.hostkeys and cryptography's Ed25519, only then;
+- **first call**: ``h.service()`` itself, for reference: the path's imports plus what building costs beyond
+  importing, mostly botocore creating the DynamoDB client (its service model and endpoint rules), which any
+  boto3 program pays on its first call and ``import boto3`` does not.
+
+``cold_import_ratio`` = median *path* / median *boto3* (goal: at most 1.2). The children get the functions'
+environment from template.yaml, dummy credentials and an ``AWS_ENDPOINT_URL`` on a closed loopback port:
+nothing is sent anywhere. The runs alternate (one of each case in turn, the order reversed every other
+round) after one unmeasured warm-up of each (the .pyc files, the page cache), so a burst of load on the
+machine lands on every case alike; CPU time rather than wall clock because on a shared 2-core machine
+other processes stretch the wall clock of a 0.2 s process by more than the difference measured (the
+wall-clock medians are printed and reported beside it).
+
+    .venv/bin/python -m bench.coldstart [--runs 25] [--merge FILE]
+
+Prints the figures and, last, one JSON line; with ``--merge FILE`` that line also holds the last JSON line
+of FILE (``make bench`` chains bench/fleet.py, bench/pages.py, this and bench/exposure.py this way).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOOR = "import boto3"
+HANDLER = "import vvolguard.handlers.events"
+FIRST_CALL = "import vvolguard.handlers.events as h; h.service()"
+
+
+def last_json(path: str) -> dict:
+    """The last line of ``path`` that is a JSON object ({} if none)."""
+    for line in reversed(Path(path).read_text(errors="replace").splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                return data
+    return {}
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env() -> dict[str, str]:
+    """The functions' environment from template.yaml, dummy credentials and an endpoint that answers
+    nothing: the children must not reach AWS (nor need to)."""
+    sys.path.insert(0, str(ROOT))
+    from infra.template import Template
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "VVG_", "PYTHON"))}
+    env.update(Template().environment())
+    env.update({"AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_closed_port()}",
+                "AWS_EC2_METADATA_DISABLED": "true"})
+    return env
+
+
+def run_once(code: str, env: dict[str, str]) -> tuple[float, float, str]:
+    """(CPU ms, wall ms, stdout) of one fresh ``python -c code``; raises if it fails."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    out, err = proc.communicate()
+    wall = (time.perf_counter() - t0) * 1000
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the children run one at a time: the delta is this one's
+    if proc.returncode != 0:
+        raise RuntimeError(f"{code!r} failed ({proc.returncode}): {err.decode(errors='replace')[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return cpu * 1000, wall, out.decode()
+
+
+def first_call_modules(env: dict[str, str]) -> list[str]:
+    """The vvolguard modules the first call's set-up imports, in the order it imports them."""
+    code = FIRST_CALL + "; import json, sys; print(json.dumps([m for m in sys.modules if m.split('.')[0] == 'vvolguard']))"
+    return json.loads(run_once(code, env)[2])
+
+
+def cases(env: dict[str, str]) -> dict[str, str]:
+    return {"boto3": FLOOR, "handler": HANDLER, "path": "import " + ", ".join(first_call_modules(env)),
+            "first_call": FIRST_CALL}
+
+
+def measure(codes: dict[str, str], runs: int, env: dict[str, str]) -> dict[str, dict[str, list[float]]]:
+    """``runs`` alternating rounds of every case, after one warm-up each."""
+    for code in codes.values():
+        run_once(code, env)
+    out: dict[str, dict[str, list[float]]] = {name: {"cpu": [], "wall": []} for name in codes}
+    for i in range(runs):
+        for name in (list(codes) if i % 2 == 0 else list(reversed(codes))):
+            cpu, wall, _ = run_once(codes[name], env)
+            out[name]["cpu"].append(cpu)
+            out[name]["wall"].append(wall)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=25)
+    ap.add_argument("--merge", help="a file whose last JSON line is merged into this one's (make bench)")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    env = child_env()
+    codes = cases(env)
+    samples = measure(codes, args.runs, env)
+    med = {name: {k: statistics.median(v) for k, v in s.items()} for name, s in samples.items()}
+    for name, code in codes.items():
+        q = statistics.quantiles(samples[name]["cpu"], n=4) if args.runs > 1 else [med[name]["cpu"]] * 3
+        shown = code if len(code) < 90 else f"{code[:70]} ... ({code.count(',') + 1} modules)"
+        print(f"[{name:>10}] CPU median {med[name]['cpu']:6.1f} ms (quartiles {q[0]:.1f}-{q[2]:.1f}), "
+              f"wall median {med[name]['wall']:6.1f} ms: python -c {shown!r}", flush=True)
+    ratio = med["path"]["cpu"] / med["boto3"]["cpu"]
+    res = {
+        "cold_import_ratio": round(ratio, 3),
+        "cold_path_cpu_ms": round(med["path"]["cpu"], 1),
+        "cold_boto3_cpu_ms": round(med["boto3"]["cpu"], 1),
+        "cold_handler_cpu_ms": round(med["handler"]["cpu"], 1),
+        "cold_first_call_cpu_ms": round(med["first_call"]["cpu"], 1),
+        "cold_handler_ratio": round(med["handler"]["cpu"] / med["boto3"]["cpu"], 3),
+        "cold_first_call_ratio": round(med["first_call"]["cpu"] / med["boto3"]["cpu"], 3),
+        "cold_import_wall_ratio": round(med["path"]["wall"] / med["boto3"]["wall"], 3),
+        "cold_path_wall_ms": round(med["path"]["wall"], 1),
+        "cold_boto3_wall_ms": round(med["boto3"]["wall"], 1),
+        "cold_path_modules": codes["path"].count(",") + 1,
+        "cold_runs": args.runs,
+    }
+    print(f"[coldstart] the handler's import path / import boto3: x{ratio:.3f} CPU time (goal <= 1.2), "
+          f"x{res['cold_import_wall_ratio']:.3f} wall clock; the handler module alone x{res['cold_handler_ratio']:.3f}, "
+          f"the first call's set-up x{res['cold_first_call_ratio']:.3f}; {time.perf_counter() - t0:.0f} s", flush=True)
+    merged = {**(last_json(args.merge) if args.merge else {}), **res}
+    print(json.dumps(merged))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
