@@ -99,14 +99,45 @@ def run_once(code: str, env: dict[str, str]) -> tuple[float, float, str]:
     return cpu * 1000, wall, out.decode()
 
 
-def first_call_modules(env: dict[str, str]) -> list[str]:
-    """The vvolguard modules the first call's set-up imports, in the order it imports them."""
-    code = FIRST_CALL + "; import json, sys; print(json.dumps([m for m in sys.modules if m.split('.')[0] == 'vvolguard']))"
-    return json.loads(run_once(code, env)[2])
+# What any boto3 program loads to make a call (botocore's client, its HTTP stack): not the handler's own path.
+BOTO_FAMILY = {"boto3", "botocore", "s3transfer", "urllib3", "dateutil", "jmespath", "six", "certifi"}
+DISCOVER = """
+import json, os, sys
+import vvolguard.handlers.events as h
+answer = h.handler(json.loads(os.environ["VVG_BENCH_EVENT"]), None)
+print(json.dumps({"status": answer["statusCode"], "body": answer["body"][:300],
+                  "modules": [m for m, mod in list(sys.modules.items()) if getattr(mod, "__file__", None)]}))
+"""
+
+
+def first_event_modules(env: dict[str, str]) -> list[str]:
+    """The modules of the handler's path: those a fresh process has loaded after its first real event (a
+    signed vm.preboot of the demo's HMAC host, attaching a volume, against the local stack's emulation),
+    in the order it loaded them, less the standard library and boto3's own family (loaded with whatever
+    imports them: what any boto3 program needs to make a call is the floor's side)."""
+    sys.path.insert(0, str(ROOT))
+    from infra.local import LocalStack
+    from vvolguard.domain.secrets import sign
+
+    with LocalStack(seed=True, gateway=False, dashboard=False, reconcile_seconds=0, quiet=True) as stack:
+        body = json.dumps({"event_id": "coldstart-1", "type": "vm.preboot", "vm_id": "vm-1"}).encode()
+        event = {"version": "2.0", "routeKey": "POST /v1/events", "rawPath": "/v1/events", "isBase64Encoded": False,
+                 "headers": {"content-type": "application/json", "x-vvg-host": stack.host_id,
+                             "x-vvg-signature": sign(stack.host_secret, int(time.time()), body)},
+                 "body": body.decode(), "requestContext": {"http": {"method": "POST", "path": "/v1/events"}}}
+        out = json.loads(run_once(DISCOVER, {**env, **stack.environment(), "VVG_BENCH_EVENT": json.dumps(event)})[2])
+    if out["status"] != 200 or '"outcome":"done"' not in out["body"]:
+        raise RuntimeError(f"the first event did not attach: {out['status']} {out['body']}")
+    keep = []
+    for name in out["modules"]:
+        top = name.partition(".")[0]
+        if top == "vvolguard" or not (top in sys.stdlib_module_names or top in BOTO_FAMILY or top.startswith("_")):
+            keep.append(name)
+    return keep
 
 
 def cases(env: dict[str, str]) -> dict[str, str]:
-    return {"boto3": FLOOR, "handler": HANDLER, "path": "import " + ", ".join(first_call_modules(env)),
+    return {"boto3": FLOOR, "handler": HANDLER, "path": "import " + ", ".join(first_event_modules(env)),
             "first_call": FIRST_CALL}
 
 
