@@ -70,7 +70,7 @@ def reserved_identity(settings: Settings, host_id: str | None) -> HostIdentity |
     """The provider identity of a reserved host (vvolguard acting as ``aws-ec2`` for EC2 VMs,
     docs/ec2-vms.md), or None for any other host. It has no enrolled secret: its credential digest is
     derived from the audit key (a server-side secret), never from anything a caller could present."""
-    from vvolguard.domain.policy_diff import RESERVED_HOSTS
+    from vvolguard.domain.constants import RESERVED_HOSTS
 
     if host_id not in RESERVED_HOSTS:
         return None

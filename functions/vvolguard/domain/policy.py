@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vvolguard.domain.constants import DEFAULT_LEASE_S, ID_RE, KEY_BITS, PASSWORD_LEN
+from vvolguard.domain.constants import no_duplicate_keys  # noqa: F401 - imported from here too
 from vvolguard.errors import PolicyValidationError
 ATTACH_ON = ("preboot", "app_start", "license_check", "request")
 DETACH_ON = ("postboot", "shutdown", "app_stop", "license_verified", "request")
@@ -212,16 +213,6 @@ def mixed_attach_to(specs: list[PolicySpec], where=lambda s: s.volume_id) -> lis
         if spec.attach_to != ref.attach_to:
             out.append(f"{where(spec)}: attach_to: every volume of {spec.vm_id} must have the same value; "
                        f"{ref.volume_id} has {ref.attach_to}, this one {spec.attach_to}")
-    return out
-
-
-def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
-    """json.loads object_pairs_hook that refuses a key given twice (shared by every strict JSON reader)."""
-    out: dict = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
     return out
 
 

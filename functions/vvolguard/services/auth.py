@@ -9,8 +9,7 @@ from dataclasses import dataclass
 
 from vvolguard.adapters import aws
 from vvolguard.adapters.models import HostItem
-from vvolguard.domain.policy import ID_RE
-from vvolguard.domain.policy_diff import RESERVED_HOSTS
+from vvolguard.domain.constants import ID_RE, RESERVED_HOSTS
 from vvolguard.domain.secrets import signature_matches
 from vvolguard.errors import AuthError, BadSignature, MissingSignature, StaleSignature, UnknownHost
 from vvolguard.settings import Settings
