@@ -40,7 +40,7 @@ import socket
 import statistics
 import subprocess
 import sys
-import sysconfig
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,18 +71,50 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def child_env() -> dict[str, str]:
+def lambda_packages(target: Path) -> list[str]:
+    """Link into ``target`` what SAM packages with the functions: functions/requirements.txt and what those
+    require, and nothing else of the development environment (Flask's blinker, say, which PynamoDB imports
+    when it finds it, is not in the function). Returns the distributions' names."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    todo = [Requirement(line.split("#")[0].strip()).name
+            for line in (ROOT / "functions" / "requirements.txt").read_text().splitlines()
+            if line.split("#")[0].strip()]
+    seen: dict[str, str] = {}
+    while todo:
+        name = todo.pop()
+        if canonicalize_name(name) in seen:
+            continue
+        dist = metadata.distribution(name)
+        seen[canonicalize_name(name)] = dist.metadata["Name"]
+        for spec in dist.requires or []:
+            req = Requirement(spec)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+        for f in dist.files or []:
+            top = f.parts[0]
+            if top.endswith((".dist-info", ".pth")) or top in ("..", "__pycache__"):
+                continue
+            src, dst = Path(dist.locate_file(top)), target / top
+            if src.exists() and not dst.exists():
+                dst.symlink_to(src)
+    return sorted(seen.values())
+
+
+def child_env(packages: Path) -> dict[str, str]:
     """The functions' environment from template.yaml, dummy credentials and an endpoint that answers
-    nothing: the children must not reach AWS (nor need to)."""
+    nothing (the children must not reach AWS, nor need to), laid out as in Lambda: the functions' code and
+    ``packages`` (lambda_packages) on sys.path, nothing else. The children run with -S: no site-packages,
+    and so not the development install's editable-package finder either, which costs every process ~25 ms."""
     sys.path.insert(0, str(ROOT))
     from infra.template import Template
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "VVG_", "PYTHON"))}
     env.update(Template().environment())
-    # Laid out as in Lambda: the function's code and the packages on sys.path, nothing else (run with -S,
-    # so the development install's editable-package finder, which costs every process ~25 ms, is not run).
-    paths = dict.fromkeys([str(ROOT / "functions"), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "functions"), str(packages)])
     env.update({"AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_closed_port()}",
                 "AWS_EC2_METADATA_DISABLED": "true"})
@@ -142,7 +174,8 @@ def first_event_modules(env: dict[str, str]) -> list[str]:
 
 
 def cases(env: dict[str, str]) -> dict[str, str]:
-    return {"boto3": FLOOR, "handler": HANDLER, "path": "import " + ", ".join(first_event_modules(env)),
+    """The four children's code; the path imports boto3 first: the floor is part of it by construction."""
+    return {"boto3": FLOOR, "handler": HANDLER, "path": "import " + ", ".join(["boto3", *first_event_modules(env)]),
             "first_call": FIRST_CALL}
 
 
@@ -165,9 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge", help="a file whose last JSON line is merged into this one's (make bench)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    env = child_env()
-    codes = cases(env)
-    samples = measure(codes, args.runs, env)
+    with tempfile.TemporaryDirectory(prefix="vvg-coldstart-") as packages:
+        shipped = lambda_packages(Path(packages))
+        env = child_env(Path(packages))
+        codes = cases(env)
+        print(f"[coldstart] the children see the functions' code and what SAM packages with them: {', '.join(shipped)}",
+              flush=True)
+        print(f"[coldstart] the path, from a first real event: {codes['path'][len('import '):]}", flush=True)
+        samples = measure(codes, args.runs, env)
     med = {name: {k: statistics.median(v) for k, v in s.items()} for name, s in samples.items()}
     for name, code in codes.items():
         q = statistics.quantiles(samples[name]["cpu"], n=4) if args.runs > 1 else [med[name]["cpu"]] * 3

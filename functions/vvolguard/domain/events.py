@@ -8,7 +8,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from vvolguard.domain.constants import EVENT_ID_RE, ID_RE, KEY_BITS, PASSWORD_LEN, no_duplicate_keys
 from vvolguard.errors import InvalidEvent, InvalidJson
@@ -66,8 +66,7 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass(frozen=True)
-class Software:
+class Software(NamedTuple):  # immutable records as NamedTuples: see adapters/provider.py HostIdentity
     """One installed security product reported by guest.inventory."""
 
     name: str

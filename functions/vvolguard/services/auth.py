@@ -5,7 +5,7 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vvolguard.adapters import aws
 from vvolguard.adapters.models import HostItem
@@ -25,8 +25,7 @@ ED25519_PREFIX = "ed25519="
 ED25519_SIG_RE = re.compile(r"^t=(\d{1,12}),ed25519=([A-Za-z0-9+/]{86}==)\Z")
 
 
-@dataclass(frozen=True)
-class AuthenticatedHost:
+class AuthenticatedHost(NamedTuple):  # a NamedTuple: see adapters/provider.py HostIdentity
     """A host whose signature checked out."""
 
     host_id: str
