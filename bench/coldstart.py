@@ -25,7 +25,7 @@ machine lands on every case alike; CPU time rather than wall clock because on a 
 other processes stretch the wall clock of a 0.2 s process by more than the difference measured (the
 wall-clock medians are printed and reported beside it).
 
-    .venv/bin/python -m bench.coldstart [--runs 25] [--merge FILE]
+    .venv/bin/python -m bench.coldstart [--runs 25] [--merge FILE] [--functions OTHER_CHECKOUT/functions]
 
 Prints the figures and, last, one JSON line; with ``--merge FILE`` that line also holds the last JSON line
 of FILE (``make bench`` chains bench/fleet.py, bench/pages.py, this and bench/exposure.py this way).
@@ -104,7 +104,7 @@ def lambda_packages(target: Path) -> list[str]:
     return sorted(seen.values())
 
 
-def child_env(packages: Path) -> dict[str, str]:
+def child_env(packages: Path, functions: Path = ROOT / "functions") -> dict[str, str]:
     """The functions' environment from template.yaml, dummy credentials and an endpoint that answers
     nothing (the children must not reach AWS, nor need to), laid out as in Lambda: the functions' code and
     ``packages`` (lambda_packages) on sys.path, nothing else. The children run with -S: no site-packages,
@@ -114,7 +114,7 @@ def child_env(packages: Path) -> dict[str, str]:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "VVG_", "PYTHON"))}
     env.update(Template().environment())
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "functions"), str(packages)])
+    env["PYTHONPATH"] = os.pathsep.join([str(functions), str(packages)])
     env.update({"AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_closed_port()}",
                 "AWS_EC2_METADATA_DISABLED": "true"})
@@ -136,6 +136,8 @@ def run_once(code: str, env: dict[str, str]) -> tuple[float, float, str]:
     return cpu * 1000, wall, out.decode()
 
 
+# Packages a first event of an HMAC host must not load (the dashboard's, the policy file's YAML, Ed25519's).
+HEAVY = {"flask", "jinja2", "werkzeug", "dashboard", "yaml", "cryptography"}
 # What any boto3 program loads to make a call (botocore's client, its HTTP stack): not the handler's own path.
 BOTO_FAMILY = {"boto3", "botocore", "s3transfer", "urllib3", "dateutil", "jmespath", "six", "certifi"}
 DISCOVER = """
@@ -165,6 +167,9 @@ def first_event_modules(env: dict[str, str]) -> list[str]:
         out = json.loads(run_once(DISCOVER, {**env, **stack.environment(), "VVG_BENCH_EVENT": json.dumps(event)})[2])
     if out["status"] != 200 or '"outcome":"done"' not in out["body"]:
         raise RuntimeError(f"the first event did not attach: {out['status']} {out['body']}")
+    heavy = sorted({m.partition(".")[0] for m in out["modules"] if m.partition(".")[0] in HEAVY})
+    if heavy:  # tests/test_coldstart.py guards the same without the network; this is the real first event
+        print(f"[coldstart] WARNING: the first event imported {', '.join(heavy)}", flush=True)
     keep = []
     for name in out["modules"]:
         top = name.partition(".")[0]
@@ -196,11 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=25)
     ap.add_argument("--merge", help="a file whose last JSON line is merged into this one's (make bench)")
+    ap.add_argument("--functions", type=Path, default=ROOT / "functions",
+                    help="another checkout's functions/ to measure (a before/after comparison; default: this one's)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vvg-coldstart-") as packages:
         shipped = lambda_packages(Path(packages))
-        env = child_env(Path(packages))
+        env = child_env(Path(packages), args.functions.resolve())
         codes = cases(env)
         print(f"[coldstart] the children see the functions' code and what SAM packages with them: {', '.join(shipped)}",
               flush=True)
