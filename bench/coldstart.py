@@ -1,29 +1,31 @@
 """The event handler's cold start: what importing its path costs, as a whole fresh Python process, over
 ``import boto3`` (docs/benchmarks.md#cold-start).
 
-What is measured: each figure is the CPU time (user + system, from ``getrusage(RUSAGE_CHILDREN)``) of a fresh ``python -c``
-process, from spawn to exit, the median of ``--runs`` runs:
+What is measured: each figure is the CPU time (user + system, from ``getrusage(RUSAGE_CHILDREN)``) of a fresh
+``python -S -c ...`` process, from spawn to exit, the median of ``--runs`` runs:
 
 - **boto3**, the floor: ``import boto3`` (every handler that talks to AWS pays it);
 - **handler**: ``import vvolguard.handlers.events`` alone, what Lambda imports when the container starts
   (the handler builds its service on the first call, not at import);
-- **path**, the headline: the handler module and every vvolguard module its first call imports, imported in
-  the order the first call imports them (with whatever they import: PynamoDB, boto3, ...). The list is
-  taken, at the start of each run, from a child that makes the first call's set-up for real:
-  ``h.service()``, which builds the composition root (``Services.build()``) and the ``EventService``. A first
-  real event (an HMAC host's vm.preboot) imports no vvolguard module beyond those; an Ed25519 host's also
-  imports vvolguard.domain.hostkeys and cryptography's Ed25519, only then;
-- **first call**: ``h.service()`` itself, for reference: the path's imports plus what building costs beyond
-  importing, mostly botocore creating the DynamoDB client (its service model and endpoint rules), which any
-  boto3 program pays on its first call and ``import boto3`` does not.
+- **path**, the headline: ``import boto3`` and every module a first real event loaded, in the order it loaded
+  them. The list comes, on each run, from a child that handles one (a signed vm.preboot of the demo's HMAC
+  host, attaching a volume, against the local stack's emulation): vvolguard's modules and other packages'
+  (PynamoDB), less the standard library and boto3's family, which come with whatever imports them (what
+  botocore loads only to make a call, any boto3 program pays). An Ed25519 key host's first event also
+  imports cryptography; the HMAC host's does not;
+- **first call**: ``h.service()``, for reference: the path plus building the composition root and the
+  EventService, mostly botocore creating the DynamoDB client (its service model and endpoint rules), which
+  any boto3 program's first client costs and ``import boto3`` does not.
 
-``cold_import_ratio`` = median *path* / median *boto3* (goal: at most 1.2). The children get the functions'
-environment from template.yaml, dummy credentials and an ``AWS_ENDPOINT_URL`` on a closed loopback port:
-nothing is sent anywhere. The runs alternate (one of each case in turn, the order reversed every other
-round) after one unmeasured warm-up of each (the .pyc files, the page cache), so a burst of load on the
-machine lands on every case alike; CPU time rather than wall clock because on a shared 2-core machine
-other processes stretch the wall clock of a 0.2 s process by more than the difference measured (the
-wall-clock medians are printed and reported beside it).
+``cold_import_ratio`` = median *path* / median *boto3* (goal: at most 1.2). The children are laid out as the
+function is in Lambda: ``functions/`` and what SAM packages from functions/requirements.txt (with those
+packages' requirements) on sys.path, nothing else of the development environment; the functions'
+environment from template.yaml, dummy credentials and an ``AWS_ENDPOINT_URL`` on a closed loopback port
+(only the first event's child talks, to the emulation). The runs alternate (one of each case in turn, the
+order reversed every other round) after one unmeasured warm-up of each (the .pyc files, the page cache), so
+a burst of load on the machine lands on every case alike; CPU time rather than wall clock because on a
+shared 2-core machine other processes stretch the wall clock of a 0.2 s process by more than the difference
+measured (the wall-clock medians are printed and reported beside it).
 
     .venv/bin/python -m bench.coldstart [--runs 25] [--merge FILE] [--functions OTHER_CHECKOUT/functions]
 
