@@ -1,9 +1,10 @@
 """The event handler's cold start imports what its first call needs, no more (docs/benchmarks.md#cold-start).
 
-Checked in a fresh interpreter through ``sys.modules``, never by timing: bench/coldstart.py measures the
-time (``make bench``). The child builds the handler's service as its first call does (``Services.build()``
-and the EventService, no AWS call: the endpoint is a closed port) and answers one unsigned request, which
-is refused before any read.
+Checked through ``sys.modules``, never by timing (bench/coldstart.py measures the time, in ``make bench``):
+a fresh interpreter builds the handler's service as its first call does (``Services.build()`` and the
+EventService; no AWS call, the endpoint is a closed port) and answers one unsigned request, refused before
+any read; and, in-process under moto, an HMAC host's events run with the other commands' modules made
+unimportable (what the first call imports lazily).
 """
 from __future__ import annotations
 
@@ -67,3 +68,23 @@ def test_the_event_handlers_first_call__loads_no_heavy_package_and_no_other_comm
     assert heavy == [], f"the event path imports {heavy[:10]}: import them where they are used"
     off = sorted(m for m in OFF_PATH if m in modules)
     assert off == [], f"the event path imports {off}: import them where they are used"
+
+
+def test_an_hmac_hosts_events__run_with_the_other_commands_modules_unimportable(webhook, monkeypatch):
+    """The first call's lazy imports too (the test above sees only what is imported before a signature is
+    checked): with every module of OFF_PATH made unimportable, an HMAC host's vm.preboot and vm.booted still
+    attach and detach. The Ed25519 check (vvolguard.domain.hostkeys, which imports cryptography) is among
+    them: a shared-secret host never loads it."""
+    import importlib
+
+    from vvolguard.handlers import events as handler_module
+
+    handler_module.reset()  # a cold container: the service is built inside the blocked imports
+    for name in OFF_PATH:
+        parent, _, leaf = name.rpartition(".")
+        monkeypatch.delattr(importlib.import_module(parent), leaf, raising=False)  # `from parent import leaf`
+        monkeypatch.setitem(sys.modules, name, None)  # any import of it raises ImportError
+    code, body = webhook.send("vm.preboot", "vm-1")
+    assert code == 200 and [(d["action"], d["outcome"]) for d in body["decisions"]] == [("attach", "done")], body
+    code, body = webhook.send("vm.booted", "vm-1")
+    assert code == 200 and [(d["action"], d["outcome"]) for d in body["decisions"]] == [("detach", "done")], body
