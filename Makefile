@@ -35,13 +35,17 @@ lint: $(DEV_STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache
 
-# The fleet (bench/fleet.py), then the dashboard's pages (bench/pages.py), whose last line merges both JSON lines.
+# The fleet (bench/fleet.py), the dashboard's pages (bench/pages.py), the event handler's cold start
+# (bench/coldstart.py), then the measured exposure (bench/exposure.py): each merges the previous one's last
+# JSON line into its own, so the last line holds every figure.
 bench: $(DEV_STAMP)
 	( $(BIN)/python -m bench.fleet $(BENCH_ARGS); echo $$? > .bench-fleet.rc ) | tee .bench-fleet.out
 	test "$$(cat .bench-fleet.rc)" = 0
 	( $(BIN)/python -m bench.pages $(PAGES_BENCH_ARGS) --merge .bench-fleet.out; echo $$? > .bench-pages.rc ) | tee .bench-pages.out
 	test "$$(cat .bench-pages.rc)" = 0
-	$(BIN)/python -m bench.exposure $(EXPOSURE_BENCH_ARGS) --merge .bench-pages.out  # measured exposure: its last line merges all three
+	( $(BIN)/python -m bench.coldstart $(COLDSTART_BENCH_ARGS) --merge .bench-pages.out; echo $$? > .bench-coldstart.rc ) | tee .bench-coldstart.out
+	test "$$(cat .bench-coldstart.rc)" = 0
+	$(BIN)/python -m bench.exposure $(EXPOSURE_BENCH_ARGS) --merge .bench-coldstart.out  # its last line merges all four
 
 # 10,000 requests generated from openapi.yaml against a fresh local stack (FUZZ_ARGS="--requests N --seed S").
 fuzz: $(DEV_STAMP)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 from enum import StrEnum
+from typing import Any
 
 ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")  # volume, VM, host, app ids (docs/policy-file.md)
 EVENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")  # an event's id (docs/webhook-api.md)
@@ -15,6 +16,8 @@ DEFAULT_LEASE_S = 900  # max_attach_seconds when a policy leaves it out (docs/po
 PASSWORD_LEN = (1, 256)  # a volume password's length in characters, inclusive
 KEY_BITS = (1, 65536)  # key_bits of guest.inventory and a policy's min_key_bits, inclusive
 ROLES = ("viewer", "editor", "admin")  # dashboard roles, weakest first (docs/dashboard.md)
+# Hosts that are never enrolled but are valid host_ids (EC2 VMs' own host; docs/policy-apply.md).
+RESERVED_HOSTS = frozenset({"aws-ec2"})
 
 
 class Action(StrEnum):
@@ -48,3 +51,12 @@ def rfc3339(dt: datetime) -> str:
         dt = dt.astimezone(timezone.utc)
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
+
+def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """json.loads object_pairs_hook that refuses a key given twice (shared by every strict JSON reader)."""
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out

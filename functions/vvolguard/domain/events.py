@@ -8,11 +8,13 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from vvolguard.domain.constants import EVENT_ID_RE, ID_RE, KEY_BITS, PASSWORD_LEN
-from vvolguard.domain.policy import no_duplicate_keys
+from vvolguard.domain.constants import EVENT_ID_RE, ID_RE, KEY_BITS, PASSWORD_LEN, no_duplicate_keys
 from vvolguard.errors import InvalidEvent, InvalidJson
+
+if TYPE_CHECKING:
+    from vvolguard.domain.engine import Decision
 
 MAX_BODY = 64 * 1024
 RFC3339_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})\Z")
@@ -64,8 +66,7 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass(frozen=True)
-class Software:
+class Software(NamedTuple):  # immutable records as NamedTuples: see adapters/provider.py HostIdentity
     """One installed security product reported by guest.inventory."""
 
     name: str
@@ -227,6 +228,29 @@ def parse_doc(doc: Any, now: datetime | None = None) -> Event:
             out.append(Software(name, typ, bits))
         kwargs["apps"] = tuple(out)
     return Event(event_id=event_id, type=etype, vm_id=vm_id, **kwargs)
+
+
+# ---- what the audit keeps of an event for a policy-impact replay (domain/replay.py, docs/policy-impact.md);
+# here, not in replay.py, so that recording an event does not import the replay (docs/benchmarks.md#cold-start)
+
+def password_verdict(event: Event, decision: Decision) -> str:
+    """ok: a password was presented and the decision got past the password check; bad: it was presented and
+    refused, or never checked (locked, stale, not a request volume), so nothing proves it; none: none sent."""
+    if event.type != "volume.attach_request" or event.password is None:
+        return "none"
+    if decision.reason in ("bad_password", "locked", "not_a_request_volume", "stale", "quarantined"):
+        return "bad"
+    return "ok"
+
+
+def replay_fields(event: Event, decision: Decision) -> dict[str, str | None]:
+    """The audit record's replay fields for one decision of ``event`` (adapters/audit.py REPLAY_FIELDS)."""
+    return {
+        "occurred_at": event.occurred_at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" if event.occurred_at else "",
+        "app": event.app, "destination_host": event.destination_host, "source_host": event.source_host,
+        "apps": ",".join(f"{s.name}:{s.type}:{s.key_bits}" for s in event.apps) if event.apps else None,
+        "password_verdict": password_verdict(event, decision),
+    }
 
 
 from vvolguard.domain import registry as _registry  # noqa: E402 (the registry's entries use Event)

@@ -5,9 +5,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from vvolguard.domain.constants import DEFAULT_LEASE_S, ID_RE, KEY_BITS, PASSWORD_LEN
+from vvolguard.domain.constants import no_duplicate_keys  # noqa: F401 - imported from here too
 from vvolguard.errors import PolicyValidationError
 ATTACH_ON = ("preboot", "app_start", "license_check", "request")
 DETACH_ON = ("postboot", "shutdown", "app_stop", "license_verified", "request")
@@ -217,69 +216,6 @@ def mixed_attach_to(specs: list[PolicySpec], where=lambda s: s.volume_id) -> lis
     return out
 
 
-def _at(mark: Any) -> str:
-    """``line L, column C`` of a YAML mark (PyYAML counts from 0; people count from 1)."""
-    return f"line {mark.line + 1}, column {mark.column + 1}"
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """One line for a YAML error: where, what, and the context PyYAML gives (also with its place)."""
-    if not isinstance(exc, yaml.MarkedYAMLError):
-        return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-    problem = " ".join((exc.problem or "syntax error").split())
-    text = f"{_at(exc.problem_mark)}: {problem}" if exc.problem_mark is not None else problem
-    if exc.context:
-        context = " ".join(exc.context.split())
-        if exc.context_mark is not None and (exc.problem_mark is None or exc.context_mark.line != exc.problem_mark.line
-                                             or exc.context_mark.column != exc.problem_mark.column):
-            context += f" started at {_at(exc.context_mark)}"
-        text += f" ({context})"
-    return text[:300]
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """Safe YAML without anchors/aliases (no billion laughs); a key given twice in one mapping is a
-    problem, recorded with its line and column (the first value is kept so the rest is still checked)."""
-
-    def __init__(self, stream: Any) -> None:
-        super().__init__(stream)
-        self.duplicates: list[str] = []
-
-    def compose_node(self, parent, index):  # type: ignore[override]
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.constructor.ConstructorError(None, None, "aliases (*name) are not allowed", event.start_mark)
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node, deep=False):  # type: ignore[override]
-        seen = set()
-        kept = []
-        for key_node, value_node in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                dup = key in seen
-            except TypeError:
-                raise yaml.constructor.ConstructorError(None, None, "mapping keys must be plain values", key_node.start_mark)
-            if dup:
-                name = key if isinstance(key, str) and len(key) <= 64 and key.isprintable() else _short(key)
-                self.duplicates.append(f"{_at(key_node.start_mark)}: duplicate key {name!r} (the first one counts)")
-                continue
-            seen.add(key)
-            kept.append((key_node, value_node))
-        node.value = kept
-        return super().construct_mapping(node, deep=deep)
-
-
-def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
-    """json.loads object_pairs_hook that refuses a key given twice (shared by every strict JSON reader)."""
-    out: dict = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
-
-
 def _utf8_problem(data: bytes, exc: UnicodeDecodeError) -> str:
     """Where the first byte that is not UTF-8 is (line and column, counted in characters before it)."""
     head = data[: exc.start]
@@ -304,18 +240,14 @@ def parse_policy_text(data: bytes, name: str = "policy file") -> list[PolicySpec
     try:
         if name.endswith(".json"):
             doc = json.loads(text, object_pairs_hook=no_duplicate_keys)
-        else:  # YAML, which also reads JSON documents
-            loader = _StrictLoader(text)
-            try:
-                doc = loader.get_single_data()
-            finally:
-                loader.dispose()
-            problems = [f"{name}: {d}" for d in loader.duplicates]
+        else:  # YAML, which also reads JSON documents; PyYAML is imported here, never on the event path
+            from vvolguard.domain.policy_yaml import load_strict
+
+            doc, duplicates = load_strict(text, name)
+            problems = [f"{name}: {d}" for d in duplicates]
     except json.JSONDecodeError as exc:
         raise PolicyValidationError([f"{name}: not valid YAML or JSON: line {exc.lineno}, column {exc.colno}: "
                                      f"{exc.msg}"]) from None
-    except yaml.YAMLError as exc:
-        raise PolicyValidationError([f"{name}: not valid YAML or JSON: {_yaml_problem(exc)}"]) from None
     except (ValueError, RecursionError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if isinstance(exc, RecursionError):
@@ -332,6 +264,8 @@ def parse_policy_text(data: bytes, name: str = "policy file") -> list[PolicySpec
 
 def dump_policy_file(specs: list[PolicySpec]) -> str:
     """The policy file export writes (YAML, with the top-level key volumes)."""
+    import yaml
+
     from vvolguard.domain.natural import natural_key
 
     doc = {"volumes": [s.to_file_entry() for s in sorted(specs, key=lambda s: natural_key(s.volume_id))]}

@@ -7,14 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from vvolguard.domain.constants import RESERVED_HOSTS  # noqa: F401 - defined in constants.py, imported from here too
 from vvolguard.domain.policy import DEFAULTS, PolicySpec
 from vvolguard.domain.secrets import check_password
 
 # The fields a policy file sets, in the order a diff lists them (the password comes last).
 DIFF_FIELDS = ("vm_id", "host_id", "storage_array", "size_mb", "attach_on", "detach_on", "app",
                "authorized_apps", "os_disk_encryption", "max_attach_seconds", "min_key_bits", "attach_to")
-# Hosts that are never enrolled but are valid host_ids (EC2 VMs' own host; docs/policy-apply.md).
-RESERVED_HOSTS = frozenset({"aws-ec2"})
 _NAMED = 5
 
 

@@ -10,9 +10,9 @@ enrolled and active) is passed in.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from vvolguard.domain import engine as en  # its rules are read at call time (engine imports this module)
 from vvolguard.domain.constants import Action, Outcome
@@ -20,8 +20,7 @@ from vvolguard.domain.events import Event
 from vvolguard.errors import Forbidden, InvalidEvent, NotFound
 
 
-@dataclass(frozen=True)
-class Scope:
+class Scope(NamedTuple):  # immutable records as NamedTuples: see adapters/provider.py HostIdentity
     """The VM's partition as an authorization rule sees it: policies by volume, live grants by destination."""
 
     policies: dict[str, Any]
@@ -195,8 +194,7 @@ def _heartbeat(event: Event, vols: list[en.VolumeView], now: datetime, sender: s
 
 # ---------------------------------------------------------------- the registry
 
-@dataclass(frozen=True)
-class EventType:
+class EventType(NamedTuple):
     """One host event type."""
 
     name: str

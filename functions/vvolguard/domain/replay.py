@@ -27,28 +27,6 @@ REPLAY_HASH = "scrypt$2$1$1${}${}".format(
 VERDICTS = ("ok", "bad", "none")
 
 
-# ---- what is recorded (services/events.py fills the audit record's replay fields with this)
-
-def password_verdict(event: Event, decision: Decision) -> str:
-    """ok: a password was presented and the decision got past the password check; bad: it was presented and
-    refused, or never checked (locked, stale, not a request volume), so nothing proves it; none: none sent."""
-    if event.type != "volume.attach_request" or event.password is None:
-        return "none"
-    if decision.reason in ("bad_password", "locked", "not_a_request_volume", "stale", "quarantined"):
-        return "bad"
-    return "ok"
-
-
-def replay_fields(event: Event, decision: Decision) -> dict[str, str | None]:
-    """The audit record's replay fields for one decision of ``event`` (adapters/audit.py REPLAY_FIELDS)."""
-    return {
-        "occurred_at": event.occurred_at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" if event.occurred_at else "",
-        "app": event.app, "destination_host": event.destination_host, "source_host": event.source_host,
-        "apps": ",".join(f"{s.name}:{s.type}:{s.key_bits}" for s in event.apps) if event.apps else None,
-        "password_verdict": password_verdict(event, decision),
-    }
-
-
 # ---- what is replayed
 
 @dataclass

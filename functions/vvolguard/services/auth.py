@@ -5,12 +5,11 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vvolguard.adapters import aws
 from vvolguard.adapters.models import HostItem
-from vvolguard.domain.policy import ID_RE
-from vvolguard.domain.policy_diff import RESERVED_HOSTS
+from vvolguard.domain.constants import ID_RE, RESERVED_HOSTS
 from vvolguard.domain.secrets import signature_matches
 from vvolguard.errors import AuthError, BadSignature, MissingSignature, StaleSignature, UnknownHost
 from vvolguard.settings import Settings
@@ -26,8 +25,7 @@ ED25519_PREFIX = "ed25519="
 ED25519_SIG_RE = re.compile(r"^t=(\d{1,12}),ed25519=([A-Za-z0-9+/]{86}==)\Z")
 
 
-@dataclass(frozen=True)
-class AuthenticatedHost:
+class AuthenticatedHost(NamedTuple):  # a NamedTuple: see adapters/provider.py HostIdentity
     """A host whose signature checked out."""
 
     host_id: str

@@ -9,7 +9,7 @@ from vvolguard.adapters.metrics import Metrics
 from vvolguard.domain.constants import Outcome, rfc3339
 from vvolguard.domain.engine import Decision
 from vvolguard.domain.events import Event
-from vvolguard.domain.replay import replay_fields
+from vvolguard.domain.events import replay_fields
 from vvolguard.services.alerts import raise_alert
 from vvolguard.services.event_stores import EventContext
 from vvolguard.services.executors import Job

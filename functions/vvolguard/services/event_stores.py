@@ -39,7 +39,7 @@ from vvolguard.domain.events import MAX_BODY, Event
 from vvolguard.domain.fingerprint import body_key, body_mac, password_tag, same_body
 from vvolguard.errors import EventConflict, EventInProgress, PayloadTooLarge
 from vvolguard.services.auth import AuthenticatedHost
-from vvolguard.domain.policy_diff import RESERVED_HOSTS
+from vvolguard.domain.constants import RESERVED_HOSTS
 from vvolguard.settings import Settings
 
 EVENT_TTL_S = 7 * 86400
