@@ -1,7 +1,9 @@
 """The webhook under a fleet: a boot storm against the local stack's AWS emulation (moto server, HTTP).
 
 Prints events/s, p50/p99 latency, DynamoDB and provider calls per event (counted with botocore's
-before-call hooks), and the floor: the bare boto3 round trips a warm single-volume preboot cannot avoid
+before-call hooks); the storm's floor: every AWS call of the storm's events replayed as bare boto3 calls
+at the same concurrency, in slices alternating with the storm (bench/stormfloor.py, ``storm_floor_ratio``);
+and the warm floor: the bare boto3 round trips a warm single-volume preboot cannot avoid
 (Query, two TransactWriteItems, DescribeVolumes, AttachVolume) against the same server, measured
 alternately with the event path in the same run, for shared-secret (HMAC) hosts and for Ed25519 key
 hosts (docs/host-keys.md) side by side. Also p50 with 100 vs 100,000 policies in the table, and
