@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from types import SimpleNamespace
 
 import pytest
@@ -133,7 +132,7 @@ def test_confirm_refreshes_only_an_entry_of_the_same_credential_and_never_create
     auth = HostAuthenticator(SimpleNamespace())
     item = HostItem(host_id="h-1", cred_salt="s", cred_hash="cd" * 32, secret_version=2, status="active")
     auth._cache["h-1"] = (item, "secret", 1000.0)
-    now = datetime.now(timezone.utc)
+    now = time.time()
     clock[0] = 1100.0
     auth.confirm(AuthenticatedHost("h-1", 1, "cd" * 32), now)  # a claim made with the rotated-away version
     auth.confirm(AuthenticatedHost("h-1", 2, "ef" * 32), now)  # another digest
@@ -143,5 +142,5 @@ def test_confirm_refreshes_only_an_entry_of_the_same_credential_and_never_create
     assert "h-2" not in auth._cache
     auth.confirm(authenticated(item), now)
     assert auth._cache["h-1"][2] == pytest.approx(1100.0, abs=1.0)
-    auth.confirm(authenticated(item), datetime.fromtimestamp(time.time() - 50, timezone.utc))  # an older proof
+    auth.confirm(authenticated(item), time.time() - 50)  # an older proof
     assert auth._cache["h-1"][2] == pytest.approx(1100.0, abs=1.0)

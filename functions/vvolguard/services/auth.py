@@ -6,7 +6,6 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
 
 from vvolguard.adapters import aws
 from vvolguard.adapters.models import HostItem
@@ -75,13 +74,13 @@ class HostAuthenticator:
             self._cache[host_id] = (host, secret, now)
         return host, secret
 
-    def confirm(self, host: AuthenticatedHost, at: datetime) -> None:
+    def confirm(self, host: AuthenticatedHost, at: float) -> None:
         """A transaction holding HostGuard's condition for ``host`` committed: the host item then had exactly
         the standing ``host`` was authenticated with (every attribute the event path takes from the cached
-        record), so that record is current as of ``at`` (the event's clock, read before the transaction was
-        sent) and its lifetime restarts there. Only a cached entry of that very credential is refreshed (not
-        one replaced meanwhile by a newer read); none is created."""
-        age = min(max(0.0, time.time() - at.timestamp()), CACHE_S)
+        record), so that record is current as of ``at`` (Unix seconds: the event's clock, read before the
+        transaction was sent) and its lifetime restarts there. Only a cached entry of that very credential
+        is refreshed (not one replaced meanwhile by a newer read); none is created."""
+        age = min(max(0.0, time.time() - at), CACHE_S)
         proven = time.monotonic() - age
         with self._lock:
             hit = self._cache.get(host.host_id)
