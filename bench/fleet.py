@@ -1,7 +1,9 @@
 """The webhook under a fleet: a boot storm against the local stack's AWS emulation (moto server, HTTP).
 
 Prints events/s, p50/p99 latency, DynamoDB and provider calls per event (counted with botocore's
-before-call hooks), and the floor: the bare boto3 round trips a warm single-volume preboot cannot avoid
+before-call hooks); the storm's floor: every AWS call of the storm's events replayed as bare boto3 calls
+at the same concurrency, in slices alternating with the storm (bench/stormfloor.py, ``storm_floor_ratio``);
+and the warm floor: the bare boto3 round trips a warm single-volume preboot cannot avoid
 (Query, two TransactWriteItems, DescribeVolumes, AttachVolume) against the same server, measured
 alternately with the event path in the same run, for shared-secret (HMAC) hosts and for Ed25519 key
 hosts (docs/host-keys.md) side by side. Also p50 with 100 vs 100,000 policies in the table, and
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import threading
@@ -99,6 +100,10 @@ class Fleet:
             self.keys[hid] = key
         self.counts = Counts()
         aws.add_hook("before-call", self.counts.hook)
+        from bench.stormfloor import Recorder
+
+        self.recorder = Recorder()  # the storm's calls, replayed as its floor (bench/stormfloor.py)
+        aws.add_hook("before-parameter-build", self.recorder.hook)
 
     def stop(self) -> None:
         if self.stack is not None:
@@ -167,7 +172,7 @@ class Fleet:
             return sign_ed25519(self.keys[host], t, raw)
         return sign(self.secrets[host], t, raw)
 
-    def send(self, type_: str, vm: str, host: str, event_id: str) -> tuple[float, Counter, dict]:
+    def send(self, type_: str, vm: str, host: str, event_id: str, record: bool = False) -> tuple[float, Counter, dict]:
         from vvolguard.handlers import events
 
         raw = json.dumps({"event_id": event_id, "type": type_, "vm_id": vm}).encode()
@@ -176,6 +181,8 @@ class Fleet:
                           "x-vvg-signature": self._sign(host, int(time.time()), raw)},
               "body": raw.decode(), "requestContext": {"http": {"method": "POST", "path": "/v1/events"}}}
         self.counts.start()
+        if record:
+            self.recorder.start()
         t0 = time.perf_counter()
         r = events.handler(ev, None)
         for _ in range(3):  # a host retries a 503 with the same event_id
@@ -187,12 +194,54 @@ class Fleet:
             r = events.handler(ev, None)
         dt = time.perf_counter() - t0
         c = self.counts.stop()
+        if record:
+            self.recorder.stop()
         if r["statusCode"] != 200:
             raise RuntimeError(f"{type_} {vm}: {r['statusCode']} {r['body']}")
         return dt, c, json.loads(r["body"])
 
-    def storm(self, vms: list[int]) -> dict:
-        """Every VM: preboot then booted; one thread per host, all hosts at once."""
+    def storm(self, vms: list[int], rounds: int = 0) -> dict:
+        """Every VM: preboot then booted; one thread per host, all hosts at once.
+
+        With ``rounds``, also the storm's floor (bench/stormfloor.py): the VMs are stormed in that many
+        slices, each followed by the bare replay of the AWS calls its events made (same threads, same order),
+        so a machine whose load drifts weighs on both alike; ``floor`` holds its figures and ``floor_ratio``
+        our throughput over the floor's. The floor's set-up and clean-up are not timed."""
+        from bench.stormfloor import StormFloor, summary
+
+        k = max(1, rounds)  # contiguous slices: each has every host's share of VMs (VM i is host i mod hosts)
+        slices = [part for part in (vms[j * len(vms) // k:(j + 1) * len(vms) // k] for j in range(k)) if part]
+        lat: list[float] = []
+        calls = Counter()
+        wall = 0.0
+        f_lat: list[float] = []
+        f_wall, f_calls, f_errors = 0.0, 0, 0
+        for part in slices:
+            ops, r_lat, r_calls, r_wall = self._storm_round(part, record=rounds > 0)
+            lat += r_lat
+            calls.update(r_calls)
+            wall += r_wall
+            if rounds > 0:
+                floor = StormFloor(self.url, self.settings.region, self.settings, ops)
+                floor.setup()
+                try:
+                    fl = floor.run()
+                finally:
+                    floor.cleanup()
+                f_lat += fl["lat"]
+                f_wall += fl["wall"]
+                f_calls += fl["calls"]
+                f_errors += fl["errors"]
+        n = len(lat)
+        out = {**summary(lat, wall), "ddb_calls_per_event": calls["dynamodb"] / n,
+               "provider_calls_per_event": (calls["ec2"] + calls["sts"]) / n}
+        if rounds > 0:
+            out["floor"] = {**summary(f_lat, f_wall), "calls": f_calls, "errors": f_errors, "rounds": len(slices)}
+            out["floor_ratio"] = out["events_per_s"] / out["floor"]["events_per_s"]
+        return out
+
+    def _storm_round(self, vms: list[int], record: bool) -> tuple[dict, list[float], Counter, float]:
+        """One storm over ``vms``: (host -> events -> recorded AWS calls, latencies, calls, wall time)."""
         by_host: dict[str, list[str]] = {}
         for i in vms:
             vm, host = self.vm(i)
@@ -200,11 +249,14 @@ class Fleet:
         lat: list[float] = []
         calls = Counter()
         lock = threading.Lock()
+        ops: dict[str, list] = {host: [] for host in by_host}
 
         def work(host: str) -> None:
             for vm in by_host[host]:
                 for t in ("vm.preboot", "vm.booted"):
-                    dt, c, _ = self.send(t, vm, host, f"storm-{t}-{vm}")
+                    dt, c, _ = self.send(t, vm, host, f"storm-{t}-{vm}", record=record)
+                    if record:
+                        ops[host].append(self.recorder.last())
                     with lock:
                         lat.append(dt)
                         calls.update(c)
@@ -212,12 +264,9 @@ class Fleet:
         t0 = time.perf_counter()
         with ThreadPoolExecutor(len(by_host)) as pool:
             list(pool.map(work, list(by_host)))
-        wall = time.perf_counter() - t0
-        n = len(lat)
-        return {"events": n, "events_per_s": n / wall, "p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000,
-                "ddb_calls_per_event": calls["dynamodb"] / n, "provider_calls_per_event": (calls["ec2"] + calls["sts"]) / n}
+        return ops, lat, calls, time.perf_counter() - t0
 
-    # ---- the floor
+    # ---- the warm floor
     def floor_setup(self) -> None:
         import boto3
 
@@ -318,6 +367,8 @@ def main() -> int:
     ap.add_argument("--small", type=int, default=100)
     ap.add_argument("--big", type=int, default=100_000)
     ap.add_argument("--tag", default="a")
+    ap.add_argument("--storm-rounds", dest="storm_rounds", type=int, default=4,
+                    help="slices of the boot storm, each followed by its floor (bench/stormfloor.py)")
     ap.add_argument("--key-hosts", dest="key_hosts", type=int, default=4, help="Ed25519 key hosts")
     ap.add_argument("--key-vms", dest="key_vms", type=int, default=40, help="VMs of the key hosts")
     ap.add_argument("--key-pairs", dest="key_pairs", type=int, default=20,
@@ -338,11 +389,17 @@ def main() -> int:
         # 2. The fleet: the rest of the VMs, then a boot storm of every VM from all hosts at once
         #    (cold for most: each volume is created at the provider on its first preboot).
         fleet.add_vms(args.small, args.vms)
-        storm = fleet.storm(list(range(args.vms)))
+        #    In slices, each followed by its floor: the same AWS calls as bare boto3 (bench/stormfloor.py).
+        storm = fleet.storm(list(range(args.vms)), rounds=args.storm_rounds)
+        sfloor = storm["floor"]
         print(f"[boot storm]    {storm['events']} events from {args.hosts} hosts over {args.vms} VMs: "
-              f"{storm['events_per_s']:.0f} events/s, p50 {storm['p50_ms']:.1f} ms, p99 {storm['p99_ms']:.1f} ms, "
+              f"{storm['events_per_s']:.1f} events/s, p50 {storm['p50_ms']:.1f} ms, p99 {storm['p99_ms']:.1f} ms, "
               f"{storm['ddb_calls_per_event']:.2f} DynamoDB and {storm['provider_calls_per_event']:.2f} provider calls/event",
               flush=True)
+        print(f"[storm floor]   the same {sfloor['calls']} AWS calls as bare boto3 from {args.hosts} threads, "
+              f"{sfloor['rounds']} slices alternating with the storm's: {sfloor['events_per_s']:.1f} events/s, "
+              f"p50 {sfloor['p50_ms']:.1f} ms, p99 {sfloor['p99_ms']:.1f} ms ({sfloor['errors']} calls failed); "
+              f"storm throughput over the floor's {storm['floor_ratio']:.2f}", flush=True)
         # 3. Warm single-volume preboots, alternating with the floor.
         args.tag = "warm"
         warm = fleet.warm(list(range(args.vms)), args.pairs, with_floor=True)
@@ -397,6 +454,8 @@ def main() -> int:
         "storm_provider_calls_per_event": round(storm["provider_calls_per_event"], 2),
         f"p50_ms_{args.small}_policies": round(small["p50_ms"], 2), f"p50_ms_{args.big}_policies": round(big["p50_ms"], 2),
         "policies_p50_ratio": round(ratio, 3), "retried_503": fleet.retries,
+        "storm_floor_ratio": round(storm["floor_ratio"], 3), "storm_floor_events_per_s": round(sfloor["events_per_s"], 1),
+        "storm_floor_p50_ms": round(sfloor["p50_ms"], 2), "storm_floor_p99_ms": round(sfloor["p99_ms"], 2),
         "heartbeat_ddb_calls": beat["ddb_calls_per_event"], "heartbeat_provider_calls": beat["provider_calls_per_event"], "policies_floor_normalized_ratio": round(normalized, 3),
         **keyprov,
         **impact,

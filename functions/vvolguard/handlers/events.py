@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -14,16 +15,19 @@ log = logging.getLogger("vvg.events")
 for _noisy in ("botocore", "boto3", "pynamodb", "urllib3"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 _service = None
+_building = threading.Lock()
 
 
 def service():
     """The EventService of this (warm) container, from its composition root: built on first use, never at
-    import."""
+    import; once, also when concurrent first requests (the local gateway's threads) ask at the same time."""
     global _service
     if _service is None:
-        from vvolguard.services.root import Services
+        with _building:
+            if _service is None:
+                from vvolguard.services.root import Services
 
-        _service = Services.build().events
+                _service = Services.build().events
     return _service
 
 

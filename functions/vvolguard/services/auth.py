@@ -15,7 +15,9 @@ from vvolguard.errors import AuthError, BadSignature, MissingSignature, StaleSig
 from vvolguard.settings import Settings
 
 TOLERANCE_S = 300
-CACHE_S = 300.0  # safe: the claiming transaction re-checks the host (active, same secret version)
+# How long a cached host record is used since it was last proven current: read, or re-checked by a claiming
+# transaction (services/event_stores.HostGuard), which is what keeps the cache safe (docs/webhook-hardening.md).
+CACHE_S = 300.0
 UNKNOWN_MESSAGE = "the host is not enrolled or was revoked"
 _DECOY_SECRET = secrets.token_urlsafe(32)  # never any host's: the decoy check of an unknown host
 SIG_RE = re.compile(r"^t=(\d{1,12}),v1=([0-9a-f]{64})\Z")
@@ -35,8 +37,10 @@ class AuthenticatedHost(NamedTuple):  # a NamedTuple: see adapters/provider.py H
 
 
 class HostAuthenticator:
-    """Verifies signatures; host records are cached briefly in a warm container. The claiming
-    transaction re-checks the host (active, same secret version), so the cache never outlives a revocation."""
+    """Verifies signatures; host records are cached in a warm container for CACHE_S since they were last
+    proven current. The claiming transaction re-checks the host (HostGuard: active, same credential version,
+    credential digest and scheme or key), so the cache never outlives a revocation or a rotation, and a claim
+    that holds proves the cached record current again (:meth:`confirm`)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -67,6 +71,19 @@ class HostAuthenticator:
                 self._cache.clear()
             self._cache[host_id] = (host, secret, now)
         return host, secret
+
+    def confirm(self, host: AuthenticatedHost, at: float) -> None:
+        """A transaction holding HostGuard's condition for ``host`` committed: the host item then had exactly
+        the standing ``host`` was authenticated with (every attribute the event path takes from the cached
+        record), so that record is current as of ``at`` (Unix seconds: the event's clock, read before the
+        transaction was sent) and its lifetime restarts there. Only a cached entry of that very credential
+        is refreshed (not one replaced meanwhile by a newer read); none is created."""
+        age = min(max(0.0, time.time() - at), CACHE_S)
+        proven = time.monotonic() - age
+        with self._lock:
+            hit = self._cache.get(host.host_id)
+            if hit is not None and hit[2] < proven and authenticated(hit[0]) == host:
+                self._cache[host.host_id] = (hit[0], hit[1], proven)
 
     def forget(self, host_id: str) -> None:
         with self._lock:
@@ -108,8 +125,7 @@ class HostAuthenticator:
             host, secret = loaded
             if not self._matches(secret, timestamp, body, signature):
                 raise BadSignature("the signature does not match")
-        return AuthenticatedHost(host.host_id, int(host.secret_version), host.cred_hash,
-                                 host.fingerprint if getattr(host, "auth", None) == "ed25519" else None)
+        return authenticated(host)
 
     def _unknown(self, timestamp: int, body: bytes, signature: str) -> UnknownHost:
         """The one answer to a host that is not enrolled or was revoked, after the same work as a real check."""
@@ -147,3 +163,9 @@ class HostAuthenticator:
         if signature.startswith(ED25519_PREFIX):
             return False
         return signature_matches(secret, timestamp, body, signature)
+
+
+def authenticated(host: HostItem) -> AuthenticatedHost:
+    """What the event path keeps of a host record it authenticated a request with."""
+    return AuthenticatedHost(host.host_id, int(host.secret_version), host.cred_hash,
+                             host.fingerprint if getattr(host, "auth", None) == "ed25519" else None)

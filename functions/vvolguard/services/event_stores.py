@@ -184,7 +184,12 @@ class IdempotencyStore:
 
 
 class HostGuard:
-    """The sending host is still active with the same secret (or key) when the event is claimed."""
+    """The sending host is still active with the same secret (or key) when the event is claimed.
+
+    The condition covers every attribute the event path takes from a host record (services/auth.py caches
+    it): its status, credential version, credential digest (the provider identity) and signing scheme, and
+    for a key host the key's fingerprint. A claim that commits therefore proves the cached record current
+    (``HostAuthenticator.confirm``)."""
 
     def __init__(self) -> None:
         self._touched: dict[str, float] = {}
@@ -194,9 +199,12 @@ class HostGuard:
         on every event would make one host's concurrent events conflict on its item)."""
         if host.host_id in RESERVED_HOSTS:  # vvolguard itself (EventService.handle_internal): no host record
             return
-        cond = (HostItem.status == "active") & (HostItem.secret_version == host.secret_version)
+        cond = ((HostItem.status == "active") & (HostItem.secret_version == host.secret_version)
+                & (HostItem.cred_hash == host.cred_hash))
         if host.fingerprint:  # a key host: the very key it was verified with
-            cond = cond & (HostItem.fingerprint == host.fingerprint)
+            cond = cond & (HostItem.auth == "ed25519") & (HostItem.fingerprint == host.fingerprint)
+        else:  # a secret host (an absent auth means hmac: docs/host-keys.md)
+            cond = cond & ~(HostItem.auth == "ed25519")
         if time.monotonic() - self._touched.get(host.host_id, 0.0) > TOUCH_EVERY_S:
             self._touched[host.host_id] = time.monotonic()
             tx.update(HostItem(host_id=host.host_id), actions=[HostItem.last_seen_at.set(now)], condition=cond,

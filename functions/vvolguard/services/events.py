@@ -154,6 +154,7 @@ class EventService:
             if not why.failed and not why.conflict:
                 raise
             return False
+        self.auth.confirm(ctx.host, ctx.now.timestamp())  # the claim re-checked the host: its record is current
         return True
 
     def _act(self, ctx: EventContext, decisions: list[Decision]) -> dict[str, Job]:
