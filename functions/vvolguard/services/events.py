@@ -160,7 +160,6 @@ class EventService:
     def _act(self, ctx: EventContext, decisions: list[Decision]) -> dict[str, Job]:
         """The provider phase; after an outage, free what the event claimed and mark it failed, so it can be
         retried (with the same or another body: a refused request does not use up its id)."""
-        claimed = [d.volume_id for d in decisions if d.needs_provider]
         try:
             return carry_out(Run(self.provider, ctx, HostIdentity(ctx.host.host_id, ctx.host.cred_hash)), decisions)
         except ProviderUnavailable:
@@ -168,7 +167,7 @@ class EventService:
             try:
                 with tx:
                     self.idempotency.release(tx, ctx)
-                    self.state.release(tx, ctx, claimed)
+                    self.state.release(tx, ctx, [d.volume_id for d in decisions if d.needs_provider])
             except TransactWriteError:
                 log.exception("could not release event %s", ctx.key)
             raise
