@@ -94,9 +94,8 @@ class EventService:
     def decisions(self, host: AuthenticatedHost, event: Event, part: Partition, now: datetime) -> list[Decision]:
         """The event type's authorization rule (raises Forbidden / NotFound), then its decisions over the
         volumes it lets the host act on; no write. The webhook and the dashboard's simulator both use it."""
-        spec = entry(event.type)
         grants = part.live_grants(now)
-        mine = spec.authorize(host.host_id, event, Scope(part.policies, grants, self.hosts.active))
+        mine = entry(event.type).authorize(host.host_id, event, Scope(part.policies, grants, self.hosts.active))
         return decide(event, [view_of(p, tuple(grants)) for p in mine], now, sender=host.host_id)
 
     # ---- the event path (after authentication; internal senders enter here too)
@@ -160,6 +159,7 @@ class EventService:
     def _act(self, ctx: EventContext, decisions: list[Decision]) -> dict[str, Job]:
         """The provider phase; after an outage, free what the event claimed and mark it failed, so it can be
         retried (with the same or another body: a refused request does not use up its id)."""
+        claimed = [d.volume_id for d in decisions if d.needs_provider]  # before carry_out changes the decisions
         try:
             return carry_out(Run(self.provider, ctx, HostIdentity(ctx.host.host_id, ctx.host.cred_hash)), decisions)
         except ProviderUnavailable:
@@ -167,7 +167,7 @@ class EventService:
             try:
                 with tx:
                     self.idempotency.release(tx, ctx)
-                    self.state.release(tx, ctx, [d.volume_id for d in decisions if d.needs_provider])
+                    self.state.release(tx, ctx, claimed)
             except TransactWriteError:
                 log.exception("could not release event %s", ctx.key)
             raise
