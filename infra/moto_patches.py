@@ -13,6 +13,7 @@ EC2 knows only the one image vvolguard's VMs are started from (infra/moto-amis.j
 it) instead of building ~1,300 stock images per region backend (about 0.2 s for each test and each local
 stack; set MOTO_AMIS_PATH to choose another list), and a KMS key of the default symmetric spec gets the RSA
 key pair moto builds for every key (unused by encrypt/decrypt) only when something first asks for it.
+And moto lists a response class's methods once per class, not on every request.
 """
 from __future__ import annotations
 
@@ -117,6 +118,23 @@ def _lazy_symmetric_kms_keys() -> None:
     kms_models.generate_private_key = generate_private_key  # type: ignore[attr-defined]
 
 
+def _method_names_once() -> None:
+    """moto lists a response class's methods (inspect.getmembers) on every request to find the action's
+    handler; the list of a class does not change, so it is made once per class."""
+    import moto.core.responses as responses
+
+    listed: dict[type, frozenset[str]] = {}
+    names = responses.method_names_from_class
+
+    def method_names_from_class(clazz: Any) -> frozenset[str]:
+        found = listed.get(clazz)
+        if found is None:
+            found = listed[clazz] = frozenset(names(clazz))
+        return found
+
+    responses.method_names_from_class = method_names_from_class  # type: ignore[assignment]
+
+
 def install() -> None:
     """Patch moto's DynamoDB backend (idempotent)."""
     global _installed
@@ -124,6 +142,7 @@ def install() -> None:
         return
     os.environ.setdefault("MOTO_AMIS_PATH", os.path.join(os.path.dirname(os.path.abspath(__file__)), "moto-amis.json"))
     _lazy_symmetric_kms_keys()
+    _method_names_once()
     import moto.dynamodb.models as ddb_models
     from moto.dynamodb.models import DynamoDBBackend
 

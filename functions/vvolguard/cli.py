@@ -653,6 +653,17 @@ def _version() -> str:
         return "unknown"
 
 
+_PARSER: argparse.ArgumentParser | None = None
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The process's parser, built on first use (argparse keeps nothing of one parse for the next)."""
+    global _PARSER
+    if _PARSER is None:
+        _PARSER = build_parser()
+    return _PARSER
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree; every option says what it does (docs/cli.md is the long form)."""
     p = _Parser(prog="vvg", description="vvolguard admin CLI. It reaches AWS through the standard AWS environment "
@@ -844,7 +855,7 @@ def main(argv: list[str] | None = None) -> int:
     global _built_root
     _built_root = None
     try:
-        args = build_parser().parse_args(argv)
+        args = _parser().parse_args(argv)
         return args.func(args)
     except CliError as exc:
         sys.stderr.write(f"vvg: error: {exc}\n")

@@ -595,7 +595,8 @@ def bind(settings: Settings) -> None:
 
     PynamoDB reads a model's table from its ``Meta`` (its documented configuration), so the one binding per
     process is written there; a model keeps its connection until its table name changes, so the cached
-    connections are dropped here, for a new region, endpoint or emulation."""
+    connections are dropped here when the binding changes (PynamoDB registers a hook on its client for each
+    new connection: the same binding again keeps them all)."""
     global _bound
     _share_botocore_session()
     host = endpoint_url()
@@ -604,6 +605,8 @@ def bind(settings: Settings) -> None:
               LimitItem: settings.users_table}
     for model, table in tables.items():
         model.Meta.table_name, model.Meta.region, model.Meta.host = table, settings.region, host
+    if key == _bound:  # the same binding again (a test's next emulation): connections and clients stay
+        return
     _model_clients.clear()
     _connections.clear()
     for model in _table_models():
