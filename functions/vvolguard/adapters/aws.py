@@ -25,7 +25,11 @@ _tracked: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
 
 def _uid(name: str, fn: Callable[..., Any]) -> str:
-    return f"vvg-hook-{id(fn)}-{name}"
+    """The same id for the same handler: a bound method is a new object at each attribute access, so it is
+    known by its object and function (otherwise remove_hook would leave it registered)."""
+    owner, func = getattr(fn, "__self__", None), getattr(fn, "__func__", None)
+    which = f"{id(owner)}.{id(func)}" if owner is not None and func is not None else str(id(fn))
+    return f"vvg-hook-{which}-{name}"
 
 
 def track(client: Any) -> Any:
