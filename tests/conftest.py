@@ -109,6 +109,15 @@ def vvg(monkeypatch):
     return run
 
 
+def all_audit_records() -> list:
+    """Every audit record, newest first (the order of ``AuditLog.recent``), read with one Scan: a test's view
+    of the whole history. ``AuditLog.recent`` without a filter walks 36 monthly partitions of its index to find
+    where a young history ends (36 Queries per call, the cost of `vvg audit list`)."""
+    from vvolguard.adapters.models import AuditItem
+
+    return sorted(AuditItem.scan(consistent_read=True), key=lambda r: r.at_key, reverse=True)
+
+
 class _ThisThread(io.TextIOBase):
     """What the CLI's own thread writes goes to ``mine``; another thread's (a local stack's server thread
     logging a dropped connection, say) to where it went before, not into the CLI's captured output."""

@@ -7,6 +7,7 @@ import json
 import pytest
 import yaml
 
+from tests.conftest import all_audit_records
 from vvolguard.adapters import aws as aws_adapter
 from vvolguard.adapters.audit import AuditLog
 from vvolguard.adapters.models import HostItem, PolicyItem, UserItem
@@ -49,11 +50,11 @@ def tables(settings) -> dict:
 
 
 def audit_ids(settings) -> list[tuple[str, int]]:
-    return [(r.chain, int(r.seq)) for r in AuditLog(settings).recent(limit=1000)]
+    return [(r.chain, int(r.seq)) for r in all_audit_records()]
 
 
 def audit_dump(settings) -> str:
-    return "\n".join(json.dumps(r.attribute_values, default=str) for r in AuditLog(settings).recent(limit=1000))
+    return "\n".join(json.dumps(r.attribute_values, default=str) for r in all_audit_records())
 
 
 class Snapshot:
@@ -133,7 +134,7 @@ def test_apply__each_change_is_audited(seeded, vvg, tmp_path):
     docs = json.loads(json.dumps(GOOD))
     docs[0]["size_mb"] = 11
     assert vvg("policy", "apply", write(tmp_path, docs, "x.yaml")).code == 0
-    new = [r for r in AuditLog(seeded).recent(limit=1000) if (r.chain, int(r.seq)) not in before]
+    new = [r for r in all_audit_records() if (r.chain, int(r.seq)) not in before]
     assert [(r.action, r.volume_id, r.actor) for r in new] == [("policy_update", "vvol-a", "cli")]
 
 

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.conftest import attached_volume_ids, ec2_client, managed_volumes
+from tests.conftest import all_audit_records, attached_volume_ids, ec2_client, managed_volumes
 
 INTERVAL = 60
 LEASE = 900
@@ -56,9 +56,7 @@ def _item(volume_id):
 
 
 def _reconciler_detaches(settings, volume_id):
-    from vvolguard.adapters.audit import AuditLog
-
-    return [r for r in AuditLog(settings).recent(limit=1000)
+    return [r for r in all_audit_records()
             if r.actor == "reconciler" and r.volume_id == volume_id and r.action == "detach"]
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import all_audit_records
+
 
 def _specs(n: int):
     from vvolguard.domain.policy import parse_policy_text
@@ -15,7 +17,6 @@ def _specs(n: int):
 
 def test_an_apply_whose_second_transaction_fails_undoes_the_first_and_audits_the_undo(aws):
     from vvolguard.adapters import aws as aws_adapter
-    from vvolguard.adapters.audit import AuditLog
     from vvolguard.adapters.models import PolicyItem
     from vvolguard.services.policies import PolicyService
 
@@ -35,7 +36,7 @@ def test_an_apply_whose_second_transaction_fails_undoes_the_first_and_audits_the
         aws_adapter.remove_hook("before-call.dynamodb.TransactWriteItems", second_fails)
     assert len(writes) >= 3  # the first chunk, the failed second, then the undo
     assert [i.volume_id for i in PolicyItem.scan(PolicyItem.volume_id.startswith("vvol-op-"))] == []
-    recs = [r for r in AuditLog(aws).recent(limit=1000) if (r.volume_id or "").startswith("vvol-op-")]
+    recs = [r for r in all_audit_records() if (r.volume_id or "").startswith("vvol-op-")]
     created = {r.volume_id for r in recs if r.action == "policy_create"}
     undone = {r.volume_id for r in recs if r.action == "policy_undo_create"}
     assert created and created == undone

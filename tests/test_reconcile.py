@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.conftest import attached_volume_ids, ec2_client, managed_volumes
+from tests.conftest import all_audit_records, attached_volume_ids, ec2_client, managed_volumes
 from vvolguard.adapters.audit import AuditLog
 from vvolguard.adapters.models import PolicyItem
 from vvolguard.domain.policy import parse_policy_text
@@ -23,7 +23,7 @@ SHORT = b"""volumes:
 
 
 def reconciler_records(settings) -> list:
-    return [r for r in AuditLog(settings).recent(limit=1000) if r.actor == "reconciler"]
+    return [r for r in all_audit_records() if r.actor == "reconciler"]
 
 
 def item(volume_id: str) -> PolicyItem:

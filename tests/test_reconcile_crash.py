@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.conftest import ec2_client, managed_volumes
+from tests.conftest import all_audit_records, ec2_client, managed_volumes
 from vvolguard.adapters import aws
 from vvolguard.adapters.audit import AuditLog
 from vvolguard.adapters.models import ClaimItem, EventItem, PolicyItem
@@ -36,7 +36,7 @@ def _item(volume_id: str) -> PolicyItem:
 
 
 def _records(settings, reason: str) -> list:
-    return [r for r in AuditLog(settings).recent(limit=1000) if r.actor == "reconciler" and r.reason == reason]
+    return [r for r in all_audit_records() if r.actor == "reconciler" and r.reason == reason]
 
 
 def _later(seconds: float = BUSY_SECONDS + 5) -> datetime:

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.conftest import attached_volume_ids, ec2_client, managed_volumes
+from tests.conftest import all_audit_records, attached_volume_ids, ec2_client, managed_volumes
 
 DISK_ENC = "disk_encryption"
 
@@ -60,9 +60,7 @@ def snapshot() -> dict:
 
 
 def audit_records(settings) -> list:
-    from vvolguard.adapters.audit import AuditLog
-
-    return list(AuditLog(settings).recent(limit=10000))
+    return all_audit_records()
 
 
 def new_audit(settings, before: int) -> list:
