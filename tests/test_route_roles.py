@@ -129,11 +129,16 @@ def paths_of(rule: str, entry: Rule) -> tuple[str, ...]:
     return entry.paths or (PLACEHOLDER.sub(lambda m: SAMPLES[m.group(1)], rule),)
 
 
+_DDB: list = []
+
+
 def tables_digest() -> str:
     """Every item of every table, in a stable order (what "nothing was written" compares)."""
     import boto3
 
-    ddb = boto3.client("dynamodb")
+    if not _DDB:
+        _DDB.append(boto3.client("dynamodb"))  # one client for the module: building one costs ~50 ms
+    ddb = _DDB[0]
     out = []
     for name in sorted(ddb.list_tables()["TableNames"]):
         for page in ddb.get_paginator("scan").paginate(TableName=name):
