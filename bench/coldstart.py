@@ -46,24 +46,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import last_json
+
 ROOT = Path(__file__).resolve().parent.parent
 FLOOR = "import boto3"
 HANDLER = "import vvolguard.handlers.events"
 FIRST_CALL = "import vvolguard.handlers.events as h; h.service()"
-
-
-def last_json(path: str) -> dict:
-    """The last line of ``path`` that is a JSON object ({} if none)."""
-    for line in reversed(Path(path).read_text(errors="replace").splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                data = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(data, dict):
-                return data
-    return {}
 
 
 def _closed_port() -> int:

@@ -45,6 +45,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from bench import last_json
+
 ROOT = Path(__file__).resolve().parent.parent
 INTERVAL = 60  # the reconciler's interval (template.yaml: every minute)
 LEASE = 900    # max_attach_seconds, the default lease
@@ -375,13 +377,6 @@ class Day:
                      f"({c['lease_expired']} leases ended), {c['host_deaths']} host death(s), lost: "
                      f"{c['lost_booted']} vm.booted, {c['lost_app_stopped']} app.stopped; {c['errors']} refused events")
         return "\n".join(lines)
-
-
-def last_json(path: str) -> dict[str, Any]:
-    for line in reversed(Path(path).read_text().splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    return {}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench import last_json
 from bench.audit_page import Counter as _AuditCounter
 from bench.audit_page import _env
 
@@ -146,20 +147,6 @@ def _line(label: str, m: dict[str, float]) -> str:
     return label + "; ".join(
         f"{v} {m[f'{v}_page_ms']:.1f} ms ({m[f'{v}_own_cpu_ms']:.1f} ms CPU outside DynamoDB), "
         f"{m[f'{v}_ddb_calls']} calls / {m[f'{v}_items_read']} items" for v in VIEWS)
-
-
-def last_json(path: str) -> dict:
-    """The last line of ``path`` that is a JSON object ({} if none)."""
-    for line in reversed(Path(path).read_text(errors="replace").splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                data = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(data, dict):
-                return data
-    return {}
 
 
 def main(argv: list[str] | None = None) -> int:
