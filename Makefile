@@ -26,7 +26,7 @@ run: $(STAMP)
 	exec $(BIN)/python -m infra.local
 
 test: $(DEV_STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
 	$(BIN)/cfn-lint template.yaml
