@@ -29,8 +29,8 @@ PAGES = {
 }
 
 
-def _costs(client, warm: bool) -> dict[str, tuple[int, int, tuple[str, ...]]]:
-    """Per page: DynamoDB calls, items read, the operations called."""
+def _costs(client, warm: bool, paths=None) -> dict[str, tuple[int, int, tuple[str, ...]]]:
+    """Per page (``PAGES`` unless told): DynamoDB calls, items read, the operations called."""
     from vvolguard.adapters import aws
 
     counter = Counter()
@@ -38,7 +38,7 @@ def _costs(client, warm: bool) -> dict[str, tuple[int, int, tuple[str, ...]]]:
     aws.add_hook("after-call.dynamodb", counter.after)
     out = {}
     try:
-        for path in PAGES:
+        for path in paths or PAGES:
             if warm:
                 client.get(path)  # a first request may read what later ones keep (the tamper check's result)
             counter.reset()
@@ -299,22 +299,7 @@ def _fill_counters(n: int) -> None:
 
 
 def _listing_costs(client) -> dict[str, tuple[int, int, tuple[str, ...]]]:
-    from vvolguard.adapters import aws
-
-    counter = Counter()
-    aws.add_hook("before-call.dynamodb", counter.before)
-    aws.add_hook("after-call.dynamodb", counter.after)
-    out = {}
-    try:
-        for path in (f"/hosts?per_page={LISTING_PAGE}", f"/users?per_page={LISTING_PAGE}"):
-            counter.reset()
-            r = client.get(path)
-            assert r.status_code == 200, (path, r.status_code)
-            out[path] = (counter.calls, counter.scanned, tuple(counter.ops))
-    finally:
-        aws.remove_hook("before-call.dynamodb", counter.before)
-        aws.remove_hook("after-call.dynamodb", counter.after)
-    return out
+    return _costs(client, warm=False, paths=(f"/hosts?per_page={LISTING_PAGE}", f"/users?per_page={LISTING_PAGE}"))
 
 
 def test_hosts_and_users_cost_the_same_with_5_or_60_of_them_and_0_or_300_limit_counters(small_pages):
