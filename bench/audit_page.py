@@ -18,22 +18,12 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import re
 import statistics
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 CHAINS = 500  # the history is spread over this many VM chains
-
-
-def _env() -> None:
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
-        os.environ.pop(var, None)
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1",
-                      AWS_DEFAULT_REGION="us-east-1")
 
 
 class Counter:
@@ -125,21 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--big", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=20)
     args = ap.parse_args(argv)
-    _env()
-    sys.path.insert(0, str(ROOT))
-    from moto import mock_aws
-
-    from infra.bootstrap import bootstrap
-    from infra.moto_patches import install
+    from bench import emulated
     from vvolguard.adapters import aws
-    from vvolguard.settings import Settings
 
-    install()
     t0 = time.perf_counter()
-    with mock_aws():
-        aws.reset_clients()
-        settings = Settings.from_env()
-        bootstrap(settings)
+    with emulated() as settings:
         from vvolguard.services.users import UserService
 
         UserService(settings).add("bench", "viewer", "bench-password-1", actor="cli")

@@ -42,12 +42,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, Callable
 
-from bench import last_json
+from bench import emulated, last_json
 
-ROOT = Path(__file__).resolve().parent.parent
 INTERVAL = 60  # the reconciler's interval (template.yaml: every minute)
 LEASE = 900    # max_attach_seconds, the default lease
 PASSWORD = "bench-pass-1"
@@ -389,22 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deaths", type=int, default=1, help="host deaths in the day")
     ap.add_argument("--merge", help="a file whose last JSON line is merged into this one's (make bench)")
     args = ap.parse_args(argv)
-    from bench.audit_page import _env
-
-    _env()
-    sys.path.insert(0, str(ROOT))
-    from moto import mock_aws
-
-    from infra.bootstrap import bootstrap
-    from infra.moto_patches import install
-    from vvolguard.adapters import aws
-    from vvolguard.settings import Settings
-
-    install()
-    with mock_aws():
-        aws.reset_clients()
-        settings = Settings.from_env()
-        bootstrap(settings)
+    with emulated() as settings:
         day = Day(settings, vms=args.vms, hosts=args.hosts, hours=args.hours, seed=args.seed, lost=args.lost,
                   deaths=args.deaths)
         res = day.run()

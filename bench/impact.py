@@ -100,18 +100,9 @@ def main() -> int:
                     help="moto in this process (mock_aws) instead of a moto server")
     args = ap.parse_args()
     if args.in_process:
-        from moto import mock_aws
+        from bench import emulated
 
-        from infra.bootstrap import bootstrap
-        from infra.moto_patches import install
-        from vvolguard.adapters import aws
-        from vvolguard.settings import Settings
-
-        install()
-        with mock_aws():
-            aws.reset_clients()
-            settings = Settings.from_env()
-            bootstrap(settings)
+        with emulated() as settings:
             figures = measure(settings, args.events, args.stored, args.vms)
     else:
         from bench.fleet import Fleet

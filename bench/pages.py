@@ -24,13 +24,10 @@ import re
 import statistics
 import sys
 import time
-from pathlib import Path
 
-from bench import last_json
+from bench import emulated, last_json
 from bench.audit_page import Counter as _AuditCounter
-from bench.audit_page import _env
 
-ROOT = Path(__file__).resolve().parent.parent
 HOT = 60  # policies of bench-vm-0 / bench-host-0 / bench-arr-0: each filtered page is full at every size
 VIEWS = {
     "policies": "/policies",
@@ -156,21 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--merge", help="a file whose last JSON line is merged into this one's (make bench)")
     args = ap.parse_args(argv)
-    _env()
-    sys.path.insert(0, str(ROOT))
-    from moto import mock_aws
-
-    from infra.bootstrap import bootstrap
-    from infra.moto_patches import install
     from vvolguard.adapters import aws
-    from vvolguard.settings import Settings
 
-    install()
     t0 = time.perf_counter()
-    with mock_aws():
-        aws.reset_clients()
-        settings = Settings.from_env()
-        bootstrap(settings)
+    with emulated() as settings:
         client = sign_in(settings)
         counter = Counter()
         aws.add_hook("before-call.dynamodb", counter.before)

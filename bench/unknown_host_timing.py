@@ -14,20 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _env() -> None:
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
-        os.environ.pop(var, None)
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1",
-                      AWS_DEFAULT_REGION="us-east-1")
 
 
 def _request(host_id: str, secret: str, n: int) -> dict:
@@ -51,23 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=400, help="requests per host and case")
     ap.add_argument("--cold", action="store_true", help="also a fresh service (cold container) per request")
     args = ap.parse_args(argv)
-    _env()
-    sys.path.insert(0, str(ROOT))
-    from infra.moto_patches import install
+    from bench import emulated
 
-    install()
-    from moto import mock_aws
-
-    with mock_aws():
-        from infra.bootstrap import bootstrap, seed_demo
-        from vvolguard.adapters import aws as aws_adapter
+    with emulated() as settings:
+        from infra.bootstrap import seed_demo
         from vvolguard.handlers import events as handler_module
         from vvolguard.services.hosts import HostService
-        from vvolguard.settings import Settings
 
-        aws_adapter.reset_clients()
-        settings = Settings.from_env()
-        bootstrap(settings)
         seed_demo(settings, "admin-pass-123")
         handler_module.reset()
         secret = HostService(settings).enroll("host-r", "02:00:00:00:00:42", "SER-42")["secret"]
