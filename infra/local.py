@@ -225,7 +225,9 @@ class LocalStack:
                 log.exception("tamper check failed")
 
     def _serve(self, srv: Any) -> None:
-        t = threading.Thread(target=srv.serve_forever, name=type(srv).__name__, daemon=True)
+        # a 0.1 s poll: stop() returns promptly (the default 0.5 s, per server, was most of a stop's second)
+        t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, name=type(srv).__name__,
+                             daemon=True)
         t.start()
         self.servers.append(srv)
         self.threads.append(t)

@@ -23,6 +23,10 @@ from infra.moto_patches import install as _install_moto_patches  # noqa: E402
 
 _install_moto_patches()  # the same emulation fixes the local stack runs with
 
+from tests.moto_speed import install as _install_moto_speed  # noqa: E402
+
+_install_moto_speed()  # a quicker path through moto's response serializer, same bytes (tests/moto_speed.py)
+
 # Password hashes made in the test processes use a tiny scrypt cost (checking reads the cost a hash names, so
 # every path is the same, only ~1000x cheaper); the local stacks the end-to-end tests start hash at the
 # production cost, and tests/test_hash_cost.py pins that cost (docs/test-speed.md).
@@ -107,6 +111,13 @@ def vvg(monkeypatch):
         return CliResult(code, out.getvalue(), err.getvalue())
 
     return run
+
+
+def serve_in_thread(server):
+    """Serve ``server`` (a socketserver) on a daemon thread; its ``shutdown()`` returns within 50 ms
+    (socketserver's default poll of 0.5 s cost each test that closed a local HTTP receiver half a second)."""
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server
 
 
 def all_audit_records() -> list:

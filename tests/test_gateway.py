@@ -57,10 +57,10 @@ def test_build_event__the_configured_address_replaces_the_clients_host():
 def test_gateway__a_redirect_never_points_at_the_host_header(aws, monkeypatch):
     """A request with a hostile Host header gets redirects to the gateway's own address, over real HTTP."""
     import http.client
-    import threading
 
     from dashboard import lambda_handler
     from infra.gateway import Gateway
+    from tests.conftest import serve_in_thread
 
     monkeypatch.setenv("VVG_DASHBOARD_SECRET_KEY", "k" * 32)
     lambda_handler.reset()
@@ -69,7 +69,7 @@ def test_gateway__a_redirect_never_points_at_the_host_header(aws, monkeypatch):
     seen: list[str] = []
     for b in gw.routes:  # what every handler is told about the host
         b.func = (lambda f: lambda ev, ctx: (seen.append(ev["headers"].get("host", "")), f(ev, ctx))[1])(b.func)
-    threading.Thread(target=gw.serve_forever, daemon=True).start()
+    serve_in_thread(gw)
     try:
         for path in ("/static//style.css", "/policies", "/v1/health"):
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)

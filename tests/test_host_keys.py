@@ -10,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.conftest import serve_in_thread
 from tests.statecheck import snapshot
 from vvolguard.domain import hostkeys
 from vvolguard.domain.secrets import sign
@@ -267,7 +268,6 @@ def test_rotate__key_host_without_key_and_secret_host_with_key_are_errors_changi
 
 def test_event_send__signs_with_a_key_file_and_refuses_an_open_or_bad_one(keyhost, vvg, tmp_path, monkeypatch):
     """`vvg event send --key` against the in-process handler, through a tiny HTTP server."""
-    import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     webhook, key = keyhost
@@ -286,7 +286,7 @@ def test_event_send__signs_with_a_key_file_and_refuses_an_open_or_bad_one(keyhos
             pass
 
     srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    serve_in_thread(srv)
     url = f"http://127.0.0.1:{srv.server_address[1]}"
     try:
         for path in (write(tmp_path, "k.pem", priv_pem(key)), write(tmp_path, "id_ed25519", priv_ssh(key))):
