@@ -20,6 +20,10 @@ def _exit_now(signum: object, frame: object) -> None:
 
 def main() -> None:
     install()
+    if os.environ.get("VVG_MOTO_SHORTCUTS") == "1":  # the tests' stacks (infra/moto_speed.py)
+        from infra.moto_speed import install as install_shortcuts
+
+        install_shortcuts()
     import moto.server
     from moto.server import main as moto_main
 

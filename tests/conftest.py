@@ -23,9 +23,12 @@ from infra.moto_patches import install as _install_moto_patches  # noqa: E402
 
 _install_moto_patches()  # the same emulation fixes the local stack runs with
 
-from tests.moto_speed import install as _install_moto_speed  # noqa: E402
+from infra.moto_speed import install as _install_moto_speed  # noqa: E402
 
-_install_moto_speed()  # a quicker path through moto's response serializer, same bytes (tests/moto_speed.py)
+# A quicker path through moto's response serializer, same bytes (infra/moto_speed.py): here, and in the moto
+# server of every local stack a test starts (the variable is inherited).
+_install_moto_speed()
+os.environ["VVG_MOTO_SHORTCUTS"] = "1"
 
 # Password hashes made in the test processes use a tiny scrypt cost (checking reads the cost a hash names, so
 # every path is the same, only ~1000x cheaper); the local stacks the end-to-end tests start hash at the

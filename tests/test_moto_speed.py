@@ -1,10 +1,10 @@
-"""tests/moto_speed.py writes the same bytes as moto's own serializer: every item operation, every kind of
+"""infra/moto_speed.py writes the same bytes as moto's own serializer: every item operation, every kind of
 DynamoDB value, compared response by response (CHECK), and the comparison is shown to catch a difference."""
 from __future__ import annotations
 
 import pytest
 
-from tests import moto_speed
+from infra import moto_speed
 
 TABLE = "speed-check"
 ITEM = {

@@ -1,4 +1,4 @@
-"""Two shortcuts through moto's response serializer, for the test processes only (docs/test-speed.md).
+"""Two shortcuts through moto's response serializer, for the tests' emulations only (docs/test-speed.md).
 
 moto 5 writes every response by walking the operation's botocore output shape and, for each member of each
 item, asking a chain of alias providers where the member lives on the emulated object. A DynamoDB Query of
@@ -13,8 +13,9 @@ response is written both ways and compared; tests/test_moto_speed.py does so for
   writes them. Anything else (timestamps, a key moto could read as a member's alias, an error) goes the
   usual way.
 
-Only the test processes install them: the local stack's moto server and the benchmarks run moto as it is,
-so `make bench`'s floors (bare boto3 calls against the same emulation) are measured as before.
+The test processes install them (tests/conftest.py), and so does the moto server of a local stack they
+start: they set VVG_MOTO_SHORTCUTS=1, which infra/motoserver.py reads. `make run` and the benchmarks run moto
+as it is, so `make bench`'s floors (bare boto3 calls against the same emulation) are measured as before.
 """
 from __future__ import annotations
 
