@@ -73,14 +73,14 @@ def _compile(shape: Any, cache: dict[Any, Callable[[Any], Any]]) -> Callable[[An
         def write(value: Any) -> Any:
             if not isinstance(value, list):
                 raise _Slow
-            return [_compile_cached(item, cache)(v) for v in value]
+            return [_compile(item, cache)(v) for v in value]
     elif kind == "map":
         val = shape.value
 
         def write(value: Any) -> Any:
             if not isinstance(value, dict) or any(v is None for v in value.values()):
                 raise _Slow
-            return {k: _compile_cached(val, cache)(v) for k, v in value.items()}
+            return {k: _compile(val, cache)(v) for k, v in value.items()}
     elif kind == "string":
         def write(value: Any) -> Any:
             if isinstance(value, Enum):
@@ -116,10 +116,6 @@ def _aliases(shape: Any) -> frozenset[str]:
                 keys.add(name[len(prefix):])
         found |= keys | {xform_name(k) for k in keys}
     return frozenset(found - set(shape.members))
-
-
-def _compile_cached(shape: Any, cache: dict[Any, Callable[[Any], Any]]) -> Callable[[Any], Any]:
-    return cache.get(shape) or _compile(shape, cache)
 
 
 def _alias_keys_once() -> None:
@@ -158,7 +154,7 @@ def _plain_dynamodb_bodies() -> None:
             return original(self, action_result)
         model = responses.get_service_model(self.boto3_service_name).operation_model(operation)
         try:
-            body = json.dumps(_compile_cached(model.output_shape, compiled)(result))
+            body = json.dumps(_compile(model.output_shape, compiled)(result))
         except _Slow:
             return original(self, action_result)
         version = model.service_model.metadata.get("jsonVersion", "1.0")
